@@ -1,0 +1,179 @@
+"""MobileNetV2 head: 1x1 conv + BN + ReLU6, global average pool, and the dense classifier.
+
+`head_pool` computes pooled[n, c] = mean over pixels of relu6(x[n, p] @ W + b)[c] without
+writing the [N, H, W, 1280] activation anywhere: each program owns one image and a
+chunk of the 1280 channels, loops over the image's pixels, and reduces in registers.
+
+`linear` is the classifier.  The paper's final "1x1 conv" to k classes acts on the pooled
+1x1x1280 map, where it is exactly a dense layer 1280 -> k: out = a @ W + b.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import SUPPORTED_DTYPES, _relu6, check_activation, check_device, check_out, check_param, dot_precision
+from .configs import HeadConfig, LinearConfig, choose_head_config, choose_linear_config
+
+
+@triton.jit
+def _head_pool_kernel(
+    x_ptr,  # input, contiguous NHWC [N, H, W, CIN]
+    w_ptr,  # folded 1x1 weight [CIN, COUT], input dtype
+    b_ptr,  # folded bias [COUT]
+    y_ptr,  # pooled output [N, COUT], contiguous, input dtype
+    HW,  # pixels per image
+    inv_hw,  # 1 / HW, for the mean
+    CIN: tl.constexpr,  # input channels (320 x width)
+    COUT: tl.constexpr,  # head channels (1280 for width <= 1)
+    BLOCK_P: tl.constexpr,  # pixels per step
+    BLOCK_K: tl.constexpr,  # input channels per product step
+    BLOCK_N: tl.constexpr,  # head channels per program (grid axis 1)
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 products
+):
+    img = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = c < COUT
+    bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    pooled = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for p0 in range(0, HW, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        p_ok = p < HW
+        acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+        for k0 in tl.static_range(0, CIN, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = k < CIN
+            xs = tl.load(x_ptr + ((img * HW + p) * CIN)[:, None] + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)
+            ws = tl.load(w_ptr + k[:, None] * COUT + c[None, :], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+            acc = tl.dot(xs, ws, acc, input_precision=DOT_PRECISION)
+        # Padding rows would contribute relu6(bias): mask them out of the mean.
+        acc = tl.where(p_ok[:, None], _relu6(acc + bias[None, :]), 0.0)
+        pooled += tl.sum(acc, axis=0)
+    tl.store(y_ptr + img * COUT + c, (pooled * inv_hw).to(y_ptr.dtype.element_ty), mask=c_ok)
+
+
+@triton.jit
+def _linear_kernel(
+    a_ptr,  # input [M, K], contiguous
+    w_ptr,  # weight [K, NOUT], contiguous, input dtype
+    b_ptr,  # bias [NOUT]
+    y_ptr,  # output [M, NOUT], contiguous, input dtype
+    M,  # rows (batch)
+    K: tl.constexpr,  # input features
+    NOUT: tl.constexpr,  # output features (classes)
+    BLOCK_M: tl.constexpr,  # rows per program
+    BLOCK_N: tl.constexpr,  # output features per program
+    BLOCK_K: tl.constexpr,  # input features per product step
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 products
+):
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    j = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = m < M
+    j_ok = j < NOUT
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        a = tl.load(a_ptr + (m * K)[:, None] + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + k[:, None] * NOUT + j[None, :], mask=k_ok[:, None] & j_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+    acc += tl.load(b_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + (m * NOUT)[:, None] + j[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+
+
+def head_kernel_args(cin: int, cout: int, cfg: HeadConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
+    return dict(
+        CIN=cin,
+        COUT=cout,
+        BLOCK_P=cfg.block_p,
+        BLOCK_K=cfg.block_k,
+        BLOCK_N=cfg.block_n,
+        DOT_PRECISION=dot_precision(dtype, allow_tf32),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
+def linear_kernel_args(k: int, nout: int, cfg: LinearConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
+    return dict(
+        K=k,
+        NOUT=nout,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        DOT_PRECISION=dot_precision(dtype, allow_tf32),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
+def head_pool(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    config: HeadConfig | None = None,
+    allow_tf32: bool | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """mean over H, W of relu6(conv1x1(x) + bias), BN folded into weight.
+
+    x: [N, CIN, H, W] in channels_last memory;  weight: [CIN, COUT] in x's dtype;  bias: [COUT].
+    Returns [N, COUT] (contiguous, x's dtype).  Scratch: none; the [N, COUT, H, W]
+    activation exists only as one [BLOCK_P, BLOCK_N] register tile per program.
+    """
+    check_activation("x", x)
+    n, cin, h, w = x.shape
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [CIN, COUT], got {tuple(weight.shape)}")
+    cout = weight.shape[1]
+    check_param("weight", weight, (cin, cout), x.device, x.dtype)
+    check_param("bias", bias, (cout,), x.device)
+    cfg = config or choose_head_config(cin, cout, h * w, x.device)
+    if out is None:
+        out = torch.empty((n, cout), dtype=x.dtype, device=x.device)
+    else:
+        check_out(out, (n, cout), x)
+    if allow_tf32 is None:
+        allow_tf32 = torch.backends.cudnn.allow_tf32
+    grid = (n, triton.cdiv(cout, cfg.block_n))
+    _head_pool_kernel[grid](x, weight, bias, out, h * w, 1.0 / (h * w),
+                            **head_kernel_args(cin, cout, cfg, x.dtype, allow_tf32))
+    return out
+
+
+def linear(
+    a: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    config: LinearConfig | None = None,
+    allow_tf32: bool | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """a @ weight + bias.  a: [M, K] contiguous;  weight: [K, NOUT] in a's dtype;  bias: [NOUT]."""
+    if not isinstance(a, torch.Tensor) or a.dim() != 2:
+        raise ValueError(f"a must be a rank-2 tensor [M, K], got {getattr(a, 'shape', type(a).__name__)}")
+    if a.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"a has dtype {a.dtype}; supported: float16, bfloat16, float32")
+    if not a.is_contiguous():
+        raise ValueError("a must be contiguous")
+    check_device("a", a)
+    m, k = a.shape
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [K, NOUT], got {tuple(weight.shape)}")
+    nout = weight.shape[1]
+    check_param("weight", weight, (k, nout), a.device, a.dtype)
+    check_param("bias", bias, (nout,), a.device)
+    cfg = config or choose_linear_config(m, k, nout, a.device)
+    if out is None:
+        out = torch.empty((m, nout), dtype=a.dtype, device=a.device)
+    else:
+        check_out(out, (m, nout), a)
+    if allow_tf32 is None:
+        allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(nout, cfg.block_n))
+    _linear_kernel[grid](a, weight, bias, out, m, **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32))
+    return out

@@ -1,0 +1,79 @@
+"""mnv2-fast: MobileNetV2 inference on fused Triton kernels, as a drop-in.
+
+    import mnv2_fast
+    fast = mnv2_fast.optimize(model.eval())      # torchvision or mnv2_fast.mobilenet_v2
+    print(mnv2_fast.fusion_report(fast))
+
+Triton is imported lazily (on the first fused forward), so that TRITON_INTERPRET can still
+be set after ``import mnv2_fast``.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import sys
+
+
+def _register_checkout_kernels() -> None:
+    """In a source checkout kernels/ sits beside this package; installs ship it as
+    mnv2_fast/kernels.  Map the name for the checkout only, leaving installs alone."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isdir(os.path.join(here, "kernels")):
+        return
+    src = os.path.join(os.path.dirname(here), "kernels")
+    if not os.path.isfile(os.path.join(src, "__init__.py")):
+        return
+    name = __name__ + ".kernels"
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname != name:
+                return None
+            return importlib.util.spec_from_file_location(
+                fullname, os.path.join(src, "__init__.py"), submodule_search_locations=[src]
+            )
+
+    for finder in sys.meta_path:  # an editable install maps the name itself
+        try:
+            if finder.find_spec(name, __path__) is not None:
+                return
+        except Exception:  # a foreign finder that cannot answer for this name
+            continue
+    sys.meta_path.append(_Finder())
+
+
+_register_checkout_kernels()
+
+from .folding import check_eval, fold_bn  # noqa: E402
+from .model import MobileNetV2, block_specs, mobilenet_v2  # noqa: E402
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "fuse_block": "fused",
+    "FusedInvertedResidual": "fused",
+    "optimize": "optimize",
+    "fusion_report": "optimize",
+    "FusionReport": "optimize",
+    "FusedMobileNetV2": "optimize",
+    "CUDAGraphRunner": "optimize",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "MobileNetV2",
+    "block_specs",
+    "check_eval",
+    "fold_bn",
+    "mobilenet_v2",
+    *_LAZY,
+]
