@@ -82,8 +82,6 @@ class BlockConfig:
                 raise ValueError("gather staging needs an expand stage; use gather=False for t = 1 blocks")
             if min(self.tile_h, self.tile_w, self.imgs) < 1:
                 raise ValueError("config tile_h, tile_w and imgs must be >= 1")
-            if self.imgs * self.tile_h * self.tile_w < 16:
-                raise ValueError("a gather tile needs at least 16 output pixels (imgs * tile_h * tile_w)")
         else:
             pow2("block_p", self.block_p)
 

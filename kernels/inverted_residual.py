@@ -61,8 +61,8 @@ def _inverted_residual_kernel(
     IMGS: tl.constexpr,  # ... and images per program
     IN_H: tl.constexpr,  # gather mode: input region rows, min((TILE_H-1)*STRIDE+3, H)
     IN_W: tl.constexpr,  # gather mode: input region columns, likewise
-    P_OUT: tl.constexpr,  # gather mode: next_pow2(IMGS*TILE_H*TILE_W)
-    P_IN: tl.constexpr,  # gather mode: next_pow2(IMGS*IN_H*IN_W)
+    P_OUT: tl.constexpr,  # gather mode: next_pow2(IMGS*TILE_H*TILE_W), at least 16
+    P_IN: tl.constexpr,  # gather mode: next_pow2(IMGS*IN_H*IN_W), at least 16
     BLOCK_H: tl.constexpr,  # hidden channels per chunk
     BLOCK_K: tl.constexpr,  # input channels per step of the expand product
     BLOCK_CO: tl.constexpr,  # output channels per program (grid axis 1)
@@ -192,8 +192,9 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         IMGS=cfg.imgs,
         IN_H=in_h,
         IN_W=in_w,
-        P_OUT=triton.next_power_of_2(cfg.imgs * cfg.tile_h * cfg.tile_w),
-        P_IN=triton.next_power_of_2(cfg.imgs * in_h * in_w),
+        # tl.dot needs at least 16 rows; extra rows are masked.
+        P_OUT=max(16, triton.next_power_of_2(cfg.imgs * cfg.tile_h * cfg.tile_w)),
+        P_IN=max(16, triton.next_power_of_2(cfg.imgs * in_h * in_w)),
         BLOCK_H=cfg.block_h,
         BLOCK_K=cfg.block_k,
         BLOCK_CO=cfg.block_co,

@@ -46,34 +46,25 @@ def _register_checkout_kernels() -> None:
 
 _register_checkout_kernels()
 
+# None of these import triton at import time: kernels load on the first fused forward.
 from .folding import check_eval, fold_bn  # noqa: E402
+from .fused import FusedInvertedResidual, UnsupportedBlockError, fuse_block  # noqa: E402
 from .model import MobileNetV2, block_specs, mobilenet_v2  # noqa: E402
+from .network import CUDAGraphRunner, FusionReport, fusion_report, optimize  # noqa: E402
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "fuse_block": "fused",
-    "FusedInvertedResidual": "fused",
-    "optimize": "optimize",
-    "fusion_report": "optimize",
-    "FusionReport": "optimize",
-    "FusedMobileNetV2": "optimize",
-    "CUDAGraphRunner": "optimize",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
+    "CUDAGraphRunner",
+    "FusedInvertedResidual",
+    "FusionReport",
     "MobileNetV2",
+    "UnsupportedBlockError",
     "block_specs",
     "check_eval",
     "fold_bn",
+    "fuse_block",
+    "fusion_report",
     "mobilenet_v2",
-    *_LAZY,
+    "optimize",
 ]

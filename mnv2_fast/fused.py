@@ -1,0 +1,306 @@
+"""Fused modules: one inverted-residual block as one kernel (`fuse_block`), and the pieces
+`optimize` assembles a whole network from (stem, head, classifier).
+
+Each module keeps its BN-folded weights as buffers in the layout the kernels read, so
+``.to(device, dtype)`` moves and casts them like any module.  ``backend`` picks the engine:
+
+* "triton": the fused Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1);
+* "torch":  the same folded computation in plain PyTorch (any device);
+* "auto":   Triton for CUDA tensors, PyTorch otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .folding import fold_bn
+
+__all__ = [
+    "BACKENDS",
+    "FusedInvertedResidual",
+    "FusedLinear",
+    "FusedStem",
+    "FusedHead",
+    "UnsupportedBlockError",
+    "fuse_block",
+    "is_inverted_residual",
+    "parse_inverted_residual",
+]
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+class UnsupportedBlockError(ValueError):
+    """A module looks like an inverted-residual block but the fused kernel cannot compute it."""
+
+
+def _kernels():
+    # Imported on first use: importing triton early would freeze TRITON_INTERPRET.
+    from . import kernels
+
+    return kernels
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def use_triton(backend: str, x: torch.Tensor) -> bool:
+    """Resolve the backend for one input; backend='triton' never falls back silently."""
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        return x.is_cuda
+    if x.is_cuda:
+        return True
+    from .kernels._common import interpreting
+
+    if x.device.type == "cpu" and interpreting():
+        return True
+    raise ValueError(
+        f"backend='triton' needs a CUDA tensor, got one on {x.device} "
+        "(CPU tensors run the Triton kernels only under TRITON_INTERPRET=1; use backend='auto' or 'torch')"
+    )
+
+
+def check_input(x: torch.Tensor, channels: int, like: torch.Tensor, what: str) -> None:
+    """Errors that name the problem, before any kernel sees the tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{what} expects a rank-4 input (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{what} expects {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if x.dtype != like.dtype:
+        raise TypeError(
+            f"{what} has {like.dtype} weights but the input is {x.dtype}: convert the input, or the module with .to(dtype)"
+        )
+    if x.device != like.device:
+        raise ValueError(f"{what} has weights on {like.device} but the input is on {x.device}: move one of them")
+    if min(x.shape) < 1:
+        raise ValueError(f"{what} got an empty input of shape {tuple(x.shape)}")
+
+
+def _is_relu6(m: nn.Module) -> bool:
+    if isinstance(m, nn.ReLU6):
+        return True
+    return isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0
+
+
+def _conv_bn(seq: nn.Module, what: str, *, act: bool) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """A Conv2d -> BatchNorm2d [-> ReLU6] sequence, as torchvision's Conv2dNormActivation."""
+    mods = list(seq.children()) if isinstance(seq, nn.Sequential) else [seq]
+    if len(mods) != (3 if act else 2) or not isinstance(mods[0], nn.Conv2d) or not isinstance(mods[1], nn.BatchNorm2d):
+        raise UnsupportedBlockError(f"{what}: expected Conv2d, BatchNorm2d{', ReLU6' if act else ''}; got {[type(m).__name__ for m in mods]}")
+    if act and not _is_relu6(mods[2]):
+        raise UnsupportedBlockError(f"{what}: activation {type(mods[2]).__name__} is not ReLU6")
+    return mods[0], mods[1]
+
+
+def _check_conv(conv: nn.Conv2d, what: str, *, kernel: int, groups: int, strides: tuple[int, ...]) -> None:
+    problems = []
+    if conv.kernel_size != (kernel, kernel):
+        problems.append(f"kernel {conv.kernel_size} (need {kernel}x{kernel})")
+    if conv.groups != groups:
+        problems.append(f"groups={conv.groups} (need {groups})")
+    if conv.stride[0] != conv.stride[1] or conv.stride[0] not in strides:
+        problems.append(f"stride {conv.stride} (need one of {strides})")
+    if conv.dilation != (1, 1):
+        problems.append(f"dilation {conv.dilation}")
+    if conv.padding != ((kernel - 1) // 2,) * 2 or conv.padding_mode != "zeros":
+        problems.append(f"padding {conv.padding} ({conv.padding_mode})")
+    if problems:
+        raise UnsupportedBlockError(f"{what}: " + ", ".join(problems))
+
+
+def is_inverted_residual(m: nn.Module) -> bool:
+    """torchvision-style InvertedResidual: a `conv` Sequential and a `use_res_connect` flag."""
+    return type(m).__name__ == "InvertedResidual" and isinstance(getattr(m, "conv", None), nn.Sequential)
+
+
+@dataclass
+class ParsedBlock:
+    cin: int
+    hidden: int
+    cout: int
+    stride: int
+    residual: bool
+    expand: tuple[nn.Conv2d, nn.BatchNorm2d] | None
+    depthwise: tuple[nn.Conv2d, nn.BatchNorm2d]
+    project: tuple[nn.Conv2d, nn.BatchNorm2d]
+
+
+def parse_inverted_residual(block: nn.Module) -> ParsedBlock:
+    """Read expand / depthwise / project out of a torchvision-style block, or say why not."""
+    if not is_inverted_residual(block):
+        raise UnsupportedBlockError(f"{type(block).__name__} is not an InvertedResidual block")
+    layers = list(block.conv.children())
+    if len(layers) == 4:
+        expand = _conv_bn(layers[0], "expand", act=True)
+        layers = layers[1:]
+    elif len(layers) == 3:
+        expand = None
+    else:
+        raise UnsupportedBlockError(f"InvertedResidual.conv has {len(layers)} layers; expected 3 (t = 1) or 4")
+    depthwise = _conv_bn(layers[0], "depthwise", act=True)
+    project = _conv_bn(nn.Sequential(layers[1], layers[2]), "project", act=False)
+    dw = depthwise[0]
+    hidden = dw.in_channels
+    _check_conv(dw, "depthwise", kernel=3, groups=hidden, strides=(1, 2))
+    if dw.out_channels != hidden:
+        raise UnsupportedBlockError(f"depthwise: {dw.in_channels} -> {dw.out_channels} channels is not depthwise")
+    if expand is not None:
+        _check_conv(expand[0], "expand", kernel=1, groups=1, strides=(1,))
+        if expand[0].out_channels != hidden:
+            raise UnsupportedBlockError(f"expand gives {expand[0].out_channels} channels, depthwise takes {hidden}")
+        cin = expand[0].in_channels
+    else:
+        cin = hidden
+    _check_conv(project[0], "project", kernel=1, groups=1, strides=(1,))
+    if project[0].in_channels != hidden:
+        raise UnsupportedBlockError(f"project takes {project[0].in_channels} channels, depthwise gives {hidden}")
+    cout = project[0].out_channels
+    stride = dw.stride[0]
+    residual = bool(getattr(block, "use_res_connect", stride == 1 and cin == cout))
+    if residual and (stride != 1 or cin != cout):
+        raise UnsupportedBlockError(f"use_res_connect is set but stride={stride}, {cin} -> {cout} channels")
+    return ParsedBlock(cin, hidden, cout, stride, residual, expand, depthwise, project)
+
+
+def _relu6(x: torch.Tensor) -> torch.Tensor:
+    return F.hardtanh(x, 0.0, 6.0)
+
+
+class FusedInvertedResidual(nn.Module):
+    """One MobileNetV2 block, BN folded, computed in a single Triton kernel (or folded PyTorch).
+
+    Buffers, in kernel layout: w_exp [cin, hidden], b_exp; w_dw [9, hidden], b_dw;
+    w_proj [hidden, cout], b_proj.  Output: channels_last memory, like cuDNN's.
+    """
+
+    def __init__(self, block: nn.Module, backend: str = "auto"):
+        super().__init__()
+        self.backend = check_backend(backend)
+        if block.training:
+            raise ValueError(f"{type(block).__name__} is in training mode; call .eval() before fusing")
+        p = parse_inverted_residual(block)
+        self.cin, self.hidden, self.cout, self.stride, self.residual = p.cin, p.hidden, p.cout, p.stride, p.residual
+        self.has_expand = p.expand is not None
+        if self.has_expand:
+            w, b = fold_bn(*p.expand)
+            self.register_buffer("w_exp", w.reshape(p.hidden, p.cin).t().contiguous())
+            self.register_buffer("b_exp", b)
+        else:
+            self.w_exp = self.b_exp = None
+        w, b = fold_bn(*p.depthwise)
+        self.register_buffer("w_dw", w.reshape(p.hidden, 9).t().contiguous())
+        self.register_buffer("b_dw", b)
+        w, b = fold_bn(*p.project)
+        self.register_buffer("w_proj", w.reshape(p.cout, p.hidden).t().contiguous())
+        self.register_buffer("b_proj", b)
+        self.config = None  # a kernels.BlockConfig to pin the launch; None = tuned table / heuristic
+
+    def extra_repr(self) -> str:
+        return (f"cin={self.cin}, hidden={self.hidden}, cout={self.cout}, stride={self.stride}, "
+                f"residual={self.residual}, backend={self.backend!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.cin, self.w_proj, "FusedInvertedResidual")
+        if use_triton(self.backend, x):
+            x = x.contiguous(memory_format=torch.channels_last)
+            return _kernels().inverted_residual(
+                x, self.w_exp, self.b_exp, self.w_dw, self.b_dw, self.w_proj, self.b_proj,
+                stride=self.stride, residual=self.residual, config=self.config,
+            )
+        return self.forward_torch(x)
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """The same folded block in PyTorch ops (also the fallback off the GPU)."""
+        h = x
+        if self.has_expand:
+            h = _relu6(F.conv2d(h, self.w_exp.t()[:, :, None, None], self.b_exp))
+        w_dw = self.w_dw.t().reshape(self.hidden, 1, 3, 3)
+        h = _relu6(F.conv2d(h, w_dw, self.b_dw, stride=self.stride, padding=1, groups=self.hidden))
+        y = F.conv2d(h, self.w_proj.t()[:, :, None, None], self.b_proj)
+        return x + y if self.residual else y
+
+
+def fuse_block(block: nn.Module, backend: str = "auto") -> FusedInvertedResidual:
+    """Fuse a torchvision-style InvertedResidual (eval mode) into one-kernel form.
+
+    backend: "triton" (the fused kernel), "torch" (folded PyTorch) or "auto" (Triton for
+    CUDA tensors).  Raises UnsupportedBlockError for blocks the kernel cannot compute.
+    """
+    return FusedInvertedResidual(block, backend)
+
+
+class FusedStem(nn.Module):
+    """3x3 stride-2 conv + BN + ReLU6 as one kernel; reads NCHW or channels_last input."""
+
+    def __init__(self, seq: nn.Module, backend: str = "auto"):
+        super().__init__()
+        self.backend = check_backend(backend)
+        conv, bn = _conv_bn(seq, "stem", act=True)
+        _check_conv(conv, "stem", kernel=3, groups=1, strides=(1, 2))
+        self.cin, self.cout, self.stride = conv.in_channels, conv.out_channels, conv.stride[0]
+        w, b = fold_bn(conv, bn)
+        self.register_buffer("weight", w.reshape(self.cout, self.cin * 9).t().contiguous())
+        self.register_buffer("bias", b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.cin, self.weight, "the model")
+        if use_triton(self.backend, x):
+            return _kernels().stem_conv(x, self.weight, self.bias, stride=self.stride)
+        w = self.weight.t().reshape(self.cout, self.cin, 3, 3)
+        return _relu6(F.conv2d(x, w, self.bias, stride=self.stride, padding=1))
+
+
+class FusedHead(nn.Module):
+    """1x1 conv + BN + ReLU6 + global average pool as one kernel; returns [N, C, 1, 1].
+
+    The [N, C, H, W] activation of the 1x1 conv is never written: only its mean is."""
+
+    def __init__(self, seq: nn.Module, backend: str = "auto"):
+        super().__init__()
+        self.backend = check_backend(backend)
+        conv, bn = _conv_bn(seq, "head", act=True)
+        _check_conv(conv, "head", kernel=1, groups=1, strides=(1,))
+        self.cin, self.cout = conv.in_channels, conv.out_channels
+        w, b = fold_bn(conv, bn)
+        self.register_buffer("weight", w.reshape(self.cout, self.cin).t().contiguous())
+        self.register_buffer("bias", b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.cin, self.weight, "FusedHead")
+        if use_triton(self.backend, x):
+            x = x.contiguous(memory_format=torch.channels_last)
+            pooled = _kernels().head_pool(x, self.weight, self.bias)
+        else:
+            h = _relu6(F.conv2d(x, self.weight.t()[:, :, None, None], self.bias))
+            pooled = h.mean(dim=(2, 3))
+        return pooled[:, :, None, None]
+
+
+class FusedLinear(nn.Module):
+    """The classifier: the paper's final 1x1 conv on the pooled map, i.e. a dense layer."""
+
+    def __init__(self, linear: nn.Linear, backend: str = "auto"):
+        super().__init__()
+        self.backend = check_backend(backend)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", linear.weight.detach().t().contiguous())
+        bias = linear.bias.detach() if linear.bias is not None else torch.zeros_like(linear.weight[:, 0])
+        self.register_buffer("bias", bias.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"FusedLinear expects [N, {self.in_features}], got {tuple(x.shape)}")
+        if use_triton(self.backend, x):
+            return _kernels().linear(x.contiguous(), self.weight, self.bias)
+        return torch.addmm(self.bias, x, self.weight)

@@ -1,0 +1,232 @@
+"""`optimize(model)`: the whole network on fused kernels, with a report of what was fused."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .folding import check_eval
+from .fused import (
+    FusedHead,
+    FusedInvertedResidual,
+    FusedLinear,
+    FusedStem,
+    UnsupportedBlockError,
+    check_backend,
+    is_inverted_residual,
+)
+
+__all__ = ["CUDAGraphRunner", "FusionEntry", "FusionReport", "fusion_report", "optimize"]
+
+# Classes whose forward is known to be features -> adaptive_avg_pool2d -> flatten -> classifier,
+# so the head conv and the pool can become one kernel.
+_KNOWN_MOBILENET_V2 = {("torchvision.models.mobilenetv2", "MobileNetV2"), ("mnv2_fast.model", "MobileNetV2")}
+
+
+@dataclass(frozen=True)
+class FusionEntry:
+    name: str  # module path in the optimized model
+    part: str  # stem, block, head, classifier, other
+    fused: bool
+    detail: str  # what runs there, or why it is not fused
+
+
+@dataclass(frozen=True)
+class FusionReport:
+    backend: str
+    entries: tuple[FusionEntry, ...]
+
+    @property
+    def fused(self) -> list[FusionEntry]:
+        return [e for e in self.entries if e.fused]
+
+    @property
+    def not_fused(self) -> list[FusionEntry]:
+        return [e for e in self.entries if not e.fused]
+
+    def __str__(self) -> str:
+        width = max([len(e.name) for e in self.entries] + [6])
+        lines = [f"mnv2_fast fusion report (backend={self.backend!r}): "
+                 f"{len(self.fused)} of {len(self.entries)} parts fused"]
+        lines.append(f"  {'module':<{width}}  {'part':<10}  {'fused':<5}  detail")
+        for e in self.entries:
+            lines.append(f"  {e.name:<{width}}  {e.part:<10}  {'yes' if e.fused else 'NO':<5}  {e.detail}")
+        return "\n".join(lines)
+
+
+def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, new)
+
+
+def _try_fuse(root, path, make, part, backend, entries, describe) -> None:
+    """Replace root.<path> by make(); with backend='triton' an unsupported part is an error."""
+    try:
+        new = make()
+    except UnsupportedBlockError as err:
+        if backend == "triton":
+            raise UnsupportedBlockError(f"{path}: {err} (backend='triton' does not fall back)") from None
+        entries.append(FusionEntry(path, part, False, f"kept as PyTorch: {err}"))
+        return
+    _replace(root, path, new)
+    entries.append(FusionEntry(path, part, True, describe(new)))
+
+
+def _block_detail(m: FusedInvertedResidual) -> str:
+    t = m.hidden // m.cin if m.has_expand else 1
+    res = ", +x" if m.residual else ""
+    return f"one kernel: {m.cin} -> {m.hidden} (t={t}) -> {m.cout}, stride {m.stride}{res}"
+
+
+def _fuse_blocks(model: nn.Module, names: list[str], backend: str, entries: list[FusionEntry]) -> None:
+    for path in names:
+        block = model.get_submodule(path)
+        _try_fuse(model, path, lambda b=block: FusedInvertedResidual(b, backend), "block", backend, entries,
+                  _block_detail)
+
+
+def _is_known_mobilenet_v2(model: nn.Module) -> bool:
+    key = (type(model).__module__, type(model).__name__)
+    return (
+        key in _KNOWN_MOBILENET_V2
+        and isinstance(getattr(model, "features", None), nn.Sequential)
+        and isinstance(getattr(model, "classifier", None), nn.Sequential)
+    )
+
+
+def _fuse_mobilenet_v2(model: nn.Module, backend: str, entries: list[FusionEntry]) -> None:
+    features = model.features
+    n = len(features)
+    _try_fuse(model, "features.0", lambda: FusedStem(features[0], backend), "stem", backend, entries,
+              lambda m: f"one kernel: 3x3 conv stride {m.stride} + BN + ReLU6, reads NCHW or NHWC")
+    blocks = [f"features.{i}" for i in range(1, n - 1) if is_inverted_residual(features[i])]
+    others = [f"features.{i}" for i in range(1, n - 1) if not is_inverted_residual(features[i])]
+    _fuse_blocks(model, blocks, backend, entries)
+    for path in others:
+        entries.append(FusionEntry(path, "other", False, f"kept as PyTorch: {type(model.get_submodule(path)).__name__}"))
+    _try_fuse(model, f"features.{n - 1}", lambda: FusedHead(features[n - 1], backend), "head", backend, entries,
+              lambda m: f"one kernel: 1x1 conv {m.cin} -> {m.cout} + BN + ReLU6 + global average pool"
+                        " (the full map is never written)")
+    linears = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
+    for i, m in enumerate(model.classifier):
+        if isinstance(m, nn.Dropout):
+            entries.append(FusionEntry(f"classifier.{i}", "classifier", True, "dropout: the identity at inference"))
+    for i in linears:
+        lin = model.classifier[i]
+        _try_fuse(model, f"classifier.{i}", lambda lin=lin: FusedLinear(lin, backend), "classifier", backend, entries,
+                  lambda m: f"one kernel: dense {m.in_features} -> {m.out_features} (the paper's final 1x1 conv)")
+
+
+def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, cuda_graph: bool = False) -> nn.Module:
+    """Return ``model`` with its MobileNetV2 parts running on fused kernels.
+
+    model:    torchvision's ``mobilenet_v2`` (any width, any number of classes, any input
+              size), ``mnv2_fast.mobilenet_v2``, or any module containing torchvision-style
+              InvertedResidual blocks (those are replaced; everything else is kept).
+              Must be in eval mode.
+    backend:  "auto" (Triton kernels for CUDA inputs, folded PyTorch otherwise), "triton"
+              (always the kernels; an unsupported part is an error) or "torch".
+    inplace:  modify ``model`` itself instead of a deep copy.
+    cuda_graph: wrap the result in a CUDAGraphRunner (fixed input shape, lowest latency).
+
+    The result follows ``.to(device, dtype)`` and carries ``.fusion_report``.
+    """
+    check_backend(backend)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize expects an nn.Module, got {type(model).__name__}")
+    check_eval(model)
+    target = model if inplace else copy.deepcopy(model)
+    entries: list[FusionEntry] = []
+    if _is_known_mobilenet_v2(target):
+        _fuse_mobilenet_v2(target, backend, entries)
+    else:
+        names = []
+        for name, m in target.named_modules():
+            if name and is_inverted_residual(m) and not any(name.startswith(p + ".") for p in names):
+                names.append(name)
+        if not names:
+            raise ValueError(f"{type(model).__name__} contains no InvertedResidual blocks: nothing to fuse")
+        _fuse_blocks(target, names, backend, entries)
+        entries.append(FusionEntry("(rest)", "other", False,
+                                   f"kept as PyTorch: {type(model).__name__} is not a known MobileNetV2, "
+                                   "so only its InvertedResidual blocks are replaced"))
+    report = FusionReport(backend, tuple(entries))
+    target.fusion_report = report
+    if cuda_graph:
+        target = CUDAGraphRunner(target)
+    return target
+
+
+def fusion_report(model: nn.Module) -> FusionReport:
+    """The report of a model returned by ``optimize`` (print it for a table)."""
+    report = getattr(model, "fusion_report", None)
+    if not isinstance(report, FusionReport):
+        raise ValueError("this model was not produced by mnv2_fast.optimize: it has no fusion report")
+    return report
+
+
+class CUDAGraphRunner(nn.Module):
+    """Replays one CUDA graph of ``module`` for a fixed input shape, dtype, device and layout.
+
+    The first call warms up (compiling the Triton kernels) and captures; later calls copy the
+    input into the graph's static buffer and replay.  A different input shape is an error:
+    call ``reset()`` (or make another runner) to capture again.
+    """
+
+    def __init__(self, module: nn.Module, *, warmup: int = 2, copy_output: bool = True):
+        super().__init__()
+        self.module = module
+        self.warmup = warmup
+        self.copy_output = copy_output
+        self.fusion_report = getattr(module, "fusion_report", None)
+        self.reset()
+
+    def reset(self) -> None:
+        self._graph = None
+        self._signature = None
+        self._static_in = None
+        self._static_out = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self.reset()  # moved or cast: the captured graph points at the old buffers
+        return super()._apply(fn, *args, **kwargs)
+
+    @staticmethod
+    def _sig(x: torch.Tensor):
+        return tuple(x.shape), x.dtype, x.device, x.stride()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_cuda:
+            raise ValueError("CUDAGraphRunner needs a CUDA input tensor")
+        sig = self._sig(x)
+        if self._graph is None:
+            self._capture(x)
+        elif sig != self._signature:
+            raise ValueError(
+                f"this CUDA graph was captured for input shape {self._signature[0]}, dtype {self._signature[1]}, "
+                f"strides {self._signature[3]}; got shape {sig[0]}, dtype {sig[1]}, strides {sig[3]}. "
+                "A graph has fixed shapes: call reset() to capture a new one"
+            )
+        self._static_in.copy_(x)
+        self._graph.replay()
+        return self._static_out.clone() if self.copy_output else self._static_out
+
+    def _capture(self, x: torch.Tensor) -> None:
+        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        static_in.copy_(x)
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(max(1, self.warmup)):
+                self.module(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.module(static_in)
+        self._graph, self._signature = graph, self._sig(x)
+        self._static_in, self._static_out = static_in, static_out
