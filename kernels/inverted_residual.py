@@ -155,7 +155,12 @@ def _inverted_residual_kernel(
             dw += tl.where(t_ok[:, None], v, 0.0) * w_tap[None, :]
 
         b_dw = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)
-        d = _relu6(dw + b_dw[None, :]).to(dtype)
+        d = _relu6(dw + b_dw[None, :])
+        if HIDDEN % BLOCK_H != 0:
+            # Padding columns see zero weights; an Inf input would make them NaN (Inf * 0),
+            # and the project product would spread it to every output channel.
+            d = tl.where(h_ok[None, :], d, 0.0)
+        d = d.to(dtype)
         wp = tl.load(w_proj_ptr + hh[:, None] * COUT + co[None, :], mask=h_ok[:, None] & co_ok[None, :], other=0.0)
         acc = tl.dot(d, wp, acc, input_precision=DOT_PRECISION)
 

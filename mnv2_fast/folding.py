@@ -16,9 +16,11 @@ __all__ = ["fold_bn", "check_eval"]
 
 
 def check_eval(module: nn.Module, what: str = "model") -> None:
-    """Refuse modules in training mode: BatchNorm would use batch statistics, dropout would drop."""
+    """Refuse a module in training mode, or one holding a BatchNorm or Dropout in training
+    mode: BatchNorm would normalise with batch statistics, dropout would drop."""
     for name, m in module.named_modules():
-        if m.training:
+        stateful = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+        if m.training and (not name or stateful):
             where = f"{what}.{name}" if name else what
             raise ValueError(
                 f"{where} ({type(m).__name__}) is in training mode; fused inference needs eval mode: call .eval() first"

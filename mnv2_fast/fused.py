@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .folding import fold_bn
+from .folding import check_eval, fold_bn
 
 __all__ = [
     "BACKENDS",
@@ -187,9 +187,8 @@ class FusedInvertedResidual(nn.Module):
     def __init__(self, block: nn.Module, backend: str = "auto"):
         super().__init__()
         self.backend = check_backend(backend)
-        if block.training:
-            raise ValueError(f"{type(block).__name__} is in training mode; call .eval() before fusing")
         p = parse_inverted_residual(block)
+        check_eval(block, type(block).__name__)
         self.cin, self.hidden, self.cout, self.stride, self.residual = p.cin, p.hidden, p.cout, p.stride, p.residual
         self.has_expand = p.expand is not None
         if self.has_expand:

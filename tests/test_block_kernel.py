@@ -1,0 +1,236 @@
+"""The fused inverted-residual kernel against the unfused float64 PyTorch block.
+
+On a CPU-only machine these run through Triton's interpreter at small spatial sizes.
+Every block shape of MobileNetV2 at widths 1.0, 0.5 and 1.4 is covered, in both stencil
+stagings (per-tap recompute and gather), plus tilings that split images, output
+channels, hidden and input channels unevenly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from helpers import DEVICE, assert_close, make_block, nhwc, poisoned_like, reference64
+from mnv2_fast import fuse_block
+from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
+from mnv2_fast.model import block_specs
+
+# Small spatial sizes, odd ones included, cycled over the cases.
+SIZES = [(7, 7), (9, 5), (5, 9), (8, 8), (15, 3), (3, 17), (6, 7), (1, 1), (2, 3), (11, 4), (4, 11), (17, 2)]
+
+
+def _unique_specs(width):
+    seen, out = set(), []
+    for b in block_specs(width):
+        key = (b.cin, b.hidden, b.cout, b.stride, b.t)
+        if key not in seen:
+            seen.add(key)
+            out.append(b)
+    return out
+
+
+def _cases():
+    sizes = itertools.cycle(SIZES)
+    cases = []
+    for width in (1.0, 0.5, 1.4):
+        for b in _unique_specs(width):
+            runs = [(1, torch.float32), (3, torch.float16)]
+            if width == 1.0:
+                runs += [(3, torch.float32), (1, torch.float16)]
+            stagings = ["tap", "gather"] if b.t != 1 else ["tap"]
+            for (batch, dtype), staging in itertools.product(runs, stagings):
+                h, w = next(sizes)
+                cases.append(pytest.param(b, batch, h, w, dtype, staging,
+                                          id=f"w{width}-b{b.index}-{b.cin}x{b.t}-{b.cout}-s{b.stride}"
+                                             f"-n{batch}-{h}x{w}-{str(dtype)[6:]}-{staging}"))
+    return cases
+
+
+def _config(staging: str, shape: BlockShape, batch: int) -> BlockConfig:
+    """Large interpreter-friendly tiles in the requested staging."""
+    def p2(v, lo=16, hi=256):
+        return max(lo, min(1 << (max(v, 1) - 1).bit_length(), hi))
+
+    block_h, block_k, block_co = p2(shape.hidden, hi=128), p2(shape.cin), p2(shape.cout)
+    if staging == "gather":
+        return BlockConfig(gather=True, tile_h=shape.ho, tile_w=shape.wo, imgs=min(batch, 2),
+                           block_h=block_h, block_k=block_k, block_co=block_co)
+    return BlockConfig(gather=False, block_p=p2(batch * shape.ho * shape.wo, hi=512),
+                       block_h=block_h, block_k=block_k, block_co=block_co)
+
+
+def _fused(spec, dtype):
+    block = make_block(spec.cin, spec.cout, spec.stride, spec.t)
+    return block, fuse_block(block, backend="triton").to(DEVICE, dtype)
+
+
+def _run(fused, x, cfg):
+    n, _, h, w = x.shape
+    out = poisoned_like(n, fused.cout, output_size(h, fused.stride), output_size(w, fused.stride), x.dtype)
+    y = inverted_residual(x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj, fused.b_proj,
+                          stride=fused.stride, residual=fused.residual, config=cfg, out=out)
+    assert y.data_ptr() == out.data_ptr()
+    return y
+
+
+@pytest.mark.parametrize("spec,batch,h,w,dtype,staging", _cases())
+def test_block_matches_unfused(spec, batch, h, w, dtype, staging):
+    block, fused = _fused(spec, dtype)
+    x = nhwc(torch.randn(batch, spec.cin, h, w)).to(DEVICE, dtype)
+    shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, h, w, spec.t != 1, spec.residual)
+    y = _run(fused, x, _config(staging, shape, batch))
+    assert_close(y, reference64(block, x), dtype, f"block {spec.index}")
+
+
+# Tilings the whole-image configs above never produce: several tiles per image, tiles
+# overhanging the image, batches not divisible by imgs, several output-channel programs,
+# hidden and input channels not multiples of their chunk.
+TILINGS = [
+    dict(gather=True, tile_h=3, tile_w=4, imgs=2, block_h=32, block_k=16, block_co=16),
+    dict(gather=True, tile_h=2, tile_w=5, imgs=3, block_h=64, block_k=32, block_co=32),
+    dict(gather=True, tile_h=4, tile_w=2, imgs=1, block_h=16, block_k=16, block_co=16, num_warps=2),
+    dict(gather=False, block_p=16, block_h=32, block_k=16, block_co=16),
+    dict(gather=False, block_p=32, block_h=64, block_k=32, block_co=32),
+]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("tiling", TILINGS, ids=lambda d: ("gather" if d["gather"] else "tap") + "-" +
+                         "-".join(f"{k}{v}" for k, v in d.items() if k != "gather"))
+def test_block_tilings(tiling, stride):
+    cin, t, cout = (24, 6, 24) if stride == 1 else (24, 6, 40)
+    block = make_block(cin, cout, stride, t)
+    fused = fuse_block(block, backend="triton").to(DEVICE, torch.float32)
+    x = nhwc(torch.randn(5, cin, 9, 7)).to(DEVICE)
+    y = _run(fused, x, BlockConfig(**tiling))
+    assert_close(y, reference64(block, x), torch.float32, str(tiling))
+
+
+@pytest.mark.parametrize("index", [b.index for b in _unique_specs(1.0)])
+def test_default_gpu_configs_compute_the_block(index):
+    """The heuristic's GPU launch configs (tuned for 224-px shapes) are numerically right too."""
+    spec = block_specs(1.0)[index - 1]
+    size = 224 // 2 // {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 8: 8, 9: 8, 10: 8, 11: 8, 12: 8, 13: 8,
+                        14: 8, 15: 16, 16: 16, 17: 16}[index]
+    gpu_shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, size, size, spec.t != 1, spec.residual)
+    cfg = default_config(gpu_shape)
+    block, fused = _fused(spec, torch.float16)
+    x = nhwc(torch.randn(2, spec.cin, 9, 7)).to(DEVICE, torch.float16)
+    y = _run(fused, x, cfg)
+    assert_close(y, reference64(block, x), torch.float16, f"block {index} with {cfg}")
+
+
+@pytest.mark.parametrize("staging", ["tap", "gather"])
+def test_large_spatial_size_odd(staging):
+    """An odd 113-pixel image (as in 225-px inputs), with batch 1."""
+    block = make_block(16, 24, 2, 6)
+    fused = fuse_block(block, backend="triton").to(DEVICE)
+    x = nhwc(torch.randn(1, 16, 113, 113)).to(DEVICE)
+    cfg = (BlockConfig(gather=True, tile_h=8, tile_w=57, block_h=128, block_k=16, block_co=32) if staging == "gather"
+           else BlockConfig(gather=False, block_p=512, block_h=128, block_k=16, block_co=32))
+    y = _run(fused, x, cfg)
+    assert_close(y, reference64(block, x), torch.float32, "113 px")
+
+
+@pytest.mark.parametrize("cin,t,cout,stride,staging", [
+    (24, 6, 24, 1, "tap"), (24, 6, 24, 1, "gather"), (16, 6, 24, 2, "tap"), (16, 6, 24, 2, "gather"),
+    (32, 1, 16, 1, "tap"),  # no expand stage: gather staging does not apply
+])
+def test_nan_and_inf_propagate_as_in_reference(cin, t, cout, stride, staging):
+    block = make_block(cin, cout, stride, t)
+    fused = fuse_block(block, backend="triton").to(DEVICE)
+    x = torch.randn(2, cin, 7, 8)
+    x[0, 3, 2, 5] = float("nan")
+    x[1, 1, 4, 0] = float("inf")
+    x[1, 2, 6, 7] = float("-inf")
+    x = nhwc(x).to(DEVICE)
+    shape = BlockShape(cin, cin * t, cout, stride, 7, 8, t != 1, stride == 1 and cin == cout)
+    y = _run(fused, x, _config(staging, shape, 2)).double().cpu()
+    ref = reference64(block, x)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isposinf(y), torch.isposinf(ref))
+    assert torch.equal(torch.isneginf(y), torch.isneginf(ref))
+    assert torch.isnan(ref).any()
+    finite = torch.isfinite(ref)
+    assert_close(torch.where(finite, y, 0), torch.where(finite, ref, 0), torch.float32, "finite part")
+
+
+def test_halo_pixels_contribute_zero_not_relu6_bias():
+    """Depthwise zero-padding applies to the expanded activation: with a large expand bias,
+    relu6(bias) at halo pixels would show up along the border if padding were applied to x."""
+    block = make_block(16, 16, 1, 6)
+    with torch.no_grad():
+        block.conv[0][1].bias.fill_(3.0)  # expand BN beta: relu6(bias) = 3 at every padded pixel
+    fused = fuse_block(block, backend="triton").to(DEVICE)
+    x = nhwc(torch.randn(1, 16, 5, 6)).to(DEVICE)
+    for staging in ("tap", "gather"):
+        shape = BlockShape(16, 96, 16, 1, 5, 6, True, True)
+        y = _run(fused, x, _config(staging, shape, 1))
+        assert_close(y, reference64(block, x), torch.float32, staging)
+
+
+# ---- launcher errors: a clear exception naming the problem, never a wrong result
+
+def _args(dtype=torch.float32, cin=16, hidden=96, cout=24):
+    dev = DEVICE
+    return dict(
+        w_exp=torch.randn(cin, hidden, device=dev, dtype=dtype), b_exp=torch.randn(hidden, device=dev),
+        w_dw=torch.randn(9, hidden, device=dev), b_dw=torch.randn(hidden, device=dev),
+        w_proj=torch.randn(hidden, cout, device=dev, dtype=dtype), b_proj=torch.randn(cout, device=dev),
+    )
+
+
+def _x(n=1, c=16, h=5, w=5, dtype=torch.float32):
+    return nhwc(torch.randn(n, c, h, w, device=DEVICE, dtype=dtype))
+
+
+@pytest.mark.parametrize("make_x,exc,msg", [
+    (lambda: torch.randn(16, 5, 5, device=DEVICE), ValueError, "rank 4"),
+    (lambda: torch.randn(1, 16, 5, 5, device=DEVICE), ValueError, "channels_last"),
+    (lambda: _x().to(torch.float64), TypeError, "dtype"),
+    (lambda: _x(c=8), ValueError, "w_exp has shape"),
+    (lambda: _x(h=0), ValueError, "empty"),
+    (lambda: [1.0], TypeError, "torch.Tensor"),
+])
+def test_launcher_rejects_bad_inputs(make_x, exc, msg):
+    with pytest.raises(exc, match=msg):
+        inverted_residual(make_x(), **_args(), stride=2, residual=False)
+
+
+def test_launcher_rejects_bad_weights_and_flags():
+    x = _x()
+    a = _args()
+    with pytest.raises(TypeError, match="w_exp has dtype"):
+        inverted_residual(x, **{**a, "w_exp": a["w_exp"].half()}, stride=2, residual=False)
+    with pytest.raises(ValueError, match="w_proj has shape"):
+        inverted_residual(x, **{**a, "w_proj": a["w_proj"][:50]}, stride=2, residual=False)
+    with pytest.raises(ValueError, match="w_dw must have shape"):
+        inverted_residual(x, **{**a, "w_dw": a["w_dw"][:4]}, stride=2, residual=False)
+    with pytest.raises(ValueError, match="both be given"):
+        inverted_residual(x, **{**a, "b_exp": None}, stride=2, residual=False)
+    with pytest.raises(ValueError, match="stride must be 1 or 2"):
+        inverted_residual(x, **a, stride=3, residual=False)
+    with pytest.raises(ValueError, match="residual needs stride 1"):
+        inverted_residual(x, **a, stride=2, residual=True)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        inverted_residual(x, **{**a, "w_proj": a["w_proj"].t().contiguous().t()}, stride=2, residual=False)
+    with pytest.raises(ValueError, match="without an expand stage"):
+        inverted_residual(x, **{**a, "w_exp": None, "b_exp": None}, stride=2, residual=False)
+    with pytest.raises(ValueError, match="out has shape"):
+        inverted_residual(x, **a, stride=2, residual=False, out=poisoned_like(1, 24, 5, 5, torch.float32))
+    with pytest.raises(ValueError, match="power of two"):
+        inverted_residual(x, **a, stride=2, residual=False, config=BlockConfig(block_h=24))
+    with pytest.raises(ValueError, match="gather staging needs an expand"):
+        b = _args(hidden=16)
+        inverted_residual(x, None, None, b["w_dw"], b["b_dw"], b["w_proj"], b["b_proj"], stride=1, residual=False,
+                          config=BlockConfig(gather=True, tile_h=4, tile_w=4))
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="checks the CPU-without-interpreter error")
+def test_cpu_tensor_without_interpreter_is_an_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        inverted_residual(_x(), **_args(), stride=2, residual=False)
