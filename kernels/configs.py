@@ -130,7 +130,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def lookup_tuned(shape: BlockShape, dtype: torch.dtype, batch: int, slug: str) -> BlockConfig | None:
-    key = {k: getattr(shape, k) for k in ("cin", "hidden", "cout", "stride", "h", "w")}
+    key = asdict(shape)
     for entry in load_tuned(slug):
         lo, hi = entry["batch"]
         if entry["shape"] == key and entry["dtype"] == _dtype_name(dtype) and lo <= batch <= hi:
@@ -142,7 +142,7 @@ def choose_block_config(shape: BlockShape, dtype: torch.dtype, batch: int, devic
     if interpreting() and device.type == "cpu":
         return interpreter_config(shape, batch)
     tuned = lookup_tuned(shape, dtype, batch, device_slug(device))
-    return tuned or default_config(shape)
+    return tuned or default_config(shape, dtype.itemsize)
 
 
 def _block_k(cin: int) -> int:
@@ -180,19 +180,22 @@ def _gather_cost(shape: BlockShape, tile_h: int, tile_w: int, imgs: int, block_c
 
 
 @functools.lru_cache(maxsize=None)
-def default_config(shape: BlockShape) -> BlockConfig:
+def default_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
     """Heuristic config for a GPU without a tuned entry.
 
     Tap staging while the nine expand recomputations are cheap (no expand, or Cin <= 32);
     otherwise gather staging with the tile and output-channel split that minimise the
-    cost model under the register limits above.
+    cost model under the register limits above.  fp32 (itemsize 4) operands take twice
+    the registers and shared memory, so its tiles are half as large.
     """
+    wide = itemsize > 2
     block_k = _block_k(shape.cin)
     if not shape.has_expand or shape.cin <= 32:
         block_co = max(16, next_pow2(shape.cout))
-        block_h = 32
-        return BlockConfig(gather=False, block_p=64, block_h=block_h, block_k=block_k, block_co=block_co,
-                           num_warps=4, num_stages=1)
+        return BlockConfig(gather=False, block_p=64, block_h=32, block_k=block_k, block_co=block_co,
+                           num_warps=8 if wide else 4, num_stages=1)
+    max_acc = MAX_ACC // 4 if wide else MAX_ACC
+    max_p_in = MAX_P_IN // 2 if wide else MAX_P_IN
     best = None
     co_options = sorted({max(16, min(next_pow2(shape.cout), c)) for c in (32, 64, 128)})
     for tile_w in range(1, shape.wo + 1):
@@ -203,10 +206,10 @@ def default_config(shape: BlockShape) -> BlockConfig:
                 in_h = min((tile_h - 1) * shape.stride + 3, shape.h)
                 in_w = min((tile_w - 1) * shape.stride + 3, shape.w)
                 p_in = next_pow2(imgs * in_h * in_w)
-                if p_out < 32 or p_out > MAX_P_OUT or p_in > MAX_P_IN:
+                if p_out < 32 or p_out > MAX_P_OUT or p_in > max_p_in:
                     continue
                 for block_co in co_options:
-                    if p_out * block_co > MAX_ACC:
+                    if p_out * block_co > max_acc:
                         continue
                     cost = _gather_cost(shape, tile_h, tile_w, imgs, block_co)
                     key = (cost, -p_out, block_co)
@@ -214,12 +217,11 @@ def default_config(shape: BlockShape) -> BlockConfig:
                         best = (key, tile_h, tile_w, imgs, block_co, p_out, p_in)
     if best is None:  # tiny images: fall back to tap staging
         return BlockConfig(gather=False, block_p=64, block_h=32, block_k=block_k,
-                           block_co=max(16, min(next_pow2(shape.cout), 64)))
+                           block_co=max(16, min(next_pow2(shape.cout), 64)), num_warps=8 if wide else 4)
     _, tile_h, tile_w, imgs, block_co, p_out, p_in = best
-    block_h = 32 if p_in > 128 else 64
-    num_warps = 8 if p_out * block_co > 64 * 64 or p_in * block_h > 128 * 64 else 4
-    return BlockConfig(gather=True, tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_h=block_h, block_k=block_k,
-                       block_co=block_co, num_warps=num_warps, num_stages=1)
+    block_h = 32 if p_in > 128 or wide else 64
+    return BlockConfig(gather=True, tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_h=block_h,
+                       block_k=min(block_k, 32) if wide else block_k, block_co=block_co, num_warps=8, num_stages=1)
 
 
 def tuned_table_path(slug: str) -> Path:
@@ -227,7 +229,10 @@ def tuned_table_path(slug: str) -> Path:
 
 
 def write_tuned(slug: str, entries: list[dict], meta: dict) -> Path:
-    """Write a tuned table (used by `mnv2-fast tune`); entries: {shape, dtype, batch, config, ms}."""
+    """Write a tuned table (used by `mnv2-fast tune`).
+
+    entries: {"shape": asdict(BlockShape), "dtype": "float16", "batch": [lo, hi],
+              "config": asdict(BlockConfig), "ms": measured time}"""
     TUNED_DIR.mkdir(exist_ok=True)
     path = tuned_table_path(slug)
     path.write_text(json.dumps({"meta": meta, "blocks": entries}, indent=1) + "\n")
@@ -273,11 +278,12 @@ def choose_stem_config(cout: int, device: torch.device) -> StemConfig:
     return StemConfig(block_p=64, block_co=block_co, num_warps=4)
 
 
-def choose_head_config(cin: int, cout: int, hw: int, device: torch.device) -> HeadConfig:
+def choose_head_config(cin: int, cout: int, hw: int, device: torch.device, itemsize: int = 2) -> HeadConfig:
     if _interpreting_on(device):
         return HeadConfig(block_p=max(16, min(next_pow2(hw), 256)), block_k=max(16, min(next_pow2(cin), 512)),
                           block_n=max(16, min(next_pow2(cout), 2048)))
-    return HeadConfig(block_p=64 if hw > 32 else 32, block_k=_block_k(cin), block_n=128, num_warps=8)
+    return HeadConfig(block_p=64 if hw > 32 else 32, block_k=min(_block_k(cin), 32 if itemsize > 2 else 64),
+                      block_n=64 if itemsize > 2 else 128, num_warps=8)
 
 
 def choose_linear_config(m: int, k: int, nout: int, device: torch.device) -> LinearConfig:

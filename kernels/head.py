@@ -131,7 +131,7 @@ def head_pool(
     cout = weight.shape[1]
     check_param("weight", weight, (cin, cout), x.device, x.dtype)
     check_param("bias", bias, (cout,), x.device)
-    cfg = config or choose_head_config(cin, cout, h * w, x.device)
+    cfg = config or choose_head_config(cin, cout, h * w, x.device, x.dtype.itemsize)
     if out is None:
         out = torch.empty((n, cout), dtype=x.dtype, device=x.device)
     else:

@@ -1,0 +1,98 @@
+"""The providers every benchmark compares: the fused kernels and the baselines they must beat.
+
+    fused            mnv2_fast.optimize / fuse_block, Triton kernels
+    fused_graph      the same, replayed as one CUDA graph (whole model only)
+    eager_cl         the unfused model on cuDNN, channels_last
+    eager_cl_folded  the unfused model with BN folded into the convs, channels_last
+    compile          torch.compile with freezing (mode reduce-overhead at batch 1)
+
+Each `make_*` returns a callable taking a channels_last input on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .fused import fuse_block
+from .network import optimize
+
+MODEL_PROVIDERS = ("fused", "fused_graph", "eager_cl", "eager_cl_folded", "compile")
+BLOCK_PROVIDERS = ("fused", "eager_cl", "eager_cl_folded", "compile")
+
+
+def _no_grad(fn: Callable) -> Callable:
+    def call(x):
+        with torch.inference_mode():
+            return fn(x)
+
+    return call
+
+
+def _compiled(module: nn.Module, batch: int) -> Callable:
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # constant-fold weights, as a deployment would
+    mode = "reduce-overhead" if batch == 1 else None
+    return torch.compile(module, mode=mode, dynamic=False)
+
+
+def make_model_provider(name: str, model: nn.Module, batch: int, dtype: torch.dtype,
+                        device: torch.device | str = "cuda") -> Callable[[torch.Tensor], torch.Tensor]:
+    """model: the unfused network in eval mode (left untouched)."""
+    if name == "fused":
+        return _no_grad(optimize(model, backend="triton").to(device, dtype))
+    if name == "fused_graph":
+        return optimize(model, backend="triton", cuda_graph=True).to(device, dtype)
+    if name == "eager_cl":
+        return _no_grad(copy.deepcopy(model).to(device, dtype).to(memory_format=torch.channels_last))
+    if name == "eager_cl_folded":
+        return _no_grad(optimize(model, backend="torch").to(device, dtype).to(memory_format=torch.channels_last))
+    if name == "compile":
+        m = copy.deepcopy(model).to(device, dtype).to(memory_format=torch.channels_last)
+        return _no_grad(_compiled(m, batch))
+    raise ValueError(f"unknown provider {name!r}; known: {MODEL_PROVIDERS}")
+
+
+def make_block_provider(name: str, block: nn.Module, batch: int, dtype: torch.dtype,
+                        device: torch.device | str = "cuda") -> Callable[[torch.Tensor], torch.Tensor]:
+    """block: an unfused InvertedResidual in eval mode (left untouched)."""
+    if name == "fused":
+        return _no_grad(fuse_block(block, backend="triton").to(device, dtype))
+    if name == "eager_cl":
+        return _no_grad(copy.deepcopy(block).to(device, dtype).to(memory_format=torch.channels_last))
+    if name == "eager_cl_folded":
+        return _no_grad(fuse_block(block, backend="torch").to(device, dtype).to(memory_format=torch.channels_last))
+    if name == "compile":
+        m = copy.deepcopy(block).to(device, dtype).to(memory_format=torch.channels_last)
+        return _no_grad(_compiled(m, batch))
+    raise ValueError(f"unknown provider {name!r}; known: {BLOCK_PROVIDERS}")
+
+
+def block_bytes(spec, h: int, w: int, batch: int, itemsize: int) -> int:
+    """The fused floor: input read once, output written once, weights read once."""
+    ho, wo = (h - 1) // spec.stride + 1, (w - 1) // spec.stride + 1
+    weights = spec.hidden * (spec.cin if spec.t != 1 else 0) + 9 * spec.hidden + spec.hidden * spec.cout
+    return (batch * (h * w * spec.cin + ho * wo * spec.cout) + weights) * itemsize
+
+
+def block_flops(spec, h: int, w: int, batch: int) -> int:
+    """Multiply-adds x 2 of the unfused block (what any implementation must at least do)."""
+    ho, wo = (h - 1) // spec.stride + 1, (w - 1) // spec.stride + 1
+    expand = h * w * spec.cin * spec.hidden if spec.t != 1 else 0
+    return 2 * batch * (expand + ho * wo * spec.hidden * (9 + spec.cout))
+
+
+def block_input_size(width: float, resolution: int) -> list[int]:
+    """Input side length of each of the 17 blocks for a square input of `resolution` px."""
+    from .model import block_specs
+
+    size = (resolution - 1) // 2 + 1  # after the stride-2 stem
+    sizes = []
+    for spec in block_specs(width):
+        sizes.append(size)
+        size = (size - 1) // spec.stride + 1
+    return sizes

@@ -1,0 +1,113 @@
+"""Device timing and the run's facts, shared by `mnv2-fast bench`, `mnv2-fast tune` and bench/.
+
+Timings are CUDA-event intervals around each call after a warm-up, reported as the median
+of many repeats.  Inputs rotate through a pool larger than L2, so a small block does not
+read its input from cache every time (the network never does).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+L2_ROTATE_BYTES = 256 << 20  # > the 50-60 MB L2 of H100/H200
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    min_ms: float
+    p20_ms: float
+    p80_ms: float
+    reps: int
+
+
+def input_pool(make: Callable[[], torch.Tensor], nbytes_each: int) -> list[torch.Tensor]:
+    """Enough distinct inputs that cycling through them defeats the L2 cache (at most 64)."""
+    count = max(1, min(64, -(-L2_ROTATE_BYTES // max(nbytes_each, 1))))
+    return [make() for _ in range(count)]
+
+
+def time_cuda(fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor], *, warmup: int = 10,
+              reps: int = 50) -> Timing:
+    """Median device time of fn(x) in ms, CUDA events around each call, inputs rotated."""
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        starts[i].record()
+        fn(inputs[i % len(inputs)])
+        ends[i].record()
+    torch.cuda.synchronize()
+    ms = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    q = statistics.quantiles(ms, n=5) if len(ms) > 1 else [ms[0]] * 4
+    return Timing(statistics.median(ms), ms[0], q[0], q[3], reps)
+
+
+def peak_memory_mb(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> float:
+    """Peak memory allocated during one call, beyond what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn(x)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def copy_bandwidth_gbps(nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    t = time_cuda(lambda s: dst.copy_(s), [src], warmup=3, reps=reps)
+    return 2 * nbytes / (t.median_ms * 1e-3) / 1e9
+
+
+def git_commit() -> str:
+    """The checkout's commit (or MNV2_FAST_COMMIT where the tree is not a git checkout)."""
+    if os.environ.get("MNV2_FAST_COMMIT"):
+        return os.environ["MNV2_FAST_COMMIT"]
+    try:
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def driver_version() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_facts() -> dict:
+    """What a result set must say about where it was measured."""
+    import triton
+
+    facts = {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none",
+        "commit": git_commit(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        facts.update(gpu=props.name, sm_count=props.multi_processor_count, driver=driver_version(),
+                     cuda=torch.version.cuda)
+    else:
+        facts.update(gpu="none", sm_count=0, driver="none", cuda=None)
+    return facts
