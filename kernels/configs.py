@@ -179,25 +179,17 @@ def _gather_cost(shape: BlockShape, tile_h: int, tile_w: int, imgs: int, block_c
     return per_program * programs_per_image
 
 
-@functools.lru_cache(maxsize=None)
-def default_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
-    """Heuristic config for a GPU without a tuned entry.
+def gather_candidates(shape: BlockShape, itemsize: int = 2) -> list[BlockConfig]:
+    """Gather-staging configs within the register limits, cheapest first by the cost model.
 
-    Tap staging while the nine expand recomputations are cheap (no expand, or Cin <= 32);
-    otherwise gather staging with the tile and output-channel split that minimise the
-    cost model under the register limits above.  fp32 (itemsize 4) operands take twice
-    the registers and shared memory, so its tiles are half as large.
-    """
+    fp32 (itemsize 4) operands take twice the registers and shared memory of fp16, so
+    their tiles are smaller."""
     wide = itemsize > 2
-    block_k = _block_k(shape.cin)
-    if not shape.has_expand or shape.cin <= 32:
-        block_co = max(16, next_pow2(shape.cout))
-        return BlockConfig(gather=False, block_p=64, block_h=32, block_k=block_k, block_co=block_co,
-                           num_warps=8 if wide else 4, num_stages=1)
     max_acc = MAX_ACC // 4 if wide else MAX_ACC
     max_p_in = MAX_P_IN // 2 if wide else MAX_P_IN
-    best = None
+    block_k = min(_block_k(shape.cin), 32) if wide else _block_k(shape.cin)
     co_options = sorted({max(16, min(next_pow2(shape.cout), c)) for c in (32, 64, 128)})
+    ranked = []
     for tile_w in range(1, shape.wo + 1):
         for tile_h in range(1, shape.ho + 1):
             whole = tile_h == shape.ho and tile_w == shape.wo
@@ -212,16 +204,28 @@ def default_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
                     if p_out * block_co > max_acc:
                         continue
                     cost = _gather_cost(shape, tile_h, tile_w, imgs, block_co)
-                    key = (cost, -p_out, block_co)
-                    if best is None or key < best[0]:
-                        best = (key, tile_h, tile_w, imgs, block_co, p_out, p_in)
-    if best is None:  # tiny images: fall back to tap staging
-        return BlockConfig(gather=False, block_p=64, block_h=32, block_k=block_k,
-                           block_co=max(16, min(next_pow2(shape.cout), 64)), num_warps=8 if wide else 4)
-    _, tile_h, tile_w, imgs, block_co, p_out, p_in = best
-    block_h = 32 if p_in > 128 or wide else 64
-    return BlockConfig(gather=True, tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_h=block_h,
-                       block_k=min(block_k, 32) if wide else block_k, block_co=block_co, num_warps=8, num_stages=1)
+                    block_h = 32 if p_in > 128 or wide else 64
+                    cfg = BlockConfig(gather=True, tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_h=block_h,
+                                      block_k=block_k, block_co=block_co, num_warps=8, num_stages=1)
+                    ranked.append(((cost, -p_out, block_co), cfg))
+    ranked.sort(key=lambda kc: kc[0])
+    return [cfg for _, cfg in ranked]
+
+
+@functools.lru_cache(maxsize=None)
+def default_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
+    """Heuristic config for a GPU without a tuned entry.
+
+    Tap staging while the nine expand recomputations are cheap (no expand, or Cin <= 32);
+    otherwise the cheapest gather config by the cost model.
+    """
+    tap = BlockConfig(gather=False, block_p=64, block_h=32, block_k=_block_k(shape.cin),
+                      block_co=max(16, min(next_pow2(shape.cout), 64 if shape.cin > 32 else 512)),
+                      num_warps=8 if itemsize > 2 else 4, num_stages=1)
+    if not shape.has_expand or shape.cin <= 32:
+        return tap
+    candidates = gather_candidates(shape, itemsize)
+    return candidates[0] if candidates else tap  # tiny images: no gather tile fits the limits
 
 
 def tuned_table_path(slug: str) -> Path:

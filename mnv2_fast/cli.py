@@ -1,0 +1,366 @@
+"""`mnv2-fast`: benchmark, check, tune and statically check the fused MobileNetV2 kernels.
+
+    mnv2-fast bench          fused vs eager cuDNN vs torch.compile: table, JSON and PNG
+                             (without a GPU: the fused model through Triton's interpreter on a
+                             small input, and its agreement with the unfused model)
+    mnv2-fast check          every part and the whole model against the unfused model
+    mnv2-fast tune           time candidate launch configs per block; write kernels/tuned/<gpu>.json
+    mnv2-fast static-check   compile every shipped config for Hopper and check its resources
+
+Weights files (torchvision `mobilenet_v2` state_dicts) are read with
+torch.load(..., weights_only=True): tensors only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mnv2-fast", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_opts(sp, batch_help):
+        sp.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
+        sp.add_argument("--resolution", type=int, help="input side in pixels (default: 224 on a GPU, 64 without)")
+        sp.add_argument("--batch", type=_ints, help=batch_help)
+        sp.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 on a GPU, float32 without")
+        sp.add_argument("--classes", type=int, help="number of classes k (default: from --weights, else 1000)")
+        sp.add_argument("--weights", type=Path, help="a torchvision mobilenet_v2 state_dict file (.pth)")
+        sp.add_argument("--seed", type=int, default=0)
+
+    b = sub.add_parser("bench", help="fused vs eager cuDNN vs torch.compile")
+    model_opts(b, "comma-separated batch sizes (default: 1,32,256 on a GPU, 1 without)")
+    b.add_argument("--out", type=Path, default=Path("mnv2-fast-bench"), help="folder for bench.json and bench.png")
+    b.add_argument("--reps", type=int, default=50, help="timed repeats per measurement (median reported)")
+    b.add_argument("--providers", default="fused,fused_graph,eager_cl,eager_cl_folded,compile",
+                   help="comma-separated subset of fused,fused_graph,eager_cl,eager_cl_folded,compile")
+
+    c = sub.add_parser("check", help="every part and the whole model against the unfused model")
+    model_opts(c, "batch size (default: 4 on a GPU, 1 without)")
+    c.add_argument("--backend", choices=["triton", "torch"], default="triton")
+
+    t = sub.add_parser("tune", help="time candidate launch configs per block (GPU); write the tuned table")
+    t.add_argument("--width", type=float, action="append", help="width multiplier(s) to tune (default 1.0)")
+    t.add_argument("--resolution", type=int, default=224)
+    t.add_argument("--batch", type=_ints, default=[1, 256], help="batch sizes (each covers a range, default 1,256)")
+    t.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="default float16")
+    t.add_argument("--reps", type=int, default=20)
+    t.add_argument("--out", type=Path, help="table path (default kernels/tuned/<gpu>.json)")
+
+    sub.add_parser("static-check", help="compile every shipped config for sm_90 (no GPU needed)")
+    return p
+
+
+# ---------------------------------------------------------------- model and weights
+
+def load_state_dict(path: Path) -> dict:
+    """A torchvision-style state_dict from `path`, tensors only."""
+    import pickle
+
+    if not path.is_file():
+        raise SystemExit(f"error: weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise SystemExit(f"error: {path} is not a weights-only state_dict file (refused to unpickle it): "
+                         f"{str(err).splitlines()[0]}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SystemExit(f"error: {path} does not hold a state_dict (a dict of tensors)")
+    return obj
+
+
+def build_model(width: float, classes: int | None, weights: Path | None, seed: int):
+    """The unfused reference model in eval mode: given weights, or random with trained-looking BN."""
+    from .model import mobilenet_v2
+    from .testing import randomize_bn
+
+    state = load_state_dict(weights) if weights else None
+    if classes is None:
+        w = state.get("classifier.1.weight") if state else None
+        classes = int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() == 2 else 1000
+    torch.manual_seed(seed)
+    model = mobilenet_v2(width_mult=width, num_classes=classes)
+    if state is None:
+        randomize_bn(model, torch.Generator().manual_seed(seed))
+    else:
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                      for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        if missing or unexpected or mismatched:
+            lines = [f"error: {weights} is not a mobilenet_v2 state_dict for width {width}, {classes} classes:"]
+            for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatches", mismatched)):
+                if items:
+                    more = f" ... and {len(items) - 8} more" if len(items) > 8 else ""
+                    lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:8]) + more)
+            lines.append("  (check --width and --classes)")
+            raise SystemExit("\n".join(lines))
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def _setup(args) -> tuple[torch.device, bool]:
+    """Pick the device; without a GPU, turn Triton's interpreter on before triton is imported."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            raise SystemExit("error: no GPU, and triton was imported before its interpreter could be enabled")
+        os.environ["TRITON_INTERPRET"] = "1"
+    if getattr(args, "resolution", None) is None:
+        args.resolution = 224 if on_gpu else 64
+    if getattr(args, "dtype", None) is None:
+        args.dtype = "float16" if on_gpu else "float32"
+    if args.resolution < 1:
+        raise SystemExit("error: --resolution must be positive")
+    return torch.device("cuda" if on_gpu else "cpu"), on_gpu
+
+
+# ---------------------------------------------------------------- check
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows])
+
+
+@torch.no_grad()
+def agreement_rows(model, x: torch.Tensor, device, dtype, backend: str, progress=_progress):
+    """(part, shape, error ratio) of every fused part on its own input, and of the whole model."""
+    import copy
+
+    from .fused import FusedHead, FusedInvertedResidual, FusedLinear, FusedStem
+    from .network import optimize
+    from .testing import MODEL_TOLERANCE_FACTOR, error_ratio
+
+    ref = copy.deepcopy(model).double()
+    inputs: list[torch.Tensor] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, a: inputs.append(a[0])) for m in ref.features]
+    xr = x.to(dtype).double()  # the rounded input both sides see
+    logits_ref = ref(xr)
+    for h in hooks:
+        h.remove()
+    pooled = torch.nn.functional.adaptive_avg_pool2d(ref.features(xr), 1).flatten(1)
+    rows = []
+    parts = [("features.0 stem", FusedStem(model.features[0], backend), ref.features[0], inputs[0])]
+    for i in range(1, len(model.features) - 1):
+        parts.append((f"features.{i} block", FusedInvertedResidual(model.features[i], backend), ref.features[i],
+                      inputs[i]))
+    n = len(model.features) - 1
+    parts.append((f"features.{n} head+pool", FusedHead(model.features[n], backend),
+                  lambda t: torch.nn.functional.adaptive_avg_pool2d(ref.features[n](t), 1), inputs[n]))
+    parts.append(("classifier", FusedLinear(model.classifier[1], backend), ref.classifier[1], pooled))
+    for k, (name, fused, reference, inp) in enumerate(parts):
+        progress(f"[{k + 1}/{len(parts) + 1}] {name} {tuple(inp.shape)}")
+        inp_d = inp.to(dtype)  # activations as the network would store them
+        out = fused.to(device, dtype)(inp_d.to(device))
+        expect = reference(inp_d.double())
+        rows.append((name, tuple(inp.shape), error_ratio(out, expect, dtype)))
+    progress(f"[{len(parts) + 1}/{len(parts) + 1}] whole model")
+    fast = optimize(model, backend=backend).to(device, dtype)
+    out = fast(x.to(device, dtype))
+    rows.append(("whole model", tuple(x.shape), error_ratio(out, logits_ref, dtype, MODEL_TOLERANCE_FACTOR)))
+    return rows
+
+
+def cmd_check(args) -> int:
+    device, on_gpu = _setup(args)
+    dtype = DTYPES[args.dtype]
+    batch = (args.batch or [4 if on_gpu else 1])[0]
+    model = build_model(args.width, args.classes, args.weights, args.seed)
+    torch.manual_seed(args.seed + 1)
+    x = torch.randn(batch, 3, args.resolution, args.resolution)
+    where = "GPU " + torch.cuda.get_device_name() if on_gpu else "CPU, Triton interpreter"
+    print(f"mnv2-fast check: width {args.width}, {args.resolution}px, batch {batch}, {args.dtype}, "
+          f"backend {args.backend}, on {where}")
+    rows = agreement_rows(model, x, device, dtype, args.backend)
+    table = [[name, "x".join(map(str, shape)), f"{ratio:.3f}", "PASS" if ratio <= 1 else "FAIL"]
+             for name, shape, ratio in rows]
+    print(_table(table, ["part", "input", "error / tolerance", "result"]))
+    failed = [r for r in rows if not r[2] <= 1]
+    print(f"{len(rows) - len(failed)} of {len(rows)} parts agree with the unfused float64 model"
+          + (f"; FAILED: {', '.join(r[0] for r in failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- bench
+
+def cmd_bench(args) -> int:
+    device, on_gpu = _setup(args)
+    dtype = DTYPES[args.dtype]
+    model = build_model(args.width, args.classes, args.weights, args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not on_gpu:
+        return _bench_cpu(args, model, dtype)
+    from .baselines import MODEL_PROVIDERS, make_model_provider
+    from .testing import MODEL_TOLERANCE_FACTOR, error_ratio, reference64
+    from .timing import copy_bandwidth_gbps, input_pool, peak_memory_mb, run_facts, time_cuda
+
+    providers = [p for p in args.providers.split(",") if p]
+    unknown = set(providers) - set(MODEL_PROVIDERS)
+    if unknown:
+        raise SystemExit(f"error: unknown providers {sorted(unknown)}; known: {', '.join(MODEL_PROVIDERS)}")
+    batches = args.batch or [1, 32, 256]
+    facts = run_facts()
+    facts["copy_gbps"] = round(copy_bandwidth_gbps(), 1)
+    print(f"mnv2-fast bench on {facts['gpu']} (torch {facts['torch']}, triton {facts['triton']}, "
+          f"cuDNN {facts['cudnn']}, copy {facts['copy_gbps']} GB/s): width {args.width}, {args.resolution}px, "
+          f"{args.dtype}")
+    records = []
+    steps = len(batches) * len(providers)
+    for bi, batch in enumerate(batches):
+        shape = (batch, 3, args.resolution, args.resolution)
+        pool = input_pool(lambda: torch.randn(shape, device=device, dtype=dtype).contiguous(
+            memory_format=torch.channels_last), batch * 3 * args.resolution ** 2 * dtype.itemsize)
+        for pi, name in enumerate(providers):
+            _progress(f"[{bi * len(providers) + pi + 1}/{steps}] batch {batch}: {name} (build, warm up, time)")
+            t0 = time.time()
+            fn = make_model_provider(name, model, batch, dtype, device)
+            fn(pool[0])
+            torch.cuda.synchronize()
+            first_s = time.time() - t0
+            t = time_cuda(fn, pool, reps=args.reps)
+            rec = dict(provider=name, dtype=args.dtype, batch=batch, ms=round(t.median_ms, 4),
+                       images_per_s=round(batch / t.median_ms * 1e3, 1), peak_mem_mb=round(peak_memory_mb(fn, pool[0]), 1),
+                       first_call_s=round(first_s, 2))
+            records.append(rec)
+            del fn
+    _progress("numerics: fused vs the unfused float64 model (batch 2)")
+    x = torch.randn(2, 3, args.resolution, args.resolution)
+    fused = make_model_provider("fused", model, 2, dtype, device)
+    ratio = error_ratio(fused(x.to(device, dtype)), reference64(model, x.to(dtype)), dtype, MODEL_TOLERANCE_FACTOR)
+    result = dict(facts, width=args.width, resolution=args.resolution, model=records,
+                  numerics={"dtype": args.dtype, "error_over_tolerance": round(ratio, 4)})
+    (args.out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(_bench_table(records, providers))
+    print(f"numerics: fused {args.dtype} vs unfused float64: {ratio:.3f} of the tolerance "
+          f"({'PASS' if ratio <= 1 else 'FAIL'})")
+    _plot(records, args.out / "bench.png", f"MobileNetV2 {args.width} {args.resolution}px {args.dtype}, {facts['gpu']}")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    return 0 if ratio <= 1 else 1
+
+
+def _bench_table(records: list[dict], providers: list[str]) -> str:
+    rows = []
+    for batch in sorted({r["batch"] for r in records}):
+        by = {r["provider"]: r for r in records if r["batch"] == batch}
+        best_fused = min((by[p]["ms"] for p in ("fused", "fused_graph") if p in by), default=None)
+        for p in providers:
+            r = by.get(p)
+            if r is None:
+                continue
+            speed = f"{r['ms'] / best_fused:.2f}x" if best_fused and not p.startswith("fused") else ""
+            rows.append([batch, p, f"{r['ms']:.3f}", f"{r['images_per_s']:.0f}", f"{r['peak_mem_mb']:.0f}",
+                         f"{r['first_call_s']:.1f}", speed])
+    return _table(rows, ["batch", "provider", "ms", "images/s", "peak MB", "first call s", "fused speed-up"])
+
+
+def _plot(records: list[dict], path: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _progress("matplotlib is not installed: no plot (pip install 'mnv2-fast[bench]')")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p in dict.fromkeys(r["provider"] for r in records):
+        pts = sorted((r["batch"], r["images_per_s"]) for r in records if r["provider"] == p)
+        ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=p)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("images / s")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _bench_cpu(args, model, dtype) -> int:
+    from .network import optimize
+    from .testing import MODEL_TOLERANCE_FACTOR, error_ratio, reference64
+
+    batch = (args.batch or [1])[0]
+    print(f"mnv2-fast bench: no GPU here, so no timings. Running the fused model through Triton's interpreter "
+          f"instead: width {args.width}, {args.resolution}px, batch {batch}, {args.dtype}.")
+    torch.manual_seed(args.seed + 1)
+    x = torch.randn(batch, 3, args.resolution, args.resolution)
+    _progress("[1/2] fused model (Triton interpreter)")
+    t0 = time.time()
+    with torch.no_grad():
+        out = optimize(model, backend="triton").to(dtype=dtype)(x.to(dtype))
+    seconds = time.time() - t0
+    _progress("[2/2] unfused model (float64 reference)")
+    ref = reference64(model, x.to(dtype))
+    ratio = error_ratio(out, ref, dtype, MODEL_TOLERANCE_FACTOR)
+    err = (out.double() - ref).abs().max().item()
+    print(f"numerics: fused vs unfused float64: max |difference| {err:.3e} on logits up to {ref.abs().max():.3g}; "
+          f"{ratio:.3f} of the {args.dtype} tolerance ({'PASS' if ratio <= 1 else 'FAIL'})")
+    print(f"interpreter run took {seconds:.1f} s (the interpreter is not a speed measure)")
+    print("timings need a GPU: run `mnv2-fast bench` on a machine with CUDA for fused vs cuDNN vs torch.compile.")
+    result = dict(gpu="none", width=args.width, resolution=args.resolution, batch=batch,
+                  numerics={"dtype": args.dtype, "max_abs_diff": err, "error_over_tolerance": round(ratio, 4)},
+                  model=[])
+    (args.out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if ratio <= 1 else 1
+
+
+# ---------------------------------------------------------------- tune and static check
+
+def cmd_tune(args) -> int:
+    if not torch.cuda.is_available():
+        raise SystemExit("error: tuning times kernels on a GPU; none is available here")
+    from .tune import tune
+
+    widths = args.width or [1.0]
+    dtypes = [DTYPES[d] for d in (args.dtype or ["float16"])]
+    path = tune(widths, args.resolution, args.batch, dtypes, args.reps, args.out, progress=_progress)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_static_check(args) -> int:
+    from .static_check import main as static_main
+
+    return static_main([])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"bench": cmd_bench, "check": cmd_check, "tune": cmd_tune, "static-check": cmd_static_check}
+    return handler[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

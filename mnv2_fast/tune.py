@@ -1,0 +1,101 @@
+"""`mnv2-fast tune`: time candidate launch configs for each block shape on this GPU and write
+the winners to kernels/tuned/<gpu>.json, keyed by block shape, dtype and batch range.
+
+Nothing tunes implicitly: the launchers only read the table this writes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from .baselines import block_input_size
+from .model import block_specs
+from .shipped import Launch, run_once
+
+
+def candidates(shape, itemsize: int):
+    """A small sweep around the heuristic: both stagings, a few tiles, warps and chunk sizes."""
+    from .kernels.configs import default_config, gather_candidates
+
+    base = default_config(shape, itemsize)
+    out = [base]
+    tap = replace(base, gather=False, block_p=64, tile_h=1, tile_w=1, imgs=1)
+    for block_p in (32, 64, 128):
+        for block_h in (32, 64):
+            for warps in (4, 8):
+                out.append(replace(tap, block_p=block_p, block_h=block_h, num_warps=warps))
+    if shape.has_expand:
+        for g in gather_candidates(shape, itemsize)[:3]:
+            for block_h in (32, 64):
+                for warps in (4, 8):
+                    out.append(replace(g, block_h=block_h, num_warps=warps))
+    return list(dict.fromkeys(out))
+
+
+def batch_ranges(batches: list[int]) -> list[tuple[int, int, int]]:
+    """(batch, lo, hi): each tuned batch covers up to the geometric mean with its neighbours."""
+    b = sorted(set(batches))
+    bounds = [1] + [math.isqrt(b[i] * b[i + 1]) + 1 for i in range(len(b) - 1)] + [1 << 30]
+    return [(b[i], bounds[i], bounds[i + 1] - 1) for i in range(len(b))]
+
+
+def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Path | None, progress=print) -> Path:
+    from .kernels import BlockShape, inverted_residual
+    from .kernels.configs import device_slug, write_tuned
+    from .timing import input_pool, run_facts, time_cuda
+
+    device = torch.device("cuda")
+    shapes = {}
+    for width in widths:
+        for spec, size in zip(block_specs(width), block_input_size(width, resolution)):
+            shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, size, size, spec.t != 1, spec.residual)
+            shapes.setdefault(shape, f"w{width} block {spec.index}")
+    entries = []
+    jobs = [(s, d, b) for s in shapes for d in dtypes for b in batch_ranges(batches)]
+    for j, (shape, dtype, (batch, lo, hi)) in enumerate(jobs):
+        g = torch.Generator(device="cpu").manual_seed(j)
+
+        def rnd(*size, scale=1.0):
+            return (torch.randn(*size, generator=g) * scale).to(device, dtype)
+
+        w_exp = rnd(shape.cin, shape.hidden, scale=shape.cin ** -0.5) if shape.has_expand else None
+        b_exp = rnd(shape.hidden) if shape.has_expand else None
+        w = (w_exp, b_exp, rnd(9, shape.hidden, scale=0.3), rnd(shape.hidden),
+             rnd(shape.hidden, shape.cout, scale=shape.hidden ** -0.5), rnd(shape.cout))
+        nbytes = batch * shape.cin * shape.h * shape.w * dtype.itemsize
+        pool = input_pool(lambda: rnd(batch, shape.cin, shape.h, shape.w).contiguous(
+            memory_format=torch.channels_last), nbytes)
+        timed = []
+        cands = candidates(shape, dtype.itemsize)
+        for cfg in cands:
+            def run(x, cfg=cfg):
+                return inverted_residual(x, *w, stride=shape.stride, residual=shape.residual, config=cfg)
+
+            try:
+                ms = time_cuda(run, pool, warmup=3, reps=reps).median_ms
+            except Exception as err:  # out of resources for this GPU: not a candidate
+                progress(f"    skip {cfg}: {type(err).__name__}: {str(err).splitlines()[0][:100]}")
+                continue
+            timed.append((ms, cfg))
+        # The fastest config whose output agrees with the unfused computation.
+        best = next(((ms, cfg) for ms, cfg in sorted(timed, key=lambda t: t[0])
+                     if run_once(Launch("block", "tune", dtype, shape, cfg), device) <= 1.0), None)
+        if best is None:
+            raise RuntimeError(f"no candidate config runs correctly for {shape}")
+        progress(f"[{j + 1}/{len(jobs)}] {shapes[shape]} {str(dtype)[6:]} batch {batch}: "
+                 f"best {best[0]:.4f} ms of {len(cands)} candidates")
+        entries.append(dict(shape=asdict(shape), dtype=str(dtype)[6:], batch=[lo, hi], config=asdict(best[1]),
+                            ms=round(best[0], 5)))
+    slug = device_slug(device)
+    meta = dict(run_facts(), resolution=resolution, widths=list(widths), reps=reps)
+    if out is None:
+        return write_tuned(slug, entries, meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import json
+
+    out.write_text(json.dumps({"meta": meta, "blocks": entries}, indent=1) + "\n")
+    return out
