@@ -35,6 +35,9 @@ def _no_grad(fn: Callable) -> Callable:
 def _compiled(module: nn.Module, batch: int) -> Callable:
     import torch._inductor.config as inductor_config
 
+    # Dynamo caches per code object and falls back to eager after a few recompiles; every
+    # block shares InvertedResidual.forward, so each compiled provider starts afresh.
+    torch._dynamo.reset()
     inductor_config.freezing = True  # constant-fold weights, as a deployment would
     mode = "reduce-overhead" if batch == 1 else None
     return torch.compile(module, mode=mode, dynamic=False)

@@ -221,7 +221,7 @@ def cmd_bench(args) -> int:
         return _bench_cpu(args, model, dtype)
     from .baselines import MODEL_PROVIDERS, make_model_provider
     from .testing import MODEL_TOLERANCE_FACTOR, error_ratio, reference64
-    from .timing import copy_bandwidth_gbps, input_pool, peak_memory_mb, run_facts, time_cuda
+    from .timing import copy_bandwidth_gbps, first_call, nhwc_input_pool, peak_memory_mb, run_facts, time_cuda
 
     providers = [p for p in args.providers.split(",") if p]
     unknown = set(providers) - set(MODEL_PROVIDERS)
@@ -236,16 +236,10 @@ def cmd_bench(args) -> int:
     records = []
     steps = len(batches) * len(providers)
     for bi, batch in enumerate(batches):
-        shape = (batch, 3, args.resolution, args.resolution)
-        pool = input_pool(lambda: torch.randn(shape, device=device, dtype=dtype).contiguous(
-            memory_format=torch.channels_last), batch * 3 * args.resolution ** 2 * dtype.itemsize)
+        pool = nhwc_input_pool((batch, 3, args.resolution, args.resolution), dtype, device)
         for pi, name in enumerate(providers):
             _progress(f"[{bi * len(providers) + pi + 1}/{steps}] batch {batch}: {name} (build, warm up, time)")
-            t0 = time.time()
-            fn = make_model_provider(name, model, batch, dtype, device)
-            fn(pool[0])
-            torch.cuda.synchronize()
-            first_s = time.time() - t0
+            fn, first_s = first_call(lambda: make_model_provider(name, model, batch, dtype, device), pool[0])
             t = time_cuda(fn, pool, reps=args.reps)
             rec = dict(provider=name, dtype=args.dtype, batch=batch, ms=round(t.median_ms, 4),
                        images_per_s=round(batch / t.median_ms * 1e3, 1), peak_mem_mb=round(peak_memory_mb(fn, pool[0]), 1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +33,26 @@ def input_pool(make: Callable[[], torch.Tensor], nbytes_each: int) -> list[torch
     """Enough distinct inputs that cycling through them defeats the L2 cache (at most 64)."""
     count = max(1, min(64, -(-L2_ROTATE_BYTES // max(nbytes_each, 1))))
     return [make() for _ in range(count)]
+
+
+def nhwc_input_pool(shape: tuple[int, ...], dtype: torch.dtype, device) -> list[torch.Tensor]:
+    """Random channels_last inputs of `shape`, enough of them that rotating defeats the L2."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    return input_pool(lambda: torch.randn(shape, dtype=dtype, device=device).contiguous(
+        memory_format=torch.channels_last), numel * dtype.itemsize)
+
+
+def first_call(build: Callable[[], Callable], x: torch.Tensor) -> tuple[Callable, float]:
+    """Build a provider and run it once: (fn, seconds a user waits for the first result,
+    Triton JIT, torch.compile or CUDA-graph capture included)."""
+    start = time.perf_counter()
+    fn = build()
+    fn(x)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return fn, time.perf_counter() - start
 
 
 def time_cuda(fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor], *, warmup: int = 10,
@@ -98,16 +119,19 @@ def run_facts() -> dict:
     """What a result set must say about where it was measured."""
     import triton
 
+    from .kernels.configs import gpu_slug
+
     facts = {
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none",
         "commit": git_commit(),
+        "allow_tf32": torch.backends.cudnn.allow_tf32,  # fp32 convs and the fused kernels follow it
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        facts.update(gpu=props.name, sm_count=props.multi_processor_count, driver=driver_version(),
-                     cuda=torch.version.cuda)
+        facts.update(gpu=props.name, gpu_slug=gpu_slug(props.name), sm_count=props.multi_processor_count,
+                     driver=driver_version(), cuda=torch.version.cuda)
     else:
-        facts.update(gpu="none", sm_count=0, driver="none", cuda=None)
+        facts.update(gpu="none", gpu_slug=None, sm_count=0, driver="none", cuda=None)
     return facts

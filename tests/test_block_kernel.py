@@ -9,6 +9,7 @@ channels, hidden and input channels unevenly.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ import torch
 from helpers import DEVICE, assert_close, make_block, nhwc, poisoned_like, reference64
 from mnv2_fast import fuse_block
 from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
+from mnv2_fast.kernels.configs import gather_candidates
 from mnv2_fast.model import block_specs
 
 # Small spatial sizes, odd ones included, cycled over the cases.
@@ -49,11 +51,18 @@ def _cases():
     return cases
 
 
-def _config(staging: str, shape: BlockShape, batch: int) -> BlockConfig:
-    """Large interpreter-friendly tiles in the requested staging."""
+def _config(staging: str, shape: BlockShape, batch: int, dtype: torch.dtype = torch.float32) -> BlockConfig:
+    """A config in the requested staging: large tiles for the interpreter, GPU-sized on a GPU."""
     def p2(v, lo=16, hi=256):
         return max(lo, min(1 << (max(v, 1) - 1).bit_length(), hi))
 
+    if DEVICE.type == "cuda":
+        if staging == "gather":
+            fits = gather_candidates(shape, dtype.itemsize)
+            return fits[0] if fits else BlockConfig(gather=True, tile_h=min(shape.ho, 4), tile_w=min(shape.wo, 8),
+                                                    block_h=32, block_k=p2(shape.cin, hi=32), block_co=32,
+                                                    num_warps=8)
+        return replace(default_config(shape, dtype.itemsize), gather=False, block_p=64)
     block_h, block_k, block_co = p2(shape.hidden, hi=128), p2(shape.cin), p2(shape.cout)
     if staging == "gather":
         return BlockConfig(gather=True, tile_h=shape.ho, tile_w=shape.wo, imgs=min(batch, 2),
@@ -81,7 +90,7 @@ def test_block_matches_unfused(spec, batch, h, w, dtype, staging):
     block, fused = _fused(spec, dtype)
     x = nhwc(torch.randn(batch, spec.cin, h, w)).to(DEVICE, dtype)
     shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, h, w, spec.t != 1, spec.residual)
-    y = _run(fused, x, _config(staging, shape, batch))
+    y = _run(fused, x, _config(staging, shape, batch, dtype))
     assert_close(y, reference64(block, x), dtype, f"block {spec.index}")
 
 
@@ -129,8 +138,11 @@ def test_large_spatial_size_odd(staging):
     block = make_block(16, 24, 2, 6)
     fused = fuse_block(block, backend="triton").to(DEVICE)
     x = nhwc(torch.randn(1, 16, 113, 113)).to(DEVICE)
-    cfg = (BlockConfig(gather=True, tile_h=8, tile_w=57, block_h=128, block_k=16, block_co=32) if staging == "gather"
-           else BlockConfig(gather=False, block_p=512, block_h=128, block_k=16, block_co=32))
+    if DEVICE.type == "cuda":
+        cfg = _config(staging, BlockShape(16, 96, 24, 2, 113, 113, True, False), 1)
+    else:  # interpreter: few, large programs; the gather tile splits the image in rows
+        cfg = (BlockConfig(gather=True, tile_h=8, tile_w=57, block_h=128, block_k=16, block_co=32)
+               if staging == "gather" else BlockConfig(gather=False, block_p=512, block_h=128, block_k=16, block_co=32))
     y = _run(fused, x, cfg)
     assert_close(y, reference64(block, x), torch.float32, "113 px")
 

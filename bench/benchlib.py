@@ -1,0 +1,168 @@
+"""What the benchmark suites share: settings (from --smoke and MNV2_BENCH_* variables), the
+measurement protocol, and the run facts stored with the results.
+
+Importing this module does not import triton: conftest.py must be able to switch Triton's
+interpreter on first.
+
+Environment knobs (comma-separated lists; the order is the run order, so the headline
+cases come first and survive a run cut short by its deadline):
+
+    MNV2_BENCH_SMOKE=1       same as --smoke
+    MNV2_BENCH_BATCHES       default 256,1,32 (smoke: always 1)
+    MNV2_BENCH_DTYPES        default float16,float32
+    MNV2_BENCH_PROVIDERS     default: every provider of the suite
+    MNV2_BENCH_BLOCKS        default 1-17 (block indices, e.g. 1,2,17)
+    MNV2_BENCH_REPS          CUDA-event repeats per measurement, default 30
+    MNV2_BENCH_WARMUP        calls before timing, default 10
+    MNV2_BENCH_ROUNDS        rounds of pytest-benchmark's own (synchronised) timing, default 5
+    MNV2_BENCH_DEADLINE      unix time after which no further benchmark starts (gpu_run.sh
+                             sets it, so pytest ends in time to write its JSON)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+
+from mnv2_fast.baselines import MODEL_PROVIDERS
+from mnv2_fast.timing import copy_bandwidth_gbps, peak_memory_mb, run_facts, time_cuda
+
+DTYPE_NAMES = ("float16", "bfloat16", "float32")
+NUM_BLOCKS = 17
+
+
+@dataclass(frozen=True)
+class Settings:
+    smoke: bool
+    device: torch.device
+    batches: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    providers: tuple[str, ...]  # a filter: each suite keeps those it knows, in this order
+    blocks: tuple[int, ...]
+    reps: int
+    warmup: int
+    rounds: int
+    deadline: float | None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def describe(self) -> str:
+        where = f"cuda ({torch.cuda.get_device_name()})" if self.on_gpu else "cpu, Triton interpreter"
+        mode = "smoke (code paths only, no timing claims)" if self.smoke else "full"
+        text = (f"mnv2 bench: {mode} on {where}; batches {list(self.batches)}, dtypes {list(self.dtypes)}, "
+                f"providers {list(self.providers)}, reps {self.reps}, warm-up {self.warmup}, rounds {self.rounds}")
+        if self.deadline:
+            text += f"; deadline in {self.deadline - time.time():.0f} s"
+        return text
+
+
+def _env_list(name: str, default: str, convert: Callable[[str], object], allowed=None) -> tuple:
+    text = os.environ.get(name, "") or default
+    try:
+        values = tuple(convert(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise pytest.UsageError(f"{name}={text!r}: not a comma-separated list of the right type") from None
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if not values or bad:
+        raise pytest.UsageError(f"{name}={text!r}: {'unknown ' + str(bad) if bad else 'empty'}; "
+                                f"allowed: {', '.join(map(str, allowed)) if allowed else 'positive integers'}")
+    return values
+
+
+def _env_int(name: str, default: int, smallest: int = 0) -> int:
+    text = os.environ.get(name, "") or str(default)
+    if not text.isdigit() or int(text) < smallest:
+        raise pytest.UsageError(f"{name}={text!r}: expected an integer >= {smallest}")
+    return int(text)
+
+
+def _blocks(text: str) -> list[int]:
+    lo, _, hi = text.partition("-")  # "1-17" or "5"
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+_SETTINGS = pytest.StashKey[Settings]()
+
+
+def settings(config: pytest.Config) -> Settings:
+    """The run's settings, parsed once per session (bad knobs are usage errors)."""
+    if _SETTINGS not in config.stash:
+        smoke = bool(config.getoption("--smoke")) or os.environ.get("MNV2_BENCH_SMOKE", "") not in ("", "0")
+        on_gpu = torch.cuda.is_available()
+        blocks = sorted({b for part in _env_list("MNV2_BENCH_BLOCKS", "1-17", _blocks) for b in part})
+        if not blocks or blocks[0] < 1 or blocks[-1] > NUM_BLOCKS:
+            raise pytest.UsageError(f"MNV2_BENCH_BLOCKS: block indices run from 1 to {NUM_BLOCKS}")
+        deadline = os.environ.get("MNV2_BENCH_DEADLINE", "")
+        config.stash[_SETTINGS] = Settings(
+            smoke=smoke,
+            device=torch.device("cuda" if on_gpu else "cpu"),
+            batches=(1,) if smoke else _env_list("MNV2_BENCH_BATCHES", "256,1,32", int),
+            dtypes=_env_list("MNV2_BENCH_DTYPES", "float16,float32", str, DTYPE_NAMES),
+            providers=_env_list("MNV2_BENCH_PROVIDERS", ",".join(MODEL_PROVIDERS), str, MODEL_PROVIDERS),
+            blocks=tuple(blocks),
+            # Smoke: one call each, no warm-up loops; only the code paths matter.
+            reps=2 if smoke else _env_int("MNV2_BENCH_REPS", 30, 1),
+            warmup=0 if smoke else _env_int("MNV2_BENCH_WARMUP", 10),
+            rounds=1 if smoke else _env_int("MNV2_BENCH_ROUNDS", 5, 1),
+            deadline=float(deadline) if deadline else None,
+        )
+        if min(config.stash[_SETTINGS].batches) < 1:
+            raise pytest.UsageError("MNV2_BENCH_BATCHES: batch sizes must be positive")
+    return config.stash[_SETTINGS]
+
+
+# Marks a generated case that the suite's rules leave out; conftest deselects it, so it is
+# counted as deselected instead of passing without measuring anything.
+DESELECT = pytest.mark.bench_deselect
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(benchmark, fn: Callable, inputs: list[torch.Tensor], s: Settings) -> dict:
+    """Time fn the authoritative way (CUDA events, see mnv2_fast.timing) and let pytest-benchmark
+    time a few synchronised calls so its JSON is complete.  Off the GPU nothing is timed: the
+    interpreter is no speed measure, so ms is None."""
+    info: dict = {"ms": None, "min_ms": None, "p20_ms": None, "p80_ms": None, "reps": 0, "peak_mem_mb": None}
+    if s.on_gpu:
+        t = time_cuda(fn, inputs, warmup=s.warmup, reps=s.reps)
+        info.update(ms=t.median_ms, min_ms=t.min_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps,
+                    peak_mem_mb=peak_memory_mb(fn, inputs[0]))
+    nxt = itertools.cycle(inputs).__next__
+
+    def call():
+        fn(nxt())
+        _sync(s.device)
+
+    benchmark.pedantic(call, rounds=s.rounds, iterations=1, warmup_rounds=0)
+    return info
+
+
+_FACTS = pytest.StashKey[dict]()
+
+
+def run_info(config: pytest.Config) -> dict:
+    """The facts a result set carries (once per session): run_facts() of this process, the
+    copy bandwidth measured here (None in smoke runs), and the settings."""
+    if _FACTS not in config.stash:
+        s = settings(config)
+        facts = run_facts()
+        facts.update(
+            smoke=s.smoke,
+            device=str(s.device),
+            copy_gbps=round(copy_bandwidth_gbps(), 1) if s.on_gpu and not s.smoke else None,
+            reps=s.reps,
+            warmup=s.warmup,
+        )
+        config.stash[_FACTS] = facts
+    return config.stash[_FACTS]

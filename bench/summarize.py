@@ -1,0 +1,235 @@
+"""Summarise a pytest-benchmark JSON written by the bench/ suites.
+
+    python bench/summarize.py BENCH_JSON OUT_DIR
+
+writes OUT_DIR/summary.json (run facts and one record per measurement), OUT_DIR/summary.md
+(ratio tables) and OUT_DIR/summary.png (per-block bars, whole-model throughput).
+
+The times are the suites' CUDA-event medians (extra_info["ms"]), not pytest-benchmark's own
+statistics, which time a synchronised call from the host.  A smoke run has no times: its
+tables show dashes and its plot says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mnv2_fast.baselines import MODEL_PROVIDERS
+
+# What summary.json says about where it was measured (from mnv2_fast.timing.run_facts()).
+FACT_KEYS = ("gpu", "sm_count", "driver", "cuda", "torch", "triton", "cudnn", "commit")
+BASELINES = ("eager_cl", "eager_cl_folded", "compile")
+DTYPE_ORDER = ("float16", "bfloat16", "float32")
+PLOT_BLOCKS_AT = ("float16", 256)
+DASH = "–"
+
+
+def color(provider: str) -> str:
+    """One colour per provider in both panels."""
+    return f"C{MODEL_PROVIDERS.index(provider)}"
+
+
+def load(bench_json: Path) -> dict:
+    """The summary record of one run: facts, then `model` and `blocks` measurements."""
+    data = json.loads(Path(bench_json).read_text())
+    facts = data.get("machine_info", {}).get("mnv2_fast")
+    if facts is None:
+        raise SystemExit(f"error: {bench_json} has no machine_info.mnv2_fast: not written by the bench/ suites")
+    summary = {key: facts.get(key) for key in FACT_KEYS}
+    summary.update(copy_gbps=facts.get("copy_gbps"), smoke=facts.get("smoke", False),
+                   gpu_slug=facts.get("gpu_slug"), allow_tf32=facts.get("allow_tf32"), reps=facts.get("reps"),
+                   skipped_for_time=facts.get("skipped_for_time", 0), datetime=data.get("datetime"),
+                   model=[], blocks=[])
+    for bench in data.get("benchmarks", []):
+        e = bench.get("extra_info", {})
+        record = {"provider": e["provider"], "dtype": e["dtype"], "batch": e["batch"], "ms": e.get("ms")}
+        if e.get("kind") == "model":
+            record.update(peak_mem_mb=e.get("peak_mem_mb"), first_call_s=e.get("first_call_s"),
+                          width=e.get("width"), resolution=e.get("resolution"))
+            summary["model"].append(record)
+        elif e.get("kind") == "block":
+            record = {"block": e["block"], **record}
+            record.update({k: e.get(k) for k in ("cin", "hidden", "cout", "stride", "size", "bytes", "flops",
+                                                  "peak_mem_mb", "first_call_s")})
+            summary["blocks"].append(record)
+    return summary
+
+
+def ms_of(records: list[dict], **match) -> float | None:
+    """The time of the one record matching all of `match`, or None."""
+    for r in records:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r.get("ms")
+    return None
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
+
+
+def fmt(value, spec: str = ".3f", suffix: str = "") -> str:
+    return DASH if value is None else f"{value:{spec}}{suffix}"
+
+
+def combos(records: list[dict]) -> list[tuple[str, int]]:
+    """(dtype, batch) pairs present, float16 first, batches ascending."""
+    def key(c):
+        return (DTYPE_ORDER.index(c[0]) if c[0] in DTYPE_ORDER else 9, c[1])
+
+    return sorted({(r["dtype"], r["batch"]) for r in records}, key=key)
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+        ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def model_table(s: dict) -> list[str]:
+    m = s["model"]
+    header = ["dtype", "batch", "fused ms", "fused img/s", "fused_graph ms"]
+    header += [f"{b} / fused" for b in BASELINES] + [f"{b} / graph" for b in BASELINES]
+    header += ["peak MB fused", "peak MB eager_cl"]
+    rows = []
+    for dtype, batch in combos(m):
+        at = dict(dtype=dtype, batch=batch)
+        fused, graph = ms_of(m, provider="fused", **at), ms_of(m, provider="fused_graph", **at)
+        base = [ms_of(m, provider=b, **at) for b in BASELINES]
+        peak = {r["provider"]: r.get("peak_mem_mb") for r in m if r["dtype"] == dtype and r["batch"] == batch}
+        rows.append([dtype, str(batch), fmt(fused), fmt(ratio(batch * 1e3, fused), ".0f"), fmt(graph)]
+                    + [fmt(ratio(b, fused), ".2f", "x") for b in base]
+                    + [fmt(ratio(b, graph), ".2f", "x") for b in base]
+                    + [fmt(peak.get("fused"), ".0f"), fmt(peak.get("eager_cl"), ".0f")])
+    return table(header, rows)
+
+
+def block_tables(s: dict) -> list[str]:
+    blocks, copy = s["blocks"], s.get("copy_gbps")
+    header = ["block", "cin→hidden→cout, stride", "input", "fused ms"] + [f"{b} / fused" for b in BASELINES]
+    header += ["fused GB/s", "% of copy", "floor ms", "fused / floor"]
+    lines = []
+    for dtype, batch in combos(blocks):
+        rows = []
+        for r in sorted((r for r in blocks if (r["dtype"], r["batch"], r["provider"]) == (dtype, batch, "fused")),
+                        key=lambda r: r["block"]):
+            at = dict(block=r["block"], dtype=dtype, batch=batch)
+            fused = r["ms"]
+            gbps = ratio(r["bytes"] / 1e6, fused)  # bytes / ms -> GB/s
+            floor = ratio(r["bytes"] / 1e6, copy)  # the fused floor: its bytes at copy speed
+            rows.append([str(r["block"]), f"{r['cin']}→{r['hidden']}→{r['cout']}, s{r['stride']}",
+                         f"{r['size']}x{r['size']}", fmt(fused, ".4f")]
+                        + [fmt(ratio(ms_of(blocks, provider=b, **at), fused), ".2f", "x") for b in BASELINES]
+                        + [fmt(gbps, ".0f"), fmt(ratio(gbps, copy), ".0%"),
+                           fmt(floor, ".3g"), fmt(ratio(fused, floor), ".2f", "x")])
+        lines += ["", f"### {dtype}, batch {batch}", ""] + table(header, rows)
+    return lines
+
+
+def render_md(s: dict) -> str:
+    tf32 = "on" if s.get("allow_tf32") else "off"
+    timed = (f"Times: median of {s.get('reps')} CUDA-event timings of one call, inputs rotated through a pool "
+             "larger than L2. ")
+    lines = ["# MobileNetV2 fused-kernel benchmarks", ""]
+    if s.get("smoke"):
+        lines += ["**Smoke run** (tiny sizes, Triton's interpreter on the CPU): the code paths ran, nothing was "
+                  "timed, so every time below is a dash.", ""]
+        timed = ""
+    lines += [f"GPU {s.get('gpu')} ({s.get('sm_count')} SMs), driver {s.get('driver')}, CUDA {s.get('cuda')}; "
+              f"torch {s.get('torch')}, Triton {s.get('triton')}, cuDNN {s.get('cudnn')}; commit {s.get('commit')}; "
+              f"TF32 for fp32 convolutions {tf32}.",
+              f"Device-to-device copy bandwidth (read + write): {fmt(s.get('copy_gbps'), '.0f', ' GB/s')}.",
+              "",
+              timed + "Ratios: baseline ms / fused ms, so above 1x the fused kernels are faster. Providers: "
+              "`fused` (Triton kernels), `fused_graph` (the same as one CUDA graph), `eager_cl` (cuDNN, "
+              "channels_last), `eager_cl_folded` (cuDNN with BN folded), `compile` (torch.compile)."]
+    if s.get("skipped_for_time"):
+        lines += ["", f"**{s['skipped_for_time']} benchmarks did not run: the time budget ran out.**"]
+    if s["model"]:
+        r = s["model"][0]
+        lines += ["", f"## Whole model (width {r.get('width')}, {r.get('resolution')} px)", ""] + model_table(s)
+    if s["blocks"]:
+        lines += ["", "## Blocks of MobileNetV2 1.0", "",
+                  "GB/s: the fused floor's bytes (input and output once, weights once) per fused time; "
+                  "floor ms: those bytes at copy bandwidth."] + block_tables(s)
+    return "\n".join(lines) + "\n"
+
+
+def plot(s: dict, path: Path) -> bool:
+    """Per-block bars at float16 batch 256 and whole-model images/s against batch, in one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("summarize: matplotlib is not installed: no plot", file=sys.stderr)
+        return False
+    fig, (ax_b, ax_m) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    dtype, batch = PLOT_BLOCKS_AT
+    bars = [r for r in s["blocks"] if (r["dtype"], r["batch"]) == PLOT_BLOCKS_AT and r["ms"] is not None]
+    providers = [p for p in MODEL_PROVIDERS if any(r["provider"] == p for r in bars)]
+    for i, p in enumerate(providers):
+        pts = sorted((r["block"], r["ms"]) for r in bars if r["provider"] == p)
+        width = 0.8 / len(providers)
+        ax_b.bar([b - 0.4 + width * (i + 0.5) for b, _ in pts], [ms for _, ms in pts], width, label=p,
+                 color=color(p))
+    ax_b.set(title=f"blocks, {dtype}, batch {batch}", xlabel="block", ylabel="ms (lower is better)",
+             xticks=range(1, 18))
+    lines = [r for r in s["model"] if r["ms"] is not None]
+    for dt in DTYPE_ORDER:
+        for p in MODEL_PROVIDERS:
+            pts = sorted((r["batch"], r["batch"] / r["ms"] * 1e3) for r in lines
+                         if (r["provider"], r["dtype"]) == (p, dt))
+            if pts:
+                ax_m.plot(*zip(*pts), marker="o", color=color(p), linestyle="-" if dt == "float16" else "--",
+                          label=f"{p} {dt}")
+    ax_m.set(title="whole model", xlabel="batch", ylabel="images / s (higher is better)")
+    if lines:
+        ax_m.set_xscale("log", base=2)
+        ax_m.set_yscale("log")
+        batches = sorted({r["batch"] for r in lines})
+        ax_m.set_xticks(batches, labels=[str(b) for b in batches], minor=False)
+        ax_m.set_xticks([], minor=True)
+    for ax, has in ((ax_b, bars), (ax_m, lines)):
+        if has:
+            ax.legend(fontsize=7)
+            ax.grid(True, which="both", alpha=0.3)
+        else:
+            ax.text(0.5, 0.5, "no timings\n(smoke run)" if s.get("smoke") else "not measured",
+                    ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"MobileNetV2, {s.get('gpu')}, commit {s.get('commit')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def results_folder_name(s: dict) -> str:
+    """bench/results/<date>-<gpu>: where this run's summary goes when committed."""
+    return f"{(s.get('datetime') or 'undated')[:10]}-{s.get('gpu_slug') or 'gpu'}"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    bench_json, out = Path(argv[0]), Path(argv[1])
+    s = load(bench_json)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    md = render_md(s)
+    (out / "summary.md").write_text(md)
+    wrote = ["summary.json", "summary.md"] + (["summary.png"] if plot(s, out / "summary.png") else [])
+    print(f"summarize: {len(s['model'])} model and {len(s['blocks'])} block measurements; wrote "
+          f"{', '.join(str(out / w) for w in wrote)}")
+    if s["model"]:
+        print("\n".join(model_table(s)))
+    if not s.get("smoke"):
+        print(f"to keep this run: copy those files to bench/results/{results_folder_name(s)}/ and run "
+              "python bench/update_results.py")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,71 @@
+"""The 17 inverted-residual blocks of MobileNetV2 1.0, each at its input size in a 224-px
+network: the fused kernel against cuDNN (channels_last, with and without BN folded) and
+torch.compile.
+
+Matrix: MNV2_BENCH_DTYPES x MNV2_BENCH_BATCHES x MNV2_BENCH_BLOCKS x providers (see
+benchlib).  torch.compile is measured at float16 batch 256 only: one compile per block is
+what the GPU time budget allows, and those cases run last.  Smoke: every block at 4x4 or
+8x8, batch 1, all providers but compile, which runs for one block (a few seconds on CPU).
+"""
+
+import pytest
+import torch
+
+import benchlib
+from mnv2_fast.timing import first_call, nhwc_input_pool
+from mnv2_fast.baselines import BLOCK_PROVIDERS, block_bytes, block_flops, block_input_size, make_block_provider
+from mnv2_fast.model import InvertedResidual, block_specs
+from mnv2_fast.testing import randomize_bn
+
+WIDTH, RESOLUTION = 1.0, 224
+SPECS = block_specs(WIDTH)
+SIZES = block_input_size(WIDTH, RESOLUTION)
+COMPILE_AT = ("float16", 256)
+SMOKE_COMPILE = (3, "float32")  # (block, dtype): expand, depthwise, project and the residual
+
+
+def smoke_size(size: int) -> int:
+    return 8 if size >= 28 else 4
+
+
+def _measured(block: int, provider: str, dtype: str, batch: int, smoke: bool) -> bool:
+    if provider != "compile":
+        return True
+    return (block, dtype) == SMOKE_COMPILE if smoke else (dtype, batch) == COMPILE_AT
+
+
+def pytest_generate_tests(metafunc):
+    s = benchlib.settings(metafunc.config)
+    providers = [p for p in s.providers if p in BLOCK_PROVIDERS]
+    params = [
+        pytest.param(block, provider, dtype, batch, id=f"b{block:02d}-{provider}-{dtype}-bs{batch}",
+                     marks=() if _measured(block, provider, dtype, batch, s.smoke) else benchlib.DESELECT)
+        for dtype in s.dtypes for batch in s.batches for block in s.blocks for provider in providers
+    ]
+    # Compiled cases last: each costs a compilation, so a run cut short by its deadline loses them first.
+    params.sort(key=lambda p: p.values[1] == "compile")
+    metafunc.parametrize("block,provider,dtype,batch", params)
+
+
+def make_block(index: int) -> InvertedResidual:
+    """Block `index` (1-based) with random weights and trained-looking BN, in eval mode."""
+    spec = SPECS[index - 1]
+    torch.manual_seed(index)
+    block = InvertedResidual(spec.cin, spec.cout, spec.stride, spec.t)
+    return randomize_bn(block, torch.Generator().manual_seed(index)).eval()
+
+
+def test_block(benchmark, settings, block, provider, dtype, batch):
+    spec = SPECS[block - 1]
+    size = smoke_size(SIZES[block - 1]) if settings.smoke else SIZES[block - 1]
+    dt = getattr(torch, dtype)
+    inputs = nhwc_input_pool((batch, spec.cin, size, size), dt, settings.device)
+    module = make_block(block)
+    fn, first_s = first_call(lambda: make_block_provider(provider, module, batch, dt, settings.device), inputs[0])
+    info = benchlib.measure(benchmark, fn, inputs, settings)
+    benchmark.extra_info.update(
+        kind="block", block=block, provider=provider, dtype=dtype, batch=batch,
+        cin=spec.cin, hidden=spec.hidden, cout=spec.cout, stride=spec.stride, size=size,
+        bytes=block_bytes(spec, size, size, batch, dt.itemsize), flops=block_flops(spec, size, size, batch),
+        first_call_s=first_s, **info,
+    )

@@ -1,0 +1,144 @@
+"""GPU-only checks (marker `gpu`): 224-px shapes at batch 256, bf16, the 2^31 case, the whole
+model at batch 1 and 256, the CUDA-graph path.  Skipped (visibly) without CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import MODEL_TOLERANCE_FACTOR, assert_close, make_block, nhwc, poisoned_like, randomize_bn
+from mnv2_fast import CUDAGraphRunner, fuse_block, optimize
+from mnv2_fast.baselines import block_input_size
+from mnv2_fast.model import block_specs, mobilenet_v2
+
+pytestmark = pytest.mark.gpu
+CUDA = torch.device("cuda")
+SPECS = block_specs(1.0)
+SIZES = block_input_size(1.0, 224)
+
+
+def _ref_gpu64(module, x):
+    """The unfused module in float64 on the GPU (fast enough at batch 256)."""
+    import copy
+
+    with torch.no_grad():
+        return copy.deepcopy(module).to(CUDA, torch.float64)(x.to(torch.float64))
+
+
+def _unique(dtype_all):
+    seen, out = set(), []
+    for spec, size in zip(SPECS, SIZES):
+        key = (spec.cin, spec.cout, spec.stride, spec.t, size)
+        if dtype_all or key not in seen:
+            out.append((spec, size))
+        seen.add(key)
+    return out
+
+
+CASES = ([pytest.param(s, z, torch.float16, id=f"b{s.index}-fp16") for s, z in _unique(True)]
+         + [pytest.param(s, z, torch.bfloat16, id=f"b{s.index}-bf16") for s, z in _unique(False)]
+         + [pytest.param(s, z, torch.float32, id=f"b{s.index}-fp32") for s, z in _unique(False)])
+
+
+@pytest.mark.parametrize("spec,size,dtype", CASES)
+def test_blocks_at_224px_batch_256(spec, size, dtype, strict_fp32):
+    block = make_block(spec.cin, spec.cout, spec.stride, spec.t)
+    fused = fuse_block(block, backend="triton").to(CUDA, dtype)
+    x = nhwc(torch.randn(256, spec.cin, size, size, device=CUDA, dtype=dtype))
+    ho = (size - 1) // spec.stride + 1
+    out = poisoned_like(256, spec.cout, ho, ho, dtype, CUDA)
+    from mnv2_fast.kernels import inverted_residual
+
+    y = inverted_residual(x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj, fused.b_proj,
+                          stride=spec.stride, residual=spec.residual, out=out)
+    assert_close(y, _ref_gpu64(block, x), dtype, f"block {spec.index}")
+
+
+def test_fp32_with_tf32_follows_the_cudnn_switch():
+    block = make_block(64, 96, 1, 6)
+    fused = fuse_block(block, backend="triton").to(CUDA)
+    x = torch.randn(8, 64, 14, 14, device=CUDA)
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        y = fused(x)
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+    assert_close(y, _ref_gpu64(block, x), torch.float16, "tf32 (fp16-like mantissa)")
+
+
+@pytest.mark.parametrize("cin,cout,stride,t,size,n", [
+    (16, 24, 2, 6, 112, 1800),  # the expanded tensor would have 1800*112*112*96 > 2^31 elements
+    (32, 16, 1, 1, 112, 5500),  # the input itself has > 2^31 elements
+])
+def test_tensors_beyond_2_31_elements(cin, cout, stride, t, size, n):
+    block = make_block(cin, cout, stride, t)
+    fused = fuse_block(block, backend="triton").to(CUDA, torch.float16)
+    hidden = cin * t
+    assert max(n * size * size * hidden, n * size * size * cin) > 2**31
+    x = nhwc(torch.randn(n, cin, size, size, device=CUDA, dtype=torch.float16))
+    y = fused(x)
+    ref_block = block.to(CUDA).float()
+    chunk = 200
+    with torch.no_grad():
+        for i in range(0, n, chunk):  # all of it, the last images included (where int32 would wrap)
+            ref = ref_block(x[i:i + chunk].float())
+            assert_close(y[i:i + chunk], ref, torch.float16, f"images {i}..{i + chunk}")
+
+
+def _model(width=1.0, k=1000):
+    return randomize_bn(mobilenet_v2(width_mult=width, num_classes=k)).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 256])
+def test_whole_model_224px(batch, dtype):
+    model = _model()
+    fast = optimize(model, backend="triton").to(CUDA, dtype)
+    x = torch.randn(batch, 3, 224, 224, device=CUDA, dtype=dtype)
+    with torch.no_grad():
+        y = fast(x)
+    assert_close(y, _ref_gpu64(model, x), dtype, "whole model", factor=MODEL_TOLERANCE_FACTOR)
+
+
+def test_auto_backend_runs_the_kernels_on_cuda_and_nchw_input_works():
+    model = _model(0.5, 10)
+    fast = optimize(model).to(CUDA, torch.float16)  # auto
+    x = torch.randn(4, 3, 160, 160, device=CUDA, dtype=torch.float16)  # NCHW memory
+    with torch.no_grad():
+        y = fast(x)
+    assert_close(y, _ref_gpu64(model, x), torch.float16, "auto", factor=MODEL_TOLERANCE_FACTOR)
+
+
+def test_cuda_graph_runner():
+    model = _model()
+    fast = optimize(model, backend="triton").to(CUDA, torch.float16)
+    runner = optimize(model, backend="triton", cuda_graph=True).to(CUDA, torch.float16)
+    assert isinstance(runner, CUDAGraphRunner)
+    x1 = torch.randn(1, 3, 224, 224, device=CUDA, dtype=torch.float16)
+    x2 = torch.randn(1, 3, 224, 224, device=CUDA, dtype=torch.float16)
+    with torch.no_grad():
+        a1, a2 = fast(x1), fast(x2)
+    r1 = runner(x1)
+    r2 = runner(x2)  # replay with new data
+    assert torch.equal(r1, a1) and torch.equal(r2, a2)
+    with pytest.raises(ValueError, match="captured for input shape"):
+        runner(torch.randn(2, 3, 224, 224, device=CUDA, dtype=torch.float16))
+    runner.reset()
+    assert runner(x2[:, :, :192, :192].contiguous()).shape == (1, 1000)
+
+
+def test_stem_and_head_kernels_at_224px():
+    from mnv2_fast.kernels import head_pool, stem_conv
+
+    x = torch.randn(64, 3, 224, 224, device=CUDA, dtype=torch.float16)
+    w, b = torch.randn(32, 3, 3, 3, device=CUDA), torch.randn(32, device=CUDA)
+    y = stem_conv(x, w.reshape(32, 27).t().contiguous().half(), b)
+    ref = F.conv2d(x.double(), w.half().double(), b.double(), stride=2, padding=1).clamp(0, 6)
+    assert_close(y, ref, torch.float16, "stem")
+    h = nhwc(torch.randn(256, 320, 7, 7, device=CUDA, dtype=torch.float16))
+    wh, bh = torch.randn(320, 1280, device=CUDA) / 18, torch.randn(1280, device=CUDA)
+    pooled = head_pool(h, wh.half(), bh)
+    ref = F.conv2d(h.double(), wh.half().double().t()[:, :, None, None], bh.double()).clamp(0, 6).mean((2, 3))
+    assert_close(pooled, ref, torch.float16, "head")

@@ -1,0 +1,54 @@
+"""Every launch configuration the package ships compiles for Hopper (sm_90) without a GPU and fits:
+shared memory within the per-block limit, no register spills, at most 255 registers."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    # The static check needs the real JIT: no interpreter in the child process.
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+def test_every_shipped_config_fits_hopper(capsys):
+    r = subprocess.run([sys.executable, "-m", "mnv2_fast.static_check"], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=1500)
+    with capsys.disabled():  # the table belongs in the CI log
+        print("\n" + r.stdout)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "launches" in r.stdout and "/ ok" in r.stdout
+
+
+CHECK_A_BAD_CONFIG = """
+import torch
+from mnv2_fast.kernels import BlockConfig, BlockShape
+from mnv2_fast.kernels.aot import compile_variant, problems, resources
+from mnv2_fast.shipped import Launch, interpreter_off, variant
+interpreter_off()
+shape = BlockShape(32, 192, 32, 1, 28, 28, True, True)
+# fp32 operands and 256 pixels per program on 4 warps: over the register file, so it spills.
+cfg = BlockConfig(gather=False, block_p=256, block_h=32, block_k=32, block_co=32, num_warps=4)
+fn, args, floats = variant(Launch("block", "oversized", torch.float32, shape, cfg))
+print(problems(resources(compile_variant(fn, args, torch.float32))))
+"""
+
+
+def test_the_check_catches_an_oversized_config():
+    r = subprocess.run([sys.executable, "-c", CHECK_A_BAD_CONFIG], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "spills" in r.stdout or "shared memory" in r.stdout, r.stdout
+
+
+def test_problem_rules():
+    from mnv2_fast.kernels.aot import HOPPER_SMEM_LIMIT, Resources, problems
+
+    ok = Resources(registers=200, shared=100_000, local=0, stack=8, sass_ops={"HGMMA": 4})
+    assert problems(ok) == []
+    assert problems(Resources(255, HOPPER_SMEM_LIMIT + 1, 0, 0, {})) != []
+    assert problems(Resources(255, 1024, 0, 64, {"STL": 3, "LDL": 2})) != []
+    assert problems(Resources(255, 1024, 16, 0, {})) != []
