@@ -30,11 +30,12 @@ from typing import Callable
 import pytest
 import torch
 
-from mnv2_fast.baselines import MODEL_PROVIDERS
+from mnv2_fast.baselines import BLOCK_PROVIDERS, MODEL_PROVIDERS
 from mnv2_fast.timing import copy_bandwidth_gbps, peak_memory_mb, run_facts, time_cuda
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 NUM_BLOCKS = 17
+ALL_PROVIDERS = tuple(dict.fromkeys(MODEL_PROVIDERS + BLOCK_PROVIDERS))
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def settings(config: pytest.Config) -> Settings:
             device=torch.device("cuda" if on_gpu else "cpu"),
             batches=(1,) if smoke else _env_list("MNV2_BENCH_BATCHES", "256,1,32", int),
             dtypes=_env_list("MNV2_BENCH_DTYPES", "float16,float32", str, DTYPE_NAMES),
-            providers=_env_list("MNV2_BENCH_PROVIDERS", ",".join(MODEL_PROVIDERS), str, MODEL_PROVIDERS),
+            providers=_env_list("MNV2_BENCH_PROVIDERS", ",".join(ALL_PROVIDERS), str, ALL_PROVIDERS),
             blocks=tuple(blocks),
             # Smoke: one call each, no warm-up loops; only the code paths matter.
             reps=2 if smoke else _env_int("MNV2_BENCH_REPS", 30, 1),

@@ -8,8 +8,8 @@
 #                                             sanitizer step only runs its no-GPU check, the
 #                                             benchmarks run in smoke mode (Triton's interpreter)
 #
-# OUT_DIR gets gpu_run.log (everything printed), bench.json, summary.json, summary.md and
-# summary.png.  The steps stop at the first failure, except that failed or cut-short
+# OUT_DIR gets gpu_run.log (everything printed), cold_start.json, bench.json, summary.json,
+# summary.md and summary.png.  The steps stop at the first failure, except that failed or cut-short
 # benchmarks are still summarised (they are too expensive to throw away) before the
 # script exits non-zero.
 #
@@ -148,6 +148,17 @@ else
             echo "compute-sanitizer cannot attach to this GPU here: use another machine, or MNV2_GPU_SANITIZE=0"
         die "compute-sanitizer"
     fi
+fi
+
+# ---------------------------------------------------------------- 2b. cold start
+banner "2b. cold start: first forward with an empty Triton cache"
+if ((DRY_RUN)); then
+    echo "dry run: no GPU, no cold start to time"
+else
+    cold_cache=$(mktemp -d)
+    run "cold start" "$(limit 90 "$RESERVE")" env TRITON_CACHE_DIR="$cold_cache" "$PY" bench/cold_start.py \
+        "$OUT/cold_start.json" || echo "cold start not measured (the benchmarks still run)"
+    rm -rf "$cold_cache"
 fi
 
 # ---------------------------------------------------------------- 3. benchmarks

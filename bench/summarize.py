@@ -52,7 +52,7 @@ def load(bench_json: Path) -> dict:
         elif e.get("kind") == "block":
             record = {"block": e["block"], **record}
             record.update({k: e.get(k) for k in ("cin", "hidden", "cout", "stride", "size", "bytes", "flops",
-                                                  "peak_mem_mb", "first_call_s")})
+                                                  "peak_mem_mb", "first_call_s", "staging")})
             summary["blocks"].append(record)
     return summary
 
@@ -106,7 +106,8 @@ def model_table(s: dict) -> list[str]:
 
 def block_tables(s: dict) -> list[str]:
     blocks, copy = s["blocks"], s.get("copy_gbps")
-    header = ["block", "cin→hidden→cout, stride", "input", "fused ms"] + [f"{b} / fused" for b in BASELINES]
+    header = ["block", "cin→hidden→cout, stride", "input", "staging", "fused ms"]
+    header += [f"{b} / fused" for b in BASELINES] + ["other staging / fused"]
     header += ["fused GB/s", "% of copy", "floor ms", "fused / floor"]
     lines = []
     for dtype, batch in combos(blocks):
@@ -118,8 +119,9 @@ def block_tables(s: dict) -> list[str]:
             gbps = ratio(r["bytes"] / 1e6, fused)  # bytes / ms -> GB/s
             floor = ratio(r["bytes"] / 1e6, copy)  # the fused floor: its bytes at copy speed
             rows.append([str(r["block"]), f"{r['cin']}→{r['hidden']}→{r['cout']}, s{r['stride']}",
-                         f"{r['size']}x{r['size']}", fmt(fused, ".4f")]
+                         f"{r['size']}x{r['size']}", r.get("staging") or DASH, fmt(fused, ".4f")]
                         + [fmt(ratio(ms_of(blocks, provider=b, **at), fused), ".2f", "x") for b in BASELINES]
+                        + [fmt(ratio(ms_of(blocks, provider="fused_alt", **at), fused), ".2f", "x")]
                         + [fmt(gbps, ".0f"), fmt(ratio(gbps, copy), ".0%"),
                            fmt(floor, ".3g"), fmt(ratio(fused, floor), ".2f", "x")])
         lines += ["", f"### {dtype}, batch {batch}", ""] + table(header, rows)
@@ -142,7 +144,12 @@ def render_md(s: dict) -> str:
               "",
               timed + "Ratios: baseline ms / fused ms, so above 1x the fused kernels are faster. Providers: "
               "`fused` (Triton kernels), `fused_graph` (the same as one CUDA graph), `eager_cl` (cuDNN, "
-              "channels_last), `eager_cl_folded` (cuDNN with BN folded), `compile` (torch.compile)."]
+              "channels_last), `eager_cl_folded` (cuDNN with BN folded), `compile` (torch.compile); "
+              "`other staging / fused` is the fused kernel in its non-default stencil staging (tap <-> gather): "
+              "above 1x the default staging is the faster one."]
+    if s.get("cold_start_s") is not None:
+        lines += ["", f"Cold start (first forward of the fused model at batch 256 fp16 with an empty Triton cache, "
+                      f"compilation included): {s['cold_start_s']:.1f} s."]
     if s.get("skipped_for_time"):
         lines += ["", f"**{s['skipped_for_time']} benchmarks did not run: the time budget ran out.**"]
     if s["model"]:
@@ -216,6 +223,8 @@ def main(argv: list[str]) -> int:
         return 2
     bench_json, out = Path(argv[0]), Path(argv[1])
     s = load(bench_json)
+    cold = bench_json.with_name("cold_start.json")  # bench/cold_start.py, run by gpu_run.sh
+    s["cold_start_s"] = json.loads(cold.read_text())["cold_start_s"] if cold.is_file() else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
     md = render_md(s)

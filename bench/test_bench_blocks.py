@@ -1,6 +1,7 @@
 """The 17 inverted-residual blocks of MobileNetV2 1.0, each at its input size in a 224-px
 network: the fused kernel against cuDNN (channels_last, with and without BN folded) and
-torch.compile.
+torch.compile; and, as the experiment that picks the stencil staging per block, the fused
+kernel in its other staging (provider fused_alt, float16 batch 256).
 
 Matrix: MNV2_BENCH_DTYPES x MNV2_BENCH_BATCHES x MNV2_BENCH_BLOCKS x providers (see
 benchlib).  torch.compile is measured at float16 batch 256 only: one compile per block is
@@ -13,7 +14,8 @@ import torch
 
 import benchlib
 from mnv2_fast.timing import first_call, nhwc_input_pool
-from mnv2_fast.baselines import BLOCK_PROVIDERS, block_bytes, block_flops, block_input_size, make_block_provider
+from mnv2_fast.baselines import (BLOCK_PROVIDERS, block_bytes, block_flops, block_input_size, make_block_provider,
+                                 staging_configs)
 from mnv2_fast.model import InvertedResidual, block_specs
 from mnv2_fast.testing import randomize_bn
 
@@ -21,6 +23,8 @@ WIDTH, RESOLUTION = 1.0, 224
 SPECS = block_specs(WIDTH)
 SIZES = block_input_size(WIDTH, RESOLUTION)
 COMPILE_AT = ("float16", 256)
+ALT_AT = ("float16", 256)  # the staging experiment (provider fused_alt)
+SMOKE_ALT = (3, 12)
 SMOKE_COMPILE = (3, "float32")  # (block, dtype): expand, depthwise, project and the residual
 
 
@@ -29,6 +33,10 @@ def smoke_size(size: int) -> int:
 
 
 def _measured(block: int, provider: str, dtype: str, batch: int, smoke: bool) -> bool:
+    if provider == "fused_alt":  # block 1 has no expand stage, hence a single staging
+        # Smoke: one block per direction (tap -> gather, gather -> tap); GPU-sized tiles are
+        # slow in the interpreter.
+        return block in SMOKE_ALT if smoke else SPECS[block - 1].t != 1 and (dtype, batch) == ALT_AT
     if provider != "compile":
         return True
     return (block, dtype) == SMOKE_COMPILE if smoke else (dtype, batch) == COMPILE_AT
@@ -63,6 +71,9 @@ def test_block(benchmark, settings, block, provider, dtype, batch):
     module = make_block(block)
     fn, first_s = first_call(lambda: make_block_provider(provider, module, batch, dt, settings.device), inputs[0])
     info = benchlib.measure(benchmark, fn, inputs, settings)
+    if provider.startswith("fused"):
+        default, alt = staging_configs(spec, size, size, dt.itemsize)
+        info["staging"] = "gather" if (alt if provider == "fused_alt" else default).gather else "tap"
     benchmark.extra_info.update(
         kind="block", block=block, provider=provider, dtype=dtype, batch=batch,
         cin=spec.cin, hidden=spec.hidden, cout=spec.cout, stride=spec.stride, size=size,

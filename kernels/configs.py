@@ -212,6 +212,13 @@ def gather_candidates(shape: BlockShape, itemsize: int = 2) -> list[BlockConfig]
     return [cfg for _, cfg in ranked]
 
 
+def tap_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
+    """Tap staging: 64 output pixels per program, all output channels up to 64 when Cin is wide."""
+    return BlockConfig(gather=False, block_p=64, block_h=32, block_k=_block_k(shape.cin),
+                       block_co=max(16, min(next_pow2(shape.cout), 64 if shape.cin > 32 else 512)),
+                       num_warps=8 if itemsize > 2 else 4, num_stages=1)
+
+
 @functools.lru_cache(maxsize=None)
 def default_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
     """Heuristic config for a GPU without a tuned entry.
@@ -219,9 +226,7 @@ def default_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
     Tap staging while the nine expand recomputations are cheap (no expand, or Cin <= 32);
     otherwise the cheapest gather config by the cost model.
     """
-    tap = BlockConfig(gather=False, block_p=64, block_h=32, block_k=_block_k(shape.cin),
-                      block_co=max(16, min(next_pow2(shape.cout), 64 if shape.cin > 32 else 512)),
-                      num_warps=8 if itemsize > 2 else 4, num_stages=1)
+    tap = tap_config(shape, itemsize)
     if not shape.has_expand or shape.cin <= 32:
         return tap
     candidates = gather_candidates(shape, itemsize)

@@ -1,6 +1,8 @@
 """The providers every benchmark compares: the fused kernels and the baselines they must beat.
 
     fused            mnv2_fast.optimize / fuse_block, Triton kernels
+    fused_alt        (blocks) the fused kernel in the other stencil staging than the default
+                     (tap <-> gather): the experiment that picks the staging per block
     fused_graph      the same, replayed as one CUDA graph (whole model only)
     eager_cl         the unfused model on cuDNN, channels_last
     eager_cl_folded  the unfused model with BN folded into the convs, channels_last
@@ -21,7 +23,20 @@ from .fused import fuse_block
 from .network import optimize
 
 MODEL_PROVIDERS = ("fused", "fused_graph", "eager_cl", "eager_cl_folded", "compile")
-BLOCK_PROVIDERS = ("fused", "eager_cl", "eager_cl_folded", "compile")
+BLOCK_PROVIDERS = ("fused", "fused_alt", "eager_cl", "eager_cl_folded", "compile")
+
+
+def staging_configs(spec, h: int, w: int, itemsize: int):
+    """(default config, the best config of the other staging or None) for a block at h x w."""
+    from .kernels import BlockShape, default_config
+    from .kernels.configs import gather_candidates, tap_config
+
+    shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, h, w, spec.t != 1, spec.residual)
+    default = default_config(shape, itemsize)
+    if default.gather:
+        return default, tap_config(shape, itemsize)
+    other = gather_candidates(shape, itemsize) if shape.has_expand else []
+    return default, (other[0] if other else None)
 
 
 def _no_grad(fn: Callable) -> Callable:
@@ -65,6 +80,21 @@ def make_block_provider(name: str, block: nn.Module, batch: int, dtype: torch.dt
     """block: an unfused InvertedResidual in eval mode (left untouched)."""
     if name == "fused":
         return _no_grad(fuse_block(block, backend="triton").to(device, dtype))
+    if name == "fused_alt":
+        fused = fuse_block(block, backend="triton").to(device, dtype)
+
+        def call(x):
+            if fused.config is None:  # pinned on the first call, when the input size is known
+                from .model import BlockSpec
+
+                spec = BlockSpec(0, fused.hidden // fused.cin if fused.has_expand else 1, fused.cin, fused.hidden,
+                                 fused.cout, fused.stride)
+                _, fused.config = staging_configs(spec, x.shape[2], x.shape[3], dtype.itemsize)
+                if fused.config is None:
+                    raise ValueError("this block has a single staging (no expand stage): no alternative")
+            return fused(x)
+
+        return _no_grad(call)
     if name == "eager_cl":
         return _no_grad(copy.deepcopy(block).to(device, dtype).to(memory_format=torch.channels_last))
     if name == "eager_cl_folded":

@@ -11,7 +11,7 @@ for each tuned table in kernels/tuned/ and for the heuristic default, plus every
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,10 @@ class Launch:
     dtype: torch.dtype
     shape: tuple  # block: BlockShape; stem: (cin, cout, h, w); head: (cin, cout, h, w); linear: (m, k, n)
     config: object
+    tf32: bool = False  # fp32 only: products on TF32 tensor cores (PyTorch's default for convs)
 
     def key(self):
-        return (self.kind, self.shape, self.config, self.dtype)
+        return (self.kind, self.shape, self.config, self.dtype, self.tf32)
 
 
 def _k():
@@ -41,7 +42,11 @@ def _k():
     return kernels
 
 
-def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> list[Launch]:
+def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experiments: bool = True) -> list[Launch]:
+    """experiments: also the other-staging configs the block benchmark times (provider
+    fused_alt), fp16 at width 1.0, so that a GPU run never meets an untested config."""
+    from .baselines import staging_configs
+
     k = _k()
     from .kernels import configs as C
 
@@ -50,6 +55,9 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> lis
 
     def add(launch: Launch) -> None:
         out.setdefault(launch.key(), launch)
+        if launch.dtype == torch.float32 and not launch.tf32:  # fp32 ships both product precisions
+            tf32 = replace(launch, label=launch.label + " tf32", tf32=True)
+            out.setdefault(tf32.key(), tf32)
 
     for width in widths:
         dtypes = ALL_DTYPES if width == 1.0 else (torch.float16,)
@@ -63,6 +71,9 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> lis
             shape = k.BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, s, s, spec.t != 1, spec.residual)
             for dtype in dtypes:
                 add(Launch("block", f"w{width} block {spec.index}", dtype, shape, C.default_config(shape, dtype.itemsize)))
+            alt = staging_configs(spec, s, s, 2)[1]
+            if experiments and width == 1.0 and alt is not None:
+                add(Launch("block", f"w{width} block {spec.index} other staging", torch.float16, shape, alt))
                 for slug in slugs:
                     for batch in (1, 32, 256):
                         cfg = C.lookup_tuned(shape, dtype, batch, slug)
@@ -94,7 +105,7 @@ def variant(launch: Launch):
     # The package exports launchers under the module names; import the modules themselves.
     H, IR, S = (importlib.import_module(f"{__package__}.kernels.{m}") for m in ("head", "inverted_residual", "stem"))
 
-    allow_tf32 = False  # the IEEE fp32 path is the larger variant
+    allow_tf32 = launch.tf32
     if launch.kind == "block":
         return IR._inverted_residual_kernel, IR.kernel_args(launch.shape, launch.config, launch.dtype, allow_tf32), ()
     if launch.kind == "stem":
@@ -132,7 +143,7 @@ def run_once(launch: Launch, device: torch.device, batch: int = 2) -> float:
         w_dw, b_dw = rnd(9, s.hidden, scale=0.3), rnd(s.hidden)
         w_proj, b_proj = rnd(s.hidden, s.cout, scale=s.hidden ** -0.5), rnd(s.cout)
         y = k.inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, stride=s.stride, residual=s.residual,
-                                config=launch.config, allow_tf32=False)
+                                config=launch.config, allow_tf32=launch.tf32)
         d = lambda t: t.double().cpu()  # noqa: E731
         h = d(x)
         if s.has_expand:
@@ -144,22 +155,24 @@ def run_once(launch: Launch, device: torch.device, batch: int = 2) -> float:
     elif launch.kind == "stem":
         cin, cout, h, w = launch.shape
         x, wt, b = rnd(batch, cin, h, w), rnd(cout, cin, 3, 3, scale=0.3), rnd(cout)
-        y = k.stem_conv(x, wt.reshape(cout, cin * 9).t().contiguous(), b, config=launch.config, allow_tf32=False)
+        y = k.stem_conv(x, wt.reshape(cout, cin * 9).t().contiguous(), b, config=launch.config,
+                        allow_tf32=launch.tf32)
         ref = F.conv2d(x.double().cpu(), wt.double().cpu(), b.double().cpu(), stride=2, padding=1).clamp(0, 6)
     elif launch.kind == "head":
         cin, cout, h, w = launch.shape
         x, wt, b = nhwc(rnd(batch, cin, h, w)), rnd(cin, cout, scale=cin ** -0.5), rnd(cout)
-        y = k.head_pool(x, wt, b, config=launch.config, allow_tf32=False)
+        y = k.head_pool(x, wt, b, config=launch.config, allow_tf32=launch.tf32)
         ref = F.conv2d(x.double().cpu(), wt.double().cpu().t()[:, :, None, None], b.double().cpu())
         ref = ref.clamp(0, 6).mean(dim=(2, 3))
     else:
         m, kdim, n = launch.shape
         a, wt, b = rnd(m, kdim), rnd(kdim, n, scale=kdim ** -0.5), rnd(n)
-        y = k.linear(a, wt, b, config=launch.config, allow_tf32=False)
+        y = k.linear(a, wt, b, config=launch.config, allow_tf32=launch.tf32)
         ref = a.double().cpu() @ wt.double().cpu() + b.double().cpu()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return error_ratio(y, ref, launch.dtype)
+    # TF32 keeps 10 mantissa bits, as fp16 does: judge it by the fp16 tolerance.
+    return error_ratio(y, ref, torch.float16 if launch.tf32 else launch.dtype)
 
 
 def interpreter_off() -> None:
