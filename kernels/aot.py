@@ -46,12 +46,12 @@ def _tool(name: str) -> str:
     return path
 
 
-def compile_variant(fn, constexprs: dict, dtype: torch.dtype, *, arch: int = 90, float_args: tuple = ()):
+def compile_variant(fn, constexprs: dict, dtype: torch.dtype, *, arch: int = 90):
     """Compile one variant of `fn` (a @triton.jit kernel) for sm_<arch>.
 
     constexprs: name -> value, plus num_warps / num_stages.  Pointer arguments (names
     ending in _ptr) are typed with `dtype` and assumed 16-byte aligned, as at run time;
-    other arguments are i32, except the names in float_args (fp32).
+    the other arguments are i32 scalars (sizes).
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -69,7 +69,7 @@ def compile_variant(fn, constexprs: dict, dtype: torch.dtype, *, arch: int = 90,
             signature[p] = "*" + _TRITON_TYPES[dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            signature[p] = "fp32" if p in float_args else "i32"
+            signature[p] = "i32"
     src = ASTSource(fn=fn, signature=signature, constexprs={(params.index(k),): v for k, v in consts.items()},
                     attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)

@@ -24,8 +24,7 @@ def _head_pool_kernel(
     w_ptr,  # folded 1x1 weight [CIN, COUT], input dtype
     b_ptr,  # folded bias [COUT]
     y_ptr,  # pooled output [N, COUT], contiguous, input dtype
-    HW,  # pixels per image
-    inv_hw,  # 1 / HW, for the mean
+    HW: tl.constexpr,  # pixels per image (a constant trip count; one variant per input resolution)
     CIN: tl.constexpr,  # input channels (320 x width)
     COUT: tl.constexpr,  # head channels (1280 for width <= 1)
     BLOCK_P: tl.constexpr,  # pixels per step
@@ -51,7 +50,7 @@ def _head_pool_kernel(
         # Padding rows would contribute relu6(bias): mask them out of the mean.
         acc = tl.where(p_ok[:, None], _relu6(acc + bias[None, :]), 0.0)
         pooled += tl.sum(acc, axis=0)
-    tl.store(y_ptr + img * COUT + c, (pooled * inv_hw).to(y_ptr.dtype.element_ty), mask=c_ok)
+    tl.store(y_ptr + img * COUT + c, (pooled / HW).to(y_ptr.dtype.element_ty), mask=c_ok)
 
 
 @triton.jit
@@ -83,8 +82,9 @@ def _linear_kernel(
     tl.store(y_ptr + (m * NOUT)[:, None] + j[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
-def head_kernel_args(cin: int, cout: int, cfg: HeadConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
+def head_kernel_args(cin: int, cout: int, hw: int, cfg: HeadConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
     return dict(
+        HW=hw,
         CIN=cin,
         COUT=cout,
         BLOCK_P=cfg.block_p,
@@ -139,8 +139,7 @@ def head_pool(
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
     grid = (n, triton.cdiv(cout, cfg.block_n))
-    _head_pool_kernel[grid](x, weight, bias, out, h * w, 1.0 / (h * w),
-                            **head_kernel_args(cin, cout, cfg, x.dtype, allow_tf32))
+    _head_pool_kernel[grid](x, weight, bias, out, **head_kernel_args(cin, cout, h * w, cfg, x.dtype, allow_tf32))
     return out
 
 

@@ -99,7 +99,7 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
 
 
 def variant(launch: Launch):
-    """(jit function, constexpr arguments, names of fp32 scalar arguments) of a launch."""
+    """(jit function, constexpr arguments) of a launch."""
     import importlib
 
     # The package exports launchers under the module names; import the modules themselves.
@@ -107,16 +107,16 @@ def variant(launch: Launch):
 
     allow_tf32 = launch.tf32
     if launch.kind == "block":
-        return IR._inverted_residual_kernel, IR.kernel_args(launch.shape, launch.config, launch.dtype, allow_tf32), ()
+        return IR._inverted_residual_kernel, IR.kernel_args(launch.shape, launch.config, launch.dtype, allow_tf32)
     if launch.kind == "stem":
         cin, cout, _, _ = launch.shape
-        return S._stem_kernel, S.stem_kernel_args(cin, cout, 2, launch.config, launch.dtype, allow_tf32), ()
+        return S._stem_kernel, S.stem_kernel_args(cin, cout, 2, launch.config, launch.dtype, allow_tf32)
     if launch.kind == "head":
-        cin, cout, _, _ = launch.shape
-        return H._head_pool_kernel, H.head_kernel_args(cin, cout, launch.config, launch.dtype, allow_tf32), ("inv_hw",)
+        cin, cout, h, w = launch.shape
+        return H._head_pool_kernel, H.head_kernel_args(cin, cout, h * w, launch.config, launch.dtype, allow_tf32)
     if launch.kind == "linear":
         _, kdim, n = launch.shape
-        return H._linear_kernel, H.linear_kernel_args(kdim, n, launch.config, launch.dtype, allow_tf32), ()
+        return H._linear_kernel, H.linear_kernel_args(kdim, n, launch.config, launch.dtype, allow_tf32)
     raise ValueError(launch.kind)
 
 

@@ -31,10 +31,10 @@ def run(arch: int = 90, out=sys.stdout) -> list[dict]:
     launches = shipped_launches()
     t0 = time.time()
     for i, launch in enumerate(launches):
-        fn, args, floats = variant(launch)
+        fn, args = variant(launch)
         key = (fn.__name__ if hasattr(fn, "__name__") else str(fn), tuple(sorted(args.items())), launch.dtype)
         if key not in seen:
-            seen[key] = resources(compile_variant(fn, args, launch.dtype, arch=arch, float_args=floats))
+            seen[key] = resources(compile_variant(fn, args, launch.dtype, arch=arch))
             print(f"[{i + 1}/{len(launches)}] compiled {launch.label} {str(launch.dtype)[6:]}", file=sys.stderr,
                   flush=True)
         res = seen[key]

@@ -32,7 +32,7 @@ interpreter_off()
 shape = BlockShape(32, 192, 32, 1, 28, 28, True, True)
 # fp32 operands and 256 pixels per program on 4 warps: over the register file, so it spills.
 cfg = BlockConfig(gather=False, block_p=256, block_h=32, block_k=32, block_co=32, num_warps=4)
-fn, args, floats = variant(Launch("block", "oversized", torch.float32, shape, cfg))
+fn, args = variant(Launch("block", "oversized", torch.float32, shape, cfg))
 print(problems(resources(compile_variant(fn, args, torch.float32))))
 """
 
