@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from mnv2_fast.baselines import block_bytes, block_input_size, staging_configs
+from mnv2_fast.baselines import block_bytes, block_input_size, block_shape, staging_configs
 from mnv2_fast.model import block_specs
 
 # cuDNN times of blocks 1-17, BN folded, channels_last, fp16, batch 256, one H200
@@ -70,7 +70,7 @@ def main(argv=None) -> None:
             ms = max(mma / a.mma_tflops / 1e9, fma / a.fma_tflops / 1e9, nbytes / a.gbps / 1e6)
             return ms, mma, fma
 
-        default, other = staging_configs(spec, size, size, 2)
+        default, other = staging_configs(block_shape(spec, size, size), 2)
         ms, mma, fma = predict(default)
         other_ms = predict(other)[0] if other else None
         total += ms

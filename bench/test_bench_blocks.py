@@ -14,8 +14,8 @@ import torch
 
 import benchlib
 from mnv2_fast.timing import first_call, nhwc_input_pool
-from mnv2_fast.baselines import (BLOCK_PROVIDERS, block_bytes, block_flops, block_input_size, make_block_provider,
-                                 staging_configs)
+from mnv2_fast.baselines import (BLOCK_PROVIDERS, block_bytes, block_flops, block_input_size, block_shape,
+                                 make_block_provider, staging_configs)
 from mnv2_fast.model import InvertedResidual, block_specs
 from mnv2_fast.testing import randomize_bn
 
@@ -72,7 +72,7 @@ def test_block(benchmark, settings, block, provider, dtype, batch):
     fn, first_s = first_call(lambda: make_block_provider(provider, module, batch, dt, settings.device), inputs[0])
     info = benchlib.measure(benchmark, fn, inputs, settings)
     if provider.startswith("fused"):
-        default, alt = staging_configs(spec, size, size, dt.itemsize)
+        default, alt = staging_configs(block_shape(spec, size, size), dt.itemsize)
         info["staging"] = "gather" if (alt if provider == "fused_alt" else default).gather else "tap"
     benchmark.extra_info.update(
         kind="block", block=block, provider=provider, dtype=dtype, batch=batch,

@@ -26,12 +26,18 @@ MODEL_PROVIDERS = ("fused", "fused_graph", "eager_cl", "eager_cl_folded", "compi
 BLOCK_PROVIDERS = ("fused", "fused_alt", "eager_cl", "eager_cl_folded", "compile")
 
 
-def staging_configs(spec, h: int, w: int, itemsize: int):
-    """(default config, the best config of the other staging or None) for a block at h x w."""
-    from .kernels import BlockShape, default_config
+def block_shape(spec, h: int, w: int):
+    """The kernels' BlockShape of a model BlockSpec at an h x w input."""
+    from .kernels import BlockShape
+
+    return BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, h, w, spec.t != 1, spec.residual)
+
+
+def staging_configs(shape, itemsize: int):
+    """(default config, the best config of the other staging or None) for a kernels.BlockShape."""
+    from .kernels import default_config
     from .kernels.configs import gather_candidates, tap_config
 
-    shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, h, w, spec.t != 1, spec.residual)
     default = default_config(shape, itemsize)
     if default.gather:
         return default, tap_config(shape, itemsize)
@@ -58,6 +64,17 @@ def _compiled(module: nn.Module, batch: int) -> Callable:
     return torch.compile(module, mode=mode, dynamic=False)
 
 
+def _baseline(name: str, module: nn.Module, folded: Callable[[nn.Module], nn.Module], batch: int,
+              dtype: torch.dtype, device) -> Callable | None:
+    """The baselines both suites share (None for other names): cuDNN channels_last as is or
+    with BN folded, and torch.compile."""
+    if name not in ("eager_cl", "eager_cl_folded", "compile"):
+        return None
+    m = folded(module) if name == "eager_cl_folded" else copy.deepcopy(module)
+    m = m.to(device, dtype).to(memory_format=torch.channels_last)
+    return _no_grad(_compiled(m, batch) if name == "compile" else m)
+
+
 def make_model_provider(name: str, model: nn.Module, batch: int, dtype: torch.dtype,
                         device: torch.device | str = "cuda") -> Callable[[torch.Tensor], torch.Tensor]:
     """model: the unfused network in eval mode (left untouched)."""
@@ -65,44 +82,36 @@ def make_model_provider(name: str, model: nn.Module, batch: int, dtype: torch.dt
         return _no_grad(optimize(model, backend="triton").to(device, dtype))
     if name == "fused_graph":
         return optimize(model, backend="triton", cuda_graph=True).to(device, dtype)
-    if name == "eager_cl":
-        return _no_grad(copy.deepcopy(model).to(device, dtype).to(memory_format=torch.channels_last))
-    if name == "eager_cl_folded":
-        return _no_grad(optimize(model, backend="torch").to(device, dtype).to(memory_format=torch.channels_last))
-    if name == "compile":
-        m = copy.deepcopy(model).to(device, dtype).to(memory_format=torch.channels_last)
-        return _no_grad(_compiled(m, batch))
-    raise ValueError(f"unknown provider {name!r}; known: {MODEL_PROVIDERS}")
+    fn = _baseline(name, model, lambda m: optimize(m, backend="torch"), batch, dtype, device)
+    if fn is None:
+        raise ValueError(f"unknown provider {name!r}; known: {MODEL_PROVIDERS}")
+    return fn
 
 
 def make_block_provider(name: str, block: nn.Module, batch: int, dtype: torch.dtype,
                         device: torch.device | str = "cuda") -> Callable[[torch.Tensor], torch.Tensor]:
     """block: an unfused InvertedResidual in eval mode (left untouched)."""
-    if name == "fused":
-        return _no_grad(fuse_block(block, backend="triton").to(device, dtype))
-    if name == "fused_alt":
+    if name in ("fused", "fused_alt"):
         fused = fuse_block(block, backend="triton").to(device, dtype)
+        if name == "fused":
+            return _no_grad(fused)
 
-        def call(x):
+        def other_staging(x):
             if fused.config is None:  # pinned on the first call, when the input size is known
-                from .model import BlockSpec
+                from .kernels import BlockShape
 
-                spec = BlockSpec(0, fused.hidden // fused.cin if fused.has_expand else 1, fused.cin, fused.hidden,
-                                 fused.cout, fused.stride)
-                _, fused.config = staging_configs(spec, x.shape[2], x.shape[3], dtype.itemsize)
+                shape = BlockShape(fused.cin, fused.hidden, fused.cout, fused.stride, x.shape[2], x.shape[3],
+                                   fused.has_expand, fused.residual)
+                fused.config = staging_configs(shape, dtype.itemsize)[1]
                 if fused.config is None:
                     raise ValueError("this block has a single staging (no expand stage): no alternative")
             return fused(x)
 
-        return _no_grad(call)
-    if name == "eager_cl":
-        return _no_grad(copy.deepcopy(block).to(device, dtype).to(memory_format=torch.channels_last))
-    if name == "eager_cl_folded":
-        return _no_grad(fuse_block(block, backend="torch").to(device, dtype).to(memory_format=torch.channels_last))
-    if name == "compile":
-        m = copy.deepcopy(block).to(device, dtype).to(memory_format=torch.channels_last)
-        return _no_grad(_compiled(m, batch))
-    raise ValueError(f"unknown provider {name!r}; known: {BLOCK_PROVIDERS}")
+        return _no_grad(other_staging)
+    fn = _baseline(name, block, lambda b: fuse_block(b, backend="torch"), batch, dtype, device)
+    if fn is None:
+        raise ValueError(f"unknown provider {name!r}; known: {BLOCK_PROVIDERS}")
+    return fn
 
 
 def block_bytes(spec, h: int, w: int, batch: int, itemsize: int) -> int:

@@ -45,7 +45,7 @@ def _k():
 def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experiments: bool = True) -> list[Launch]:
     """experiments: also the other-staging configs the block benchmark times (provider
     fused_alt), fp16 at width 1.0, so that a GPU run never meets an untested config."""
-    from .baselines import staging_configs
+    from .baselines import block_shape, staging_configs
 
     k = _k()
     from .kernels import configs as C
@@ -68,18 +68,18 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
                        C.choose_stem_config(stem, torch.device("cuda"))))
         s = size
         for spec in block_specs(width):
-            shape = k.BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, s, s, spec.t != 1, spec.residual)
+            shape = block_shape(spec, s, s)
             for dtype in dtypes:
                 add(Launch("block", f"w{width} block {spec.index}", dtype, shape, C.default_config(shape, dtype.itemsize)))
-            alt = staging_configs(spec, s, s, 2)[1]
-            if experiments and width == 1.0 and alt is not None:
-                add(Launch("block", f"w{width} block {spec.index} other staging", torch.float16, shape, alt))
                 for slug in slugs:
                     for batch in (1, 32, 256):
                         cfg = C.lookup_tuned(shape, dtype, batch, slug)
                         if cfg is not None:
                             add(Launch("block", f"w{width} block {spec.index} ({slug}, batch {batch})", dtype,
                                        shape, cfg))
+            alt = staging_configs(shape, 2)[1]
+            if experiments and width == 1.0 and alt is not None:
+                add(Launch("block", f"w{width} block {spec.index} other staging", torch.float16, shape, alt))
             s = shape.ho
         last = make_divisible(LAST_CHANNELS * max(1.0, width))
         cin = block_specs(width)[-1].cout

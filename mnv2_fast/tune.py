@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .baselines import block_input_size
+from .baselines import block_input_size, block_shape
 from .model import block_specs
 from .shipped import Launch, run_once
 
@@ -44,7 +44,7 @@ def batch_ranges(batches: list[int]) -> list[tuple[int, int, int]]:
 
 
 def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Path | None, progress=print) -> Path:
-    from .kernels import BlockShape, inverted_residual
+    from .kernels import inverted_residual
     from .kernels.configs import device_slug, write_tuned
     from .timing import input_pool, run_facts, time_cuda
 
@@ -52,8 +52,7 @@ def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Pa
     shapes = {}
     for width in widths:
         for spec, size in zip(block_specs(width), block_input_size(width, resolution)):
-            shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, size, size, spec.t != 1, spec.residual)
-            shapes.setdefault(shape, f"w{width} block {spec.index}")
+            shapes.setdefault(block_shape(spec, size, size), f"w{width} block {spec.index}")
     entries = []
     jobs = [(s, d, b) for s in shapes for d in dtypes for b in batch_ranges(batches)]
     for j, (shape, dtype, (batch, lo, hi)) in enumerate(jobs):

@@ -18,6 +18,7 @@ from helpers import DEVICE, assert_close, make_block, nhwc, poisoned_like, refer
 from mnv2_fast import fuse_block
 from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
 from mnv2_fast.kernels.configs import gather_candidates
+from mnv2_fast.baselines import block_shape
 from mnv2_fast.model import block_specs
 
 # Small spatial sizes, odd ones included, cycled over the cases.
@@ -89,7 +90,7 @@ def _run(fused, x, cfg):
 def test_block_matches_unfused(spec, batch, h, w, dtype, staging):
     block, fused = _fused(spec, dtype)
     x = nhwc(torch.randn(batch, spec.cin, h, w)).to(DEVICE, dtype)
-    shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, h, w, spec.t != 1, spec.residual)
+    shape = block_shape(spec, h, w)
     y = _run(fused, x, _config(staging, shape, batch, dtype))
     assert_close(y, reference64(block, x), dtype, f"block {spec.index}")
 
@@ -124,7 +125,7 @@ def test_default_gpu_configs_compute_the_block(index):
     spec = block_specs(1.0)[index - 1]
     size = 224 // 2 // {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 8: 8, 9: 8, 10: 8, 11: 8, 12: 8, 13: 8,
                         14: 8, 15: 16, 16: 16, 17: 16}[index]
-    gpu_shape = BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, size, size, spec.t != 1, spec.residual)
+    gpu_shape = block_shape(spec, size, size)
     cfg = default_config(gpu_shape)
     block, fused = _fused(spec, torch.float16)
     x = nhwc(torch.randn(2, spec.cin, 9, 7)).to(DEVICE, torch.float16)
