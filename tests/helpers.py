@@ -1,4 +1,5 @@
-"""Shared test helpers: the one tolerance table, BN randomisation, references, poisoning."""
+"""Shared test helpers.  The tolerance table, BN randomisation and float64 references live in
+mnv2_fast.testing (the CLI's `check` uses them too); here: blocks, layouts, poisoned outputs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from mnv2_fast.testing import MODEL_TOLERANCE_FACTOR, TOLERANCES, error_ratio, randomize_bn, reference64  # noqa: F401
 
@@ -46,16 +46,3 @@ def poisoned_like(n: int, c: int, h: int, w: int, dtype: torch.dtype, device=DEV
     """An output buffer full of NaN: any element the kernel fails to write shows up."""
     out = torch.empty((n, c, h, w), dtype=dtype, device=device, memory_format=torch.channels_last)
     return out.fill_(float("nan"))
-
-
-def block_reference_from_folded(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, stride, residual):
-    """Unfused float64 computation from kernel-layout folded weights."""
-    x = x.double().cpu()
-    h = x
-    if w_exp is not None:
-        h = F.conv2d(h, w_exp.double().cpu().t()[:, :, None, None], b_exp.double().cpu()).clamp(0, 6)
-    c = w_dw.shape[1]
-    h = F.conv2d(h, w_dw.double().cpu().t().reshape(c, 1, 3, 3), b_dw.double().cpu(), stride=stride, padding=1,
-                 groups=c).clamp(0, 6)
-    y = F.conv2d(h, w_proj.double().cpu().t()[:, :, None, None], b_proj.double().cpu())
-    return x + y if residual else y

@@ -35,7 +35,7 @@ def test_wheel_file_list(wheel):
     assert top_level == ["mnv2_fast"]
     meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
-    assert sorted(r.split(":", 1)[1].strip() for r in requires) == ["torch>=2.11", "triton>=3.6"]
+    assert sorted(r.split(":", 1)[1].strip() for r in requires) == ["numpy>=1.24", "torch>=2.11", "triton>=3.6"]
     entry = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "mnv2-fast = mnv2_fast.cli:main" in entry
 
