@@ -112,17 +112,27 @@ def device_slug(device: torch.device) -> str:
         return override
     if device.type != "cuda":
         return "default"
-    return gpu_slug(torch.cuda.get_device_name(device))
+    return _cuda_slug(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.lru_cache(maxsize=None)
-def load_tuned(slug: str) -> tuple[dict, ...]:
-    """Entries of kernels/tuned/<slug>.json (empty when there is no table for this GPU)."""
+def _cuda_slug(index: int) -> str:
+    return gpu_slug(torch.cuda.get_device_name(index))  # a driver query: once per device
+
+
+@functools.lru_cache(maxsize=None)
+def load_tuned(slug: str) -> dict:
+    """kernels/tuned/<slug>.json as {(BlockShape, dtype name): [(batch lo, batch hi, BlockConfig)]}
+    (empty when there is no table for this GPU)."""
     path = TUNED_DIR / f"{slug}.json"
     if not path.is_file():
-        return ()
-    data = json.loads(path.read_text())
-    return tuple(data.get("blocks", ()))
+        return {}
+    index: dict = {}
+    for entry in json.loads(path.read_text()).get("blocks", ()):
+        key = (BlockShape(**entry["shape"]), entry["dtype"])
+        lo, hi = entry["batch"]
+        index.setdefault(key, []).append((lo, hi, BlockConfig.from_dict(entry["config"])))
+    return index
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -130,11 +140,9 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def lookup_tuned(shape: BlockShape, dtype: torch.dtype, batch: int, slug: str) -> BlockConfig | None:
-    key = asdict(shape)
-    for entry in load_tuned(slug):
-        lo, hi = entry["batch"]
-        if entry["shape"] == key and entry["dtype"] == _dtype_name(dtype) and lo <= batch <= hi:
-            return BlockConfig.from_dict(entry["config"])
+    for lo, hi, cfg in load_tuned(slug).get((shape, _dtype_name(dtype)), ()):
+        if lo <= batch <= hi:
+            return cfg
     return None
 
 

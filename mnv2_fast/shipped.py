@@ -91,10 +91,9 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
                            C.choose_linear_config(m, last, 1000, torch.device("cuda"))))
     # Tuned entries for shapes outside the widths above ship too.
     for slug in slugs:
-        for e in C.load_tuned(slug):
-            shape = k.BlockShape(**e["shape"])
-            add(Launch("block", f"tuned {slug} {shape}", getattr(torch, e["dtype"]), shape,
-                       C.BlockConfig.from_dict(e["config"])))
+        for (shape, dtype_name), entries in C.load_tuned(slug).items():
+            for lo, hi, cfg in entries:
+                add(Launch("block", f"tuned {slug} {shape} batch {lo}-{hi}", getattr(torch, dtype_name), shape, cfg))
     return list(out.values())
 
 
