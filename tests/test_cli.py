@@ -92,3 +92,17 @@ def test_bad_arguments():
         main(["bench", "--batch", "0"])
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_gpu_bench_table_and_plot_render(tmp_path):
+    """The GPU path's table and plot, fed with records shaped like the ones it measures."""
+    from mnv2_fast.cli import _bench_table, _plot
+
+    records = [dict(provider=p, dtype="float16", batch=b, ms=ms * b, images_per_s=1e3 / ms, peak_mem_mb=10.0 * b,
+                    first_call_s=1.0)
+               for b in (1, 256) for p, ms in (("fused", 0.01), ("fused_graph", 0.008), ("eager_cl", 0.05),
+                                               ("compile", 0.03))]
+    text = _bench_table(records, ["fused", "fused_graph", "eager_cl", "compile"])
+    assert "eager_cl" in text and "6.25x" in text  # 0.05 / 0.008: against the faster fused variant
+    _plot(records, tmp_path / "p.png", "test")
+    assert (tmp_path / "p.png").stat().st_size > 1000
