@@ -150,7 +150,7 @@ def choose_block_config(shape: BlockShape, dtype: torch.dtype, batch: int, devic
     if interpreting() and device.type == "cpu":
         return interpreter_config(shape, batch)
     tuned = lookup_tuned(shape, dtype, batch, device_slug(device))
-    return tuned or default_config(shape, dtype.itemsize)
+    return tuned or default_config(shape, dtype.itemsize, batch_class(batch))
 
 
 def _block_k(cin: int) -> int:
@@ -174,21 +174,27 @@ def interpreter_config(shape: BlockShape, batch: int) -> BlockConfig:
     return BlockConfig(gather=False, block_p=block_p, block_h=block_h, block_k=block_k, block_co=block_co)
 
 
-def _gather_cost(shape: BlockShape, tile_h: int, tile_w: int, imgs: int, block_co: int) -> float:
-    """Work per image of one gather config, in multiply-add units (a model, to be checked by timing)."""
+# Programs resident at once on an H100/H200 (132 SMs, two of these programs per SM): one wave.
+WAVE = 132 * 2
+
+
+def _gather_time(shape: BlockShape, tile_h: int, tile_w: int, imgs: int, block_co: int, batch: int) -> float:
+    """Modelled time of one gather config, in multiply-add units: waves of programs times the
+    work of one (expand over the input region, 9 gathers, project).  At large batch this
+    ranks by total work; at small batch, where one wave holds every program, by the work of
+    one program, so it prefers more, smaller programs.  A model, to be checked by timing."""
     in_h = min((tile_h - 1) * shape.stride + 3, shape.h)
     in_w = min((tile_w - 1) * shape.stride + 3, shape.w)
     p_out = next_pow2(imgs * tile_h * tile_w)
     p_in = next_pow2(imgs * in_h * in_w)
-    co_blocks = triton.cdiv(shape.cout, block_co)
-    per_program = co_blocks * (p_in * shape.cin + 9 * p_out * 4) * shape.hidden  # expand + gathers
-    per_program += p_out * co_blocks * block_co * shape.hidden  # project
-    programs_per_image = triton.cdiv(shape.ho, tile_h) * triton.cdiv(shape.wo, tile_w) / imgs
-    return per_program * programs_per_image
+    per_program = ((p_in * shape.cin + 9 * p_out * 4) + p_out * block_co) * shape.hidden
+    programs = (triton.cdiv(batch, imgs) * triton.cdiv(shape.ho, tile_h) * triton.cdiv(shape.wo, tile_w)
+                * triton.cdiv(shape.cout, block_co))
+    return triton.cdiv(programs, WAVE) * per_program
 
 
-def gather_candidates(shape: BlockShape, itemsize: int = 2) -> list[BlockConfig]:
-    """Gather-staging configs within the register limits, cheapest first by the cost model.
+def gather_candidates(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> list[BlockConfig]:
+    """Gather-staging configs within the register limits, fastest first by the time model.
 
     fp32 (itemsize 4) operands take twice the registers and shared memory of fp16, so
     their tiles are smaller."""
@@ -202,6 +208,8 @@ def gather_candidates(shape: BlockShape, itemsize: int = 2) -> list[BlockConfig]
         for tile_h in range(1, shape.ho + 1):
             whole = tile_h == shape.ho and tile_w == shape.wo
             for imgs in (1, 2, 4, 8) if whole else (1,):
+                if imgs > 1 and imgs > batch:
+                    continue  # a tile of more images than the batch has is idle lanes
                 p_out = next_pow2(imgs * tile_h * tile_w)
                 in_h = min((tile_h - 1) * shape.stride + 3, shape.h)
                 in_w = min((tile_w - 1) * shape.stride + 3, shape.w)
@@ -211,7 +219,7 @@ def gather_candidates(shape: BlockShape, itemsize: int = 2) -> list[BlockConfig]
                 for block_co in co_options:
                     if p_out * block_co > max_acc:
                         continue
-                    cost = _gather_cost(shape, tile_h, tile_w, imgs, block_co)
+                    cost = _gather_time(shape, tile_h, tile_w, imgs, block_co, batch)
                     block_h = 32 if p_in > 128 or wide else 64
                     cfg = BlockConfig(gather=True, tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_h=block_h,
                                       block_k=block_k, block_co=block_co, num_warps=8, num_stages=1)
@@ -227,17 +235,22 @@ def tap_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
                        num_warps=8 if itemsize > 2 else 4, num_stages=1)
 
 
+def batch_class(batch: int) -> int:
+    """The heuristic distinguishes batches that fill a wave of programs from those that do not."""
+    return 1 if batch <= 8 else 256
+
+
 @functools.lru_cache(maxsize=None)
-def default_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
+def default_config(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> BlockConfig:
     """Heuristic config for a GPU without a tuned entry.
 
     Tap staging while the nine expand recomputations are cheap (no expand, or Cin <= 32);
-    otherwise the cheapest gather config by the cost model.
+    otherwise the fastest gather config by the time model, for small (<= 8) or large batch.
     """
     tap = tap_config(shape, itemsize)
     if not shape.has_expand or shape.cin <= 32:
         return tap
-    candidates = gather_candidates(shape, itemsize)
+    candidates = gather_candidates(shape, itemsize, batch_class(batch))
     return candidates[0] if candidates else tap  # tiny images: no gather tile fits the limits
 
 

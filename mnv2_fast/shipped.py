@@ -70,7 +70,9 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
         for spec in block_specs(width):
             shape = block_shape(spec, s, s)
             for dtype in dtypes:
-                add(Launch("block", f"w{width} block {spec.index}", dtype, shape, C.default_config(shape, dtype.itemsize)))
+                for batch in (256, 1):  # the heuristic's two batch classes
+                    add(Launch("block", f"w{width} block {spec.index}" + (" (batch <= 8)" if batch == 1 else ""),
+                               dtype, shape, C.default_config(shape, dtype.itemsize, batch)))
                 for slug in slugs:
                     for batch in (1, 32, 256):
                         cfg = C.lookup_tuned(shape, dtype, batch, slug)

@@ -17,11 +17,11 @@ from .model import block_specs
 from .shipped import Launch, run_once
 
 
-def candidates(shape, itemsize: int):
+def candidates(shape, itemsize: int, batch: int):
     """A small sweep around the heuristic: both stagings, a few tiles, warps and chunk sizes."""
     from .kernels.configs import default_config, gather_candidates
 
-    base = default_config(shape, itemsize)
+    base = default_config(shape, itemsize, batch)
     out = [base]
     tap = replace(base, gather=False, block_p=64, tile_h=1, tile_w=1, imgs=1)
     for block_p in (32, 64, 128):
@@ -29,7 +29,7 @@ def candidates(shape, itemsize: int):
             for warps in (4, 8):
                 out.append(replace(tap, block_p=block_p, block_h=block_h, num_warps=warps))
     if shape.has_expand:
-        for g in gather_candidates(shape, itemsize)[:3]:
+        for g in gather_candidates(shape, itemsize, batch)[:3]:
             for block_h in (32, 64):
                 for warps in (4, 8):
                     out.append(replace(g, block_h=block_h, num_warps=warps))
@@ -69,7 +69,7 @@ def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Pa
         pool = input_pool(lambda: rnd(batch, shape.cin, shape.h, shape.w).contiguous(
             memory_format=torch.channels_last), nbytes)
         timed = []
-        cands = candidates(shape, dtype.itemsize)
+        cands = candidates(shape, dtype.itemsize, batch)
         for cfg in cands:
             def run(x, cfg=cfg):
                 return inverted_residual(x, *w, stride=shape.stride, residual=shape.residual, config=cfg)

@@ -119,16 +119,21 @@ def test_block_tilings(tiling, stride):
     assert_close(y, reference64(block, x), torch.float32, str(tiling))
 
 
-@pytest.mark.parametrize("index", [b.index for b in _unique_specs(1.0)])
-def test_default_gpu_configs_compute_the_block(index):
-    """The heuristic's GPU launch configs (tuned for 224-px shapes) are numerically right too."""
+# Large-batch configs for every block shape; the small-batch (<= 8) ones, which split tiles
+# and output channels finely (many programs: slow in the interpreter), for one block per
+# gather shape class.  On the GPU, mnv2_fast.sanitize runs every shipped config.
+@pytest.mark.parametrize("index,batch_class", [(b.index, 256) for b in _unique_specs(1.0)]
+                         + [(8, 1), (14, 1), (16, 1)])
+def test_default_gpu_configs_compute_the_block(index, batch_class):
+    """The heuristic's GPU launch configs (for 224-px shapes, small and large batch) are right too."""
     spec = block_specs(1.0)[index - 1]
     size = 224 // 2 // {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 8: 8, 9: 8, 10: 8, 11: 8, 12: 8, 13: 8,
                         14: 8, 15: 16, 16: 16, 17: 16}[index]
     gpu_shape = block_shape(spec, size, size)
-    cfg = default_config(gpu_shape)
+    cfg = default_config(gpu_shape, 2, batch_class)
     block, fused = _fused(spec, torch.float16)
-    x = nhwc(torch.randn(2, spec.cin, 9, 7)).to(DEVICE, torch.float16)
+    n, h, w = (2, 9, 7) if batch_class > 1 else (1, min(size, 9), min(size, 7))
+    x = nhwc(torch.randn(n, spec.cin, h, w)).to(DEVICE, torch.float16)
     y = _run(fused, x, cfg)
     assert_close(y, reference64(block, x), torch.float16, f"block {index} with {cfg}")
 
