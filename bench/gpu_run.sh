@@ -14,7 +14,8 @@
 # script exits non-zero.
 #
 # Time: the whole run stays within MNV2_GPU_BUDGET_S (default 480 s).  Each step has its
-# own limit (MNV2_GPU_TESTS_S=120, MNV2_GPU_SANITIZE_S=150, MNV2_GPU_SUMMARY_S=30, which is
+# own limit (MNV2_GPU_TESTS_S=150, MNV2_GPU_SANITIZE_S=120, MNV2_GPU_COLD_S=60,
+# MNV2_GPU_SUMMARY_S=30, which is
 # also kept back for the summary); the benchmarks get the rest, and stop starting new cases
 # MNV2_BENCH_MARGIN_S (default 40) before their limit, so that pytest-benchmark still writes
 # its JSON.  MNV2_BENCH_* variables choose what is measured (see bench/benchlib.py).
@@ -34,8 +35,9 @@ mkdir -p "$1" && OUT=$(cd "$1" && pwd)
 cd "$ROOT" || exit 2
 
 BUDGET=${MNV2_GPU_BUDGET_S:-480}
-TESTS_S=${MNV2_GPU_TESTS_S:-120}
-SANITIZE_S=${MNV2_GPU_SANITIZE_S:-150}
+TESTS_S=${MNV2_GPU_TESTS_S:-150}
+SANITIZE_S=${MNV2_GPU_SANITIZE_S:-120}
+COLD_S=${MNV2_GPU_COLD_S:-60}
 SUMMARY_S=${MNV2_GPU_SUMMARY_S:-30}
 MARGIN_S=${MNV2_BENCH_MARGIN_S:-40}
 KILL_S=20  # after its limit a step gets SIGTERM, and SIGKILL this much later
@@ -156,7 +158,7 @@ if ((DRY_RUN)); then
     echo "dry run: no GPU, no cold start to time"
 else
     cold_cache=$(mktemp -d)
-    run "cold start" "$(limit 90 "$RESERVE")" env TRITON_CACHE_DIR="$cold_cache" "$PY" bench/cold_start.py \
+    run "cold start" "$(limit "$COLD_S" "$RESERVE")" env TRITON_CACHE_DIR="$cold_cache" "$PY" bench/cold_start.py \
         "$OUT/cold_start.json" || echo "cold start not measured (the benchmarks still run)"
     rm -rf "$cold_cache"
 fi
