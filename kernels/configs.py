@@ -124,7 +124,7 @@ def _cuda_slug(index: int) -> str:
 def load_tuned(slug: str) -> dict:
     """kernels/tuned/<slug>.json as {(BlockShape, dtype name): [(batch lo, batch hi, BlockConfig)]}
     (empty when there is no table for this GPU)."""
-    path = TUNED_DIR / f"{slug}.json"
+    path = tuned_table_path(slug)
     if not path.is_file():
         return {}
     index: dict = {}

@@ -106,7 +106,7 @@ def _inverted_residual_kernel(
         ow = p % WO
         oh = (p // WO) % HO
         n = p // (WO * HO)
-        p_ok = p < N * HO * WO
+        p_ok = n < N  # not p < N*HO*WO: that i32 product can wrap
         acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
 
     for h0 in range(0, HIDDEN, BLOCK_H):
@@ -253,8 +253,8 @@ def inverted_residual(
 
     Memory: nothing of size N*H*W*HIDDEN is ever allocated or written.  Scratch is per
     program and on chip: in gather mode one [P_IN, BLOCK_H] tile of the expanded
-    activation (P_IN <= 256, BLOCK_H <= 128 in shipped configs: at most 64 KiB at
-    fp16, staged by tl.gather in shared memory); in tap mode none.
+    activation in x's dtype (P_IN * BLOCK_H <= 8192 elements in shipped configs: at most
+    16 KiB at fp16, staged by tl.gather in shared memory); in tap mode none.
     Offsets are computed in int64, so tensors beyond 2^31 elements are safe.
     """
     check_activation("x", x)

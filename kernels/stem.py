@@ -38,7 +38,7 @@ def _stem_kernel(
     ow = p % WO
     oh = (p // WO) % HO
     n = p // (WO * HO)
-    p_ok = p < N * HO * WO
+    p_ok = n < N  # not p < N*HO*WO: that i32 product can wrap
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     for k0 in tl.static_range(0, CIN * 9, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)

@@ -9,7 +9,6 @@ channels, hidden and input channels unevenly.
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ import torch
 from helpers import DEVICE, assert_close, make_block, nhwc, poisoned_like, reference64
 from mnv2_fast import fuse_block
 from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
-from mnv2_fast.kernels.configs import gather_candidates
+from mnv2_fast.kernels.configs import gather_candidates, tap_config
 from mnv2_fast.baselines import block_shape
 from mnv2_fast.model import block_specs
 
@@ -63,7 +62,7 @@ def _config(staging: str, shape: BlockShape, batch: int, dtype: torch.dtype = to
             return fits[0] if fits else BlockConfig(gather=True, tile_h=min(shape.ho, 4), tile_w=min(shape.wo, 8),
                                                     block_h=32, block_k=p2(shape.cin, hi=32), block_co=32,
                                                     num_warps=8)
-        return replace(default_config(shape, dtype.itemsize), gather=False, block_p=64)
+        return tap_config(shape, dtype.itemsize)
     block_h, block_k, block_co = p2(shape.hidden, hi=128), p2(shape.cin), p2(shape.cout)
     if staging == "gather":
         return BlockConfig(gather=True, tile_h=shape.ho, tile_w=shape.wo, imgs=min(batch, 2),
