@@ -460,3 +460,315 @@ def analyse_compiled(compiled, loop_trips: list[float], programs: int, hbm_bytes
     nw = num_warps if num_warps is not None else compiled.metadata.num_warps
     return analyse_sass(text, loop_trips, programs, nw, usage["registers"], int(compiled.metadata.shared),
                         hbm_bytes, imbalance)
+
+
+# ---------------------------------------------------------------- the project's own launches
+
+# cuDNN on an H200, batch 256 fp16, channels_last, BN folded, per block 1-17 (ms): the
+# reference run the project compares against (not a model output).
+CUDNN_H200_B256_FP16_MS = (0.81, 1.95, 1.30, 0.80, 0.46, 0.46, 0.27, 0.29, 0.29, 0.29, 0.26, 0.35, 0.35, 0.27,
+                           0.28, 0.26, 0.14)
+ARCH = 90
+
+
+def sass_cache_dir() -> Path:
+    """Where compiled SASS is kept between runs: MNV2_FAST_SASS_CACHE, else ~/.cache/mnv2-fast/sass."""
+    env = os.environ.get("MNV2_FAST_SASS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mnv2-fast" / "sass"
+
+
+def variant_key(fn, constexprs: dict, dtype, arch: int = ARCH) -> str:
+    """Hash of what determines the SASS: the kernel source with the jit functions it calls
+    (Triton's cache_key), the constexprs, dtype, Triton version and target."""
+    import triton
+
+    src = getattr(fn, "cache_key", None) or getattr(fn, "src", None) or repr(fn)
+    blob = json.dumps([src, sorted((k, repr(v)) for k, v in constexprs.items()), str(dtype), triton.__version__,
+                       arch])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def compiled_sass(fn, constexprs: dict, dtype, arch: int = ARCH, cache: Path | None = None) -> tuple[str, dict]:
+    """(SASS text, {registers, shared, local, stack}) of one kernel variant compiled for
+    sm_<arch>, from the on-disk cache when present."""
+    cache = cache if cache is not None else sass_cache_dir()
+    key = variant_key(fn, constexprs, dtype, arch)
+    sass_file, meta_file = cache / f"{key}.sass", cache / f"{key}.json"
+    if sass_file.is_file() and meta_file.is_file():
+        return sass_file.read_text(), json.loads(meta_file.read_text())
+    from ..kernels.aot import compile_variant
+
+    compiled = compile_variant(fn, constexprs, dtype, arch=arch)
+    text, usage = dump_sass(compiled.asm["cubin"])
+    usage["shared"] = int(compiled.metadata.shared)
+    cache.mkdir(parents=True, exist_ok=True)
+    for path, data in ((sass_file, text), (meta_file, json.dumps(usage))):
+        tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+        tmp.write_text(data)
+        tmp.replace(path)  # atomic: a concurrent run never reads half a file
+    return text, usage
+
+
+def _inventory():
+    """The shipped-launch inventory and its helpers (one place to adjust if they move)."""
+    from .. import shipped
+    from ..static_check import _describe
+
+    return shipped, _describe
+
+
+@dataclass
+class NetworkLaunch:
+    part: str  # stem / block / head / classifier
+    block: int | None  # 1-17 for blocks
+    launch: object  # shipped.Launch
+
+
+def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: float = 1.0,
+                     resolution: int = 224) -> list[NetworkLaunch]:
+    """Every kernel launch of one MobileNetV2 forward, in order, with the config a GPU of
+    this kind picks at this batch (its tuned table, else the heuristic), as shipped."""
+    import torch
+
+    from ..kernels import configs as C
+    from ..model import LAST_CHANNELS, STEM_CHANNELS, block_specs, make_divisible
+    from ..baselines import block_shape
+
+    shipped, _ = _inventory()
+    dtype = dtype or torch.float16
+    cuda = torch.device("cuda")
+    size = output_size(resolution, 2)
+    stem = make_divisible(STEM_CHANNELS * width)
+    out = [NetworkLaunch("stem", None, shipped.Launch("stem", f"w{width} stem", dtype, (3, stem, resolution, resolution),
+                                                      C.choose_stem_config(stem, cuda)))]
+    s = size
+    for spec in block_specs(width):
+        shape = block_shape(spec, s, s)
+        cfg = C.lookup_tuned(shape, dtype, batch, gpu) or C.default_config(shape, dtype.itemsize, C.batch_class(batch))
+        out.append(NetworkLaunch("block", spec.index,
+                                 shipped.Launch("block", f"w{width} block {spec.index}", dtype, shape, cfg)))
+        s = shape.ho
+    last = make_divisible(LAST_CHANNELS * max(1.0, width))
+    cin = block_specs(width)[-1].cout
+    out.append(NetworkLaunch("head", None, shipped.Launch(
+        "head", f"w{width} head", dtype, (cin, last, s, s),
+        C.choose_head_config(cin, last, s * s, cuda, dtype.itemsize))))
+    out.append(NetworkLaunch("classifier", None, shipped.Launch(
+        "linear", f"w{width} classifier, batch {batch}", dtype, (batch, last, 1000),
+        C.choose_linear_config(batch, last, 1000, cuda))))
+    return out
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def launch_geometry(launch, batch: int) -> dict:
+    """From the kernel source: programs, the loops it declares (outer first, with trips per
+    entry), the multiply-adds one program's products imply (padded tiles), and compulsory
+    HBM bytes.  Loops the compiler removes (one trip) are left out; tl.static_range loops are
+    unrolled and never appear."""
+    import triton
+
+    cfg, itemsize = launch.config, launch.dtype.itemsize
+    if launch.kind == "block":
+        import importlib
+
+        # The package exports the launcher under the module's name: import the module itself.
+        IR = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.kernels.inverted_residual")
+
+        s = launch.shape
+        args = IR.kernel_args(s, cfg, launch.dtype, launch.tf32)
+        programs = 1
+        for g in IR.grid(s, cfg, batch):
+            programs *= g
+        chunks = _cdiv(s.hidden, cfg.block_h)
+        k_pad = _cdiv(s.cin, cfg.block_k) * cfg.block_k
+        rows = args["P_OUT"] if cfg.gather else cfg.block_p
+        if cfg.gather:
+            expand = args["P_IN"] * k_pad * cfg.block_h
+        else:
+            expand = 9 * rows * k_pad * cfg.block_h if s.has_expand else 0
+        macs = chunks * (expand + rows * cfg.block_h * cfg.block_co)
+        loops = ([("hidden chunks", chunks)] if chunks > 1 else []) + [("taps", 9)]
+        hbm = block_hbm_bytes(batch, s.h, s.w, s.cin, s.hidden, s.cout, s.stride, s.has_expand, itemsize)
+    elif launch.kind == "stem":
+        cin, cout, h, w = launch.shape
+        ho, wo = output_size(h, 2), output_size(w, 2)
+        block_k = max(16, min(triton.next_power_of_2(cin * 9), 64))
+        programs = _cdiv(batch * ho * wo, cfg.block_p) * _cdiv(cout, cfg.block_co)
+        macs = cfg.block_p * _cdiv(cin * 9, block_k) * block_k * cfg.block_co
+        loops = []
+        hbm = (batch * cin * h * w + batch * ho * wo * cout + cin * 9 * cout + cout) * itemsize
+    elif launch.kind == "head":
+        cin, cout, h, w = launch.shape
+        steps = _cdiv(h * w, cfg.block_p)
+        programs = batch * _cdiv(cout, cfg.block_n)
+        macs = steps * cfg.block_p * _cdiv(cin, cfg.block_k) * cfg.block_k * cfg.block_n
+        loops = [("pixels", steps)] if steps > 1 else []
+        hbm = (batch * h * w * cin + cin * cout + cout + batch * cout) * itemsize
+    elif launch.kind == "linear":
+        _, k, nout = launch.shape
+        m = batch
+        steps = _cdiv(k, cfg.block_k)
+        programs = _cdiv(m, cfg.block_m) * _cdiv(nout, cfg.block_n)
+        macs = cfg.block_m * steps * cfg.block_k * cfg.block_n
+        loops = [("k steps", steps)] if steps > 1 else []
+        hbm = (m * k + k * nout + nout + m * nout) * itemsize
+    else:
+        raise ValueError(launch.kind)
+    return {"programs": programs, "loops": loops, "expected_macs_per_program": macs, "hbm_bytes": hbm}
+
+
+def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = None, block: int | None = None,
+                   sass_dir: str | Path | None = None, params: Params = CALIBRATED,
+                   cache: Path | None = None) -> dict:
+    """Compile one launch for sm_90 (or take it from the cache), count its SASS with the loop
+    trips its source declares, and predict its time.  Raises when the loops found in the
+    SASS do not nest as declared, or the multiply-adds counted differ from those the tile
+    sizes imply (then the trips would be wrong)."""
+    shipped, describe = _inventory()
+    fn, args = shipped.variant(launch)
+    text, usage = compiled_sass(fn, args, launch.dtype, cache=cache)
+    geo = launch_geometry(launch, batch)
+    fn_sass = S.kernel(text)
+    loops = S.find_loops(fn_sass)
+    declared = geo["loops"]
+    depths = [lp.depth for lp in loops]
+    if len(loops) != len(declared) or depths != list(range(len(declared))):
+        found = ", ".join(f"{lp.start:#x}-{lp.end:#x} depth {lp.depth}" for lp in loops) or "none"
+        raise ValueError(f"{launch.label}: the source declares nested loops {[n for n, _ in declared]}, "
+                         f"the SASS has {found}")
+    trips = [t for _, t in declared]
+    counts = S.count(fn_sass, trips, args["num_warps"])
+    implied = geo["expected_macs_per_program"]
+    replication = counts.mma_macs / implied
+    # Fewer products than the tiles need means the trips undercount the loops; more is
+    # possible (a tile of 64 rows on two warpgroups: both compute it), never beyond one
+    # copy per warpgroup.
+    if not 1 - 1e-9 <= replication <= max(1, args["num_warps"] // S.WARPGROUP) + 1e-9:
+        raise ValueError(f"{launch.label}: {counts.mma_macs:.0f} multiply-adds per program counted in the SASS, "
+                         f"{implied} implied by the tiles: loop trips {trips} are wrong")
+    name = None
+    if sass_dir is not None:
+        name = f"{launch.label.replace(' ', '_').replace(',', '')}_{variant_key(fn, args, launch.dtype)[:8]}.sass"
+        Path(sass_dir).mkdir(parents=True, exist_ok=True)
+        (Path(sass_dir) / name).write_text(text)
+    f = Features(programs=geo["programs"], num_warps=args["num_warps"], registers=usage["registers"],
+                 shared_bytes=usage["shared"], warp_instructions_per_program=counts.warp_instructions,
+                 l1_wavefronts_per_program=counts.l1_wavefronts, mma_macs_per_program=counts.mma_macs,
+                 hbm_bytes=geo["hbm_bytes"], counts=counts)
+    pred = predict(f, gpu, params)
+    return {
+        "part": part or {"linear": "classifier"}.get(launch.kind, launch.kind),
+        "block": block,
+        "label": launch.label,
+        "config": describe(launch.config),
+        "programs": f.programs,
+        "num_warps": f.num_warps,
+        "registers": f.registers,
+        "shared_bytes": f.shared_bytes,
+        "stack_bytes": usage.get("stack", 0),
+        "sass": name,
+        "loops": [{"name": n, "sass_start": f"{lp.start:#x}", "sass_end": f"{lp.end:#x}", "depth": lp.depth,
+                   "trips_per_program": t} for (n, t), lp in zip(declared, loops)],
+        "warp_instructions_per_program": counts.warp_instructions,
+        "l1_wavefronts_per_program": counts.l1_wavefronts,
+        "wavefronts_by_space": counts.wavefronts_by_space,
+        "mma_macs_per_program": counts.mma_macs,
+        "implied_macs_per_program": implied,
+        "mma_replication": replication,
+        "shuffles_per_program": counts.shuffles,
+        "instructions_by_category": counts.by_category,
+        "hbm_bytes": f.hbm_bytes,
+        **pred.as_dict(),
+    }
+
+
+def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: str | Path | None = None,
+                    params: Params = CALIBRATED, log=None) -> dict:
+    """analyse_launch over a whole forward; cuDNN reference times where they were measured."""
+    import torch
+    import triton
+
+    shipped, _ = _inventory()
+    shipped.interpreter_off()
+    dtype = dtype or torch.float16
+    inventory = {launch.key() for launch in shipped.shipped_launches()}
+    records = []
+    for i, nl in enumerate(network_launches(batch, dtype, gpu)):
+        # The inventory holds the classifier at batch 1 and 256 only; every other launch ships as is.
+        if nl.launch.key() not in inventory and not (nl.part == "classifier" and batch not in (1, 256)):
+            raise ValueError(f"{nl.launch.label} ({nl.launch.config}) is not in the shipped inventory")
+        rec = analyse_launch(nl.launch, batch, gpu, part=nl.part, block=nl.block, sass_dir=sass_dir, params=params)
+        reference = gpu == "h200" and batch == 256 and dtype == torch.float16 and nl.block is not None
+        rec["cudnn_ms"] = CUDNN_H200_B256_FP16_MS[nl.block - 1] if reference else None
+        records.append(rec)
+        if log:
+            log(f"[{i + 1}] {rec['label']}: {rec['predicted_ms']:.3f} ms")
+    return {
+        "gpu": gpu,
+        "triton": triton.__version__,
+        "batch": batch,
+        "dtype": str(dtype).removeprefix("torch."),
+        "params": asdict(params),
+        "launches": records,
+        "total_predicted_ms": sum(r["predicted_ms"] for r in records),
+    }
+
+
+def network_table(result: dict) -> str:
+    lines = [f"{'launch':<30} {'config':<36} {'prog':>6} {'reg':>3} {'smem':>6} {'occ':>3} {'w':>3} {'tail':>5} "
+             f"{'issue':>6} {'l1':>6} {'mma':>6} {'hbm':>6} {'pred':>6} {'cudnn':>6}  bound"]
+    for r in result["launches"]:
+        fl = r["floors_ms"]
+        cudnn = f"{r['cudnn_ms']:6.2f}" if r.get("cudnn_ms") is not None else f"{'':>6}"
+        lines.append(f"{r['label']:<30} {r['config'][:36]:<36} {r['programs']:>6} {r['registers']:>3} "
+                     f"{r['shared_bytes']:>6} "
+                     f"{r['programs_per_sm']:>3} {r['warps_per_scheduler']:>3.0f} {r['tail']:>5.2f} "
+                     f"{fl['issue']:>6.3f} {fl['l1']:>6.3f} {fl['mma']:>6.3f} {fl['hbm']:>6.3f} "
+                     f"{r['predicted_ms']:>6.3f} {cudnn}  {r['bound']}")
+    blocks = [r for r in result["launches"] if r["part"] == "block"]
+    cudnn = [r["cudnn_ms"] for r in blocks if r.get("cudnn_ms") is not None]
+    lines.append(f"blocks: issue floor {sum(r['floors_ms']['issue'] for r in blocks):.2f} ms, predicted "
+                 f"{sum(r['predicted_ms'] for r in blocks):.2f} ms" + (f", cuDNN {sum(cudnn):.2f} ms" if cudnn else ""))
+    lines.append(f"total predicted (stem, blocks, head, classifier): {result['total_predicted_ms']:.2f} ms "
+                 f"on {result['gpu']}, batch {result['batch']}, {result['dtype']}, Triton {result['triton']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m mnv2_fast.tools.perf_model", description=__doc__.splitlines()[0])
+    ap.add_argument("--calibrate", action="store_true", help="fit to the calibration set and print the comparison")
+    ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    ap.add_argument("--json", help="write the result here")
+    ap.add_argument("--sass-dir", help="write each launch's SASS here")
+    args = ap.parse_args(argv)
+    if args.calibrate:
+        fitted, kernels = calibrate()
+        print(comparison_table(kernels, fitted))
+        for p in P_CHOICES:
+            print(f"p = {p}:", fit([(k.features, k.measured_ms) for k in kernels], "h200", (p,)).summary())
+        print("chosen:", fitted.summary())
+        return 0
+    import torch
+
+    result = analyse_network(args.batch, getattr(torch, args.dtype), args.gpu, args.sass_dir,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    path = calibration_dir()
+    if (path / "kernels.json").is_file():
+        fitted, _ = calibrate(path)
+        result["calibration"] = {k: v for k, v in fitted.summary().items() if k != "worst_error"}
+    print(network_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
