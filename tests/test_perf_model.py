@@ -255,6 +255,9 @@ def test_fit_recovers_known_parameters():
     assert fitted.params.p == math.inf
     assert fitted.params.k == pytest.approx(1.3, rel=1e-4) and fitted.params.c == pytest.approx(0.7, abs=1e-4)
     assert fitted.rms_log_error < 1e-6 and fitted.loo_rms_log_error < 1e-5 and fitted.spearman == pytest.approx(1)
+    import json
+
+    assert json.loads(json.dumps(fitted.summary(), allow_nan=False))["p"] == "inf"  # strict JSON
 
 
 def test_block_hbm_bytes():

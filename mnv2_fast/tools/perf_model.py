@@ -24,9 +24,19 @@ What it is
 
 How well it fits (`python -m mnv2_fast.tools.perf_model --calibrate` prints the table)
     Fitted here: p = 4, k = 1.08, c = 1.12: rms log error 0.111, leave-one-out 0.121 (p, k
-    and c refitted without each kernel), Spearman rho 0.97, worst error 32% (H17, whose
-    spills go to L2, which the l1 floor does not see), n = 31.  The plain maximum (p = inf)
-    fits with k = 1.07, c = 1.33: rms 0.126, leave-one-out 0.133, worst 28%.
+    and c refitted without each kernel), Spearman rho 0.97, worst error 32%, n = 31.  The
+    plain maximum (p = inf) fits with k = 1.07, c = 1.33: rms 0.126, leave-one-out 0.133,
+    worst 28%.  The worst miss, H17 (predicted 32% short), spills 1 KiB per thread; the l1
+    floor charges those local accesses as L1 hits, and they likely are not.
+
+Use
+    predict(features, gpu)             time of one launch from its Features
+    analyse_compiled(compiled, ...)    Features of a Triton compiled kernel (aot.compile_variant)
+    analyse_sass(text, ...)            ... of a `cuobjdump --dump-sass` listing
+    analyse_launch(launch, batch)      compile a shipped launch (cached on disk), check its loops
+                                       against the source, count, predict: one JSON-ready record
+    python -m mnv2_fast.tools.perf_model [--gpu h200|h100] [--batch 256] [--json F] [--sass-dir D]
+                                       every launch of one MobileNetV2 forward, with cuDNN's times
 
 What it is not
     A model with three fitted numbers, checked against kernels of a different design from the
@@ -44,7 +54,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sass as S
@@ -172,6 +182,10 @@ class Params:
     c: float
     p: float  # the norm that combines the floors; math.inf = their maximum
 
+    def as_dict(self) -> dict:
+        # JSON has no infinity: the maximum is written "inf".
+        return {"k": round(self.k, 4), "c": round(self.c, 4), "p": self.p if math.isfinite(self.p) else "inf"}
+
 
 # Fitted to the calibration set by `fit` (tests/test_perf_model.py checks that a fresh fit
 # still gives these); kept here so that predictions work where the set is absent.
@@ -255,8 +269,7 @@ class Fit:
     measured_ms: list[float]
 
     def summary(self) -> dict:
-        return {"k": round(self.params.k, 4), "c": round(self.params.c, 4), "p": self.params.p,
-                "rms_log_error": round(self.rms_log_error, 4), "loo_rms_log_error": round(self.loo_rms_log_error, 4),
+        return {**self.params.as_dict(), "rms_log_error": round(self.rms_log_error, 4), "loo_rms_log_error": round(self.loo_rms_log_error, 4),
                 "spearman": round(self.spearman, 4), "worst_error": round(self.worst_error, 4), "n": self.n}
 
 
@@ -711,7 +724,7 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
         "triton": triton.__version__,
         "batch": batch,
         "dtype": str(dtype).removeprefix("torch."),
-        "params": asdict(params),
+        "params": params.as_dict(),
         "launches": records,
         "total_predicted_ms": sum(r["predicted_ms"] for r in records),
     }
