@@ -1,0 +1,787 @@
+"""A performance model of compiled kernels, calibrated on measured H200 times (no GPU needed).
+
+What it is
+    Each launch is reduced to four floors, in ms, from its sm_90 SASS (see `sass`) and its
+    grid, each the time one SM resource needs if it were the only limit:
+
+    * issue: loop-weighted warp instructions x programs / (SMs x 4 schedulers x clock);
+    * l1:    128-byte L1/shared wavefronts (global, shared and local loads and stores, plus
+             the HGMMA operands read from shared memory) x programs / (SMs x 1 per clock x clock);
+    * mma:   tensor-core multiply-adds / (SMs x 1024 per clock x clock);
+    * hbm:   compulsory bytes (inputs, outputs and weights once) / HBM bandwidth.
+
+    The time is  T = k * ||floors||_p * tail * (1 + c / w)  where
+    * ||.||_p is a smooth maximum (p = inf: the largest floor; a finite p charges floors of
+      similar size for overlapping imperfectly);
+    * tail = ceil(waves) / waves, waves = programs / (SMs x programs per SM), times the ratio of
+      the largest to the mean work per program for persistent grids;
+    * w = resident warps per SM sub-partition (scheduler), from registers, shared memory and
+      warps: with few warps to switch between, latency is not hidden.
+
+    k and c (and p, from a small fixed set) are fitted by least squares in log space to the
+    calibration set: 31 fused inverted-residual kernels of an earlier design, timed on one
+    H200 (`../shared/perf-calibration`, beside the repository).
+
+How well it fits (`python -m mnv2_fast.tools.perf_model --calibrate` prints the table)
+    Fitted here: p = 4, k = 1.08, c = 1.12: rms log error 0.111, leave-one-out 0.121 (p, k
+    and c refitted without each kernel), Spearman rho 0.97, worst error 32%, n = 31.  The
+    plain maximum (p = inf) fits with k = 1.07, c = 1.33: rms 0.126, leave-one-out 0.133,
+    worst 28%.  The worst miss, H17 (predicted 32% short), spills 1 KiB per thread; the l1
+    floor charges those local accesses as L1 hits, and they likely are not.
+
+Use
+    predict(features, gpu)             time of one launch from its Features
+    analyse_compiled(compiled, ...)    Features of a Triton compiled kernel (aot.compile_variant)
+    analyse_sass(text, ...)            ... of a `cuobjdump --dump-sass` listing
+    analyse_launch(launch, batch)      compile a shipped launch (cached on disk), check its loops
+                                       against the source, count, predict: one JSON-ready record
+    python -m mnv2_fast.tools.perf_model [--gpu h200|h100] [--batch 256] [--json F] [--sass-dir D]
+                                       every launch of one MobileNetV2 forward, with cuDNN's times
+
+What it is not
+    A model with three fitted numbers, checked against kernels of a different design from the
+    ones it will rank.  Its predictions guide which configs to spend GPU time on; only GPU
+    measurements count as results.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import sass as S
+
+# ---------------------------------------------------------------- the GPUs
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    sms: int
+    clock_ghz: float  # sustained SM clock under load
+    hbm_tb_per_s: float
+    issue_per_clock: int = 4  # warp instructions per SM per clock (one per scheduler)
+    wavefronts_per_clock: int = 1  # 128-byte L1/shared wavefronts per SM per clock
+    mma_macs_per_clock: int = 1024  # fp16 tensor-core multiply-adds per SM per clock, as Triton's small tiles reach
+    schedulers: int = 4
+    registers_per_sm: int = 65536
+    register_unit: int = 256  # registers are allocated per warp in units of 256
+    warp_unit: int = 4  # ... and warps in groups of 4 (one per scheduler)
+    max_registers: int = 255
+    shared_per_sm: int = 233472  # 228 KiB
+    shared_per_block_reserved: int = 1024  # the driver keeps 1 KiB per resident block
+    max_warps_per_sm: int = 64
+    max_blocks_per_sm: int = 32
+
+
+# Both are GH100 with 132 SMs; they differ in HBM.  The clock is the one the calibration was
+# fitted at (1.755 GHz): both SXM parts list the same 1.98 GHz maximum boost, so nothing
+# public says an H100 SXM sustains a different clock under this load.  k absorbs the gap
+# between the nominal and the real clock on the GPU that was measured.
+GPUS = {
+    "h200": GpuSpec("H200 SXM", sms=132, clock_ghz=1.755, hbm_tb_per_s=4.8),
+    "h100": GpuSpec("H100 SXM", sms=132, clock_ghz=1.755, hbm_tb_per_s=3.35),
+}
+
+
+def gpu_spec(gpu: str | GpuSpec) -> GpuSpec:
+    if isinstance(gpu, GpuSpec):
+        return gpu
+    try:
+        return GPUS[gpu]
+    except KeyError:
+        raise ValueError(f"unknown GPU {gpu!r}; known: {sorted(GPUS)}") from None
+
+
+# ---------------------------------------------------------------- occupancy, waves
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    programs_per_sm: int
+    limited_by: str  # registers / shared / warps / blocks
+    warps_per_scheduler: float
+
+
+def occupancy(registers: int, shared_bytes: int, num_warps: int, gpu: str | GpuSpec = "h200") -> Occupancy:
+    """Programs (thread blocks) resident per SM, as the hardware allocates them."""
+    g = gpu_spec(gpu)
+    if not 1 <= registers <= g.max_registers:
+        raise ValueError(f"registers per thread must be in 1..{g.max_registers}, got {registers}")
+    if num_warps < 1:
+        raise ValueError(f"num_warps must be >= 1, got {num_warps}")
+    per_warp = math.ceil(registers * 32 / g.register_unit) * g.register_unit
+    warps_by_regs = (g.registers_per_sm // (per_warp * g.warp_unit)) * g.warp_unit
+    limits = {
+        "registers": warps_by_regs // num_warps,
+        "shared": g.shared_per_sm // (shared_bytes + g.shared_per_block_reserved),
+        "warps": g.max_warps_per_sm // num_warps,
+        "blocks": g.max_blocks_per_sm,
+    }
+    limited_by = min(limits, key=limits.get)
+    n = limits[limited_by]
+    if n < 1:
+        raise ValueError(f"a program of {num_warps} warps, {registers} registers and {shared_bytes} B of shared "
+                         f"memory does not fit an SM ({limited_by})")
+    return Occupancy(n, limited_by, n * num_warps / g.schedulers)
+
+
+def waves_and_tail(programs: int, programs_per_sm: int, gpu: str | GpuSpec = "h200",
+                   imbalance: float = 1.0) -> tuple[float, float]:
+    """(waves, tail): the last wave runs as long as a full one, so the grid costs ceil(waves)
+    full waves; imbalance = max / mean work per program (persistent grids), else 1."""
+    g = gpu_spec(gpu)
+    waves = programs / (programs_per_sm * g.sms)
+    return waves, math.ceil(waves) / waves * imbalance
+
+
+# ---------------------------------------------------------------- features and prediction
+
+
+@dataclass
+class Features:
+    """What the model needs of one launch; per-program counts are all warps summed."""
+
+    programs: int
+    num_warps: int
+    registers: int
+    shared_bytes: int
+    warp_instructions_per_program: float
+    l1_wavefronts_per_program: float
+    mma_macs_per_program: float
+    hbm_bytes: float
+    imbalance: float = 1.0  # max / mean work per program
+    counts: S.Counts | None = field(default=None, repr=False)
+
+
+FLOORS = ("issue", "l1", "mma", "hbm")
+
+
+def floors_ms(f: Features, gpu: str | GpuSpec = "h200") -> dict:
+    g = gpu_spec(gpu)
+    hz_ms = g.clock_ghz * 1e6  # clocks per ms
+    return {
+        "issue": f.warp_instructions_per_program * f.programs / (g.sms * g.issue_per_clock * hz_ms),
+        "l1": f.l1_wavefronts_per_program * f.programs / (g.sms * g.wavefronts_per_clock * hz_ms),
+        "mma": f.mma_macs_per_program * f.programs / (g.sms * g.mma_macs_per_clock * hz_ms),
+        "hbm": f.hbm_bytes / (g.hbm_tb_per_s * 1e9),
+    }
+
+
+@dataclass(frozen=True)
+class Params:
+    k: float
+    c: float
+    p: float  # the norm that combines the floors; math.inf = their maximum
+
+    def as_dict(self) -> dict:
+        # JSON has no infinity: the maximum is written "inf".
+        return {"k": round(self.k, 4), "c": round(self.c, 4), "p": self.p if math.isfinite(self.p) else "inf"}
+
+
+# Fitted to the calibration set by `fit` (tests/test_perf_model.py checks that a fresh fit
+# still gives these); kept here so that predictions work where the set is absent.
+CALIBRATED = Params(k=1.079, c=1.116, p=4.0)
+
+
+def combine(floors: dict, p: float) -> float:
+    v = [floors[name] for name in FLOORS]
+    top = max(v)
+    if math.isinf(p) or top == 0:
+        return top
+    return top * sum((x / top) ** p for x in v) ** (1 / p)
+
+
+@dataclass
+class Prediction:
+    ms: float
+    floors_ms: dict
+    bound: str  # the largest floor
+    occupancy: Occupancy
+    waves: float
+    tail: float
+
+    def as_dict(self) -> dict:
+        return {"predicted_ms": self.ms, "floors_ms": dict(self.floors_ms), "bound": self.bound,
+                "programs_per_sm": self.occupancy.programs_per_sm, "limited_by": self.occupancy.limited_by,
+                "warps_per_scheduler": self.occupancy.warps_per_scheduler, "waves": self.waves, "tail": self.tail}
+
+
+def _terms(f: Features, gpu) -> tuple[dict, Occupancy, float, float]:
+    occ = occupancy(f.registers, f.shared_bytes, f.num_warps, gpu)
+    waves, tail = waves_and_tail(f.programs, occ.programs_per_sm, gpu, f.imbalance)
+    return floors_ms(f, gpu), occ, waves, tail
+
+
+def predict(f: Features, gpu: str | GpuSpec = "h200", params: Params = CALIBRATED) -> Prediction:
+    floors, occ, waves, tail = _terms(f, gpu)
+    ms = params.k * combine(floors, params.p) * tail * (1 + params.c / occ.warps_per_scheduler)
+    return Prediction(ms, floors, max(floors, key=floors.get), occ, waves, tail)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for m in range(i, j + 1):
+            out[order[m]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation: Pearson's r of the ranks."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("spearman needs two sequences of equal length >= 2")
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    return cov / math.sqrt(va * vb)
+
+
+@dataclass
+class Fit:
+    params: Params
+    rms_log_error: float
+    loo_rms_log_error: float
+    spearman: float
+    worst_error: float  # largest |predicted / measured - 1|
+    n: int
+    predicted_ms: list[float]
+    measured_ms: list[float]
+
+    def summary(self) -> dict:
+        return {**self.params.as_dict(), "rms_log_error": round(self.rms_log_error, 4), "loo_rms_log_error": round(self.loo_rms_log_error, 4),
+                "spearman": round(self.spearman, 4), "worst_error": round(self.worst_error, 4), "n": self.n}
+
+
+P_CHOICES = (2.0, 3.0, 4.0, 6.0, 8.0, math.inf)
+_C_MAX = 8.0
+
+
+def _fit_kc(base: list[float], inv_w: list[float], logm: list[float], rows: list[int]) -> tuple[float, float, float]:
+    """(mean squared log error, log k, c) minimising over c in [0, _C_MAX], log k in closed form."""
+
+    def err(c: float) -> tuple[float, float]:
+        res = [logm[i] - math.log(base[i] * (1 + c * inv_w[i])) for i in rows]
+        lk = sum(res) / len(res)
+        return sum((r - lk) ** 2 for r in res) / len(res), lk
+
+    # A coarse grid, then golden-section search around the best point: deterministic, no scipy.
+    step = 0.25
+    grid = [i * step for i in range(int(_C_MAX / step) + 1)]
+    best = min(grid, key=lambda c: err(c)[0])
+    lo, hi = max(0.0, best - step), min(_C_MAX, best + step)
+    phi = (math.sqrt(5) - 1) / 2
+    a, b = hi - phi * (hi - lo), lo + phi * (hi - lo)
+    fa, fb = err(a)[0], err(b)[0]
+    for _ in range(60):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - phi * (hi - lo)
+            fa = err(a)[0]
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + phi * (hi - lo)
+            fb = err(b)[0]
+    c = (lo + hi) / 2
+    e, lk = err(c)
+    return e, lk, c
+
+
+def fit(samples: list[tuple[Features, float]], gpu: str | GpuSpec = "h200",
+        p_choices: tuple[float, ...] = P_CHOICES) -> Fit:
+    """Fit k, c (and p among p_choices) to (features, measured ms) pairs by least squares on
+    log(predicted / measured); leave-one-out refits all of them without each sample."""
+    if len(samples) < 3:
+        raise ValueError("fitting needs at least 3 measured kernels")
+    terms = [_terms(f, gpu) for f, _ in samples]
+    logm = [math.log(ms) for _, ms in samples]
+    inv_w = [1 / occ.warps_per_scheduler for _, occ, _, _ in terms]
+    bases = {p: [combine(fl, p) * tail for fl, _, _, tail in terms] for p in p_choices}
+
+    def best_over_p(rows: list[int]) -> tuple[float, float, float, float]:
+        return min((_fit_kc(bases[p], inv_w, logm, rows) + (p,) for p in p_choices), key=lambda t: t[0])
+
+    everything = list(range(len(samples)))
+    _, lk, c, p = best_over_p(everything)
+    params = Params(math.exp(lk), c, p)
+    pred = [params.k * bases[p][i] * (1 + c * inv_w[i]) for i in everything]
+    errs = [math.log(pred[i]) - logm[i] for i in everything]
+    loo = []
+    for i in everything:
+        _, lk_i, c_i, p_i = best_over_p([j for j in everything if j != i])
+        loo.append(lk_i + math.log(bases[p_i][i] * (1 + c_i * inv_w[i])) - logm[i])
+    measured = [ms for _, ms in samples]
+    return Fit(params=params,
+               rms_log_error=math.sqrt(sum(e * e for e in errs) / len(errs)),
+               loo_rms_log_error=math.sqrt(sum(e * e for e in loo) / len(loo)),
+               spearman=spearman(pred, measured),
+               worst_error=max(abs(math.exp(e) - 1) for e in errs),
+               n=len(samples), predicted_ms=pred, measured_ms=measured)
+
+
+# ---------------------------------------------------------------- the calibration set
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def calibration_dir() -> Path:
+    """`shared/perf-calibration` beside the repository root; MNV2_PERF_CALIBRATION overrides."""
+    env = os.environ.get("MNV2_PERF_CALIBRATION")
+    return Path(env) if env else repo_root().parent / "shared" / "perf-calibration"
+
+
+def output_size(size: int, stride: int) -> int:
+    return (size - 1) // stride + 1
+
+
+def block_hbm_bytes(batch: int, h: int, w: int, cin: int, hidden: int, cout: int, stride: int,
+                    has_expand: bool, itemsize: int = 2) -> int:
+    """Compulsory bytes of one fused block: the input and output activations once and the
+    weights once (expand, depthwise, project and their biases, in the activation dtype)."""
+    ho, wo = output_size(h, stride), output_size(w, stride)
+    weights = (cin * hidden + hidden if has_expand else 0) + 10 * hidden + hidden * cout + cout
+    return (batch * h * w * cin + batch * ho * wo * cout + weights) * itemsize
+
+
+@dataclass
+class CalibrationKernel:
+    tag: str
+    block: int
+    kind: str
+    features: Features
+    measured_ms: float
+    cudnn_ms: float
+    reference: dict  # reference_features of kernels.json: another analysis, for comparison
+
+
+def load_calibration(path: str | Path | None = None) -> list[CalibrationKernel]:
+    """Parse and count every kernel of the calibration set (a second or so)."""
+    path = Path(path) if path is not None else calibration_dir()
+    meta = json.loads((path / "kernels.json").read_text())
+    out = []
+    for k in meta["kernels"]:
+        fn = S.kernel(gzip.decompress((path / "sass" / f"{k['tag']}.sass.gz").read_bytes()).decode())
+        loops = S.find_loops(fn)
+        declared = [(int(lp["sass_start"], 16), int(lp["sass_end"], 16)) for lp in k["loops"]]
+        if [(lp.start, lp.end) for lp in loops] != declared:
+            raise ValueError(f"{k['tag']}: loops found {[(hex(a.start), hex(a.end)) for a in loops]} "
+                             f"differ from the declared {k['loops']}")
+        trips = [lp["trips_per_program"] for lp in k["loops"]]
+        counts = S.count(fn, trips, k["num_warps"])
+        s = k["shape"]
+        itemsize = {"float16": 2, "bfloat16": 2, "float32": 4}[s["dtype"]]
+        hbm = block_hbm_bytes(s["batch"], s["h"], s["w"], s["cin"], s["hidden"], s["cout"], s["stride"],
+                              s["t"] > 1, itemsize)
+        # Persistent grids walk tiles in their outer loop: the busiest program does ceil(mean) of them.
+        imbalance = 1.0
+        if k["kind"] == "halo-scratch" and trips and trips[0] > 0:
+            imbalance = math.ceil(trips[0]) / trips[0]
+        f = Features(programs=k["programs"], num_warps=k["num_warps"], registers=k["registers"],
+                     shared_bytes=k["shared_bytes"], warp_instructions_per_program=counts.warp_instructions,
+                     l1_wavefronts_per_program=counts.l1_wavefronts, mma_macs_per_program=counts.mma_macs,
+                     hbm_bytes=hbm, imbalance=imbalance, counts=counts)
+        out.append(CalibrationKernel(k["tag"], k["block"], k["kind"], f, k["measured_ms"], k["cudnn_ms"],
+                                     k.get("reference_features", {})))
+    return out
+
+
+def calibrate(path: str | Path | None = None, p_choices: tuple[float, ...] = P_CHOICES) -> tuple[Fit, list]:
+    kernels = load_calibration(path)
+    return fit([(k.features, k.measured_ms) for k in kernels], "h200", p_choices), kernels
+
+
+def comparison_table(kernels: list[CalibrationKernel], fitted: Fit) -> str:
+    """Own counts next to reference_features, and predicted next to measured time."""
+    g = gpu_spec("h200")
+    lines = [f"{'tag':<4} {'warp instr/prog':>16} {'(ref)':>10} {'wavefronts/prog':>16} {'(ref)':>10} "
+             f"{'mma ms':>7} {'(ref)':>7} {'occ':>3} {'w':>3} {'tail':>6} {'bound':>5} {'pred ms':>8} {'meas ms':>8} "
+             f"{'err':>5}"]
+    for k, pred in zip(kernels, fitted.predicted_ms):
+        f, r = k.features, k.reference
+        floors, occ, _, tail = _terms(f, g)
+        lines.append(
+            f"{k.tag:<4} {f.warp_instructions_per_program:>16.1f} {r.get('warp_instructions_per_program', 0):>10.1f} "
+            f"{f.l1_wavefronts_per_program:>16.1f} {r.get('l1_wavefronts_per_program', 0):>10.1f} "
+            f"{floors['mma']:>7.4f} {r.get('mma_ms_at_1024', 0):>7.4f} {occ.programs_per_sm:>3} "
+            f"{occ.warps_per_scheduler:>3.0f} {tail:>6.3f} {max(floors, key=floors.get):>5} {pred:>8.4f} "
+            f"{k.measured_ms:>8.4f} {pred / k.measured_ms - 1:>+5.0%}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- compiled Triton kernels
+
+
+def dump_sass(cubin: bytes) -> tuple[str, dict]:
+    """(SASS text, {registers, local, stack}) of a cubin, via the cuobjdump in Triton's package."""
+    from ..kernels.aot import _tool  # noqa: PLC0415 - the one place that locates cuobjdump
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([_tool("cuobjdump"), "--dump-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
+                               text=True, check=True).stdout
+    def field_(name: str) -> int:
+        m = re.search(rf"\b{name}:(\d+)", usage)
+        return int(m.group(1)) if m else 0
+
+    return text, {"registers": field_("REG"), "local": field_("LOCAL"), "stack": field_("STACK")}
+
+
+def analyse_sass(text: str, loop_trips: list[float], programs: int, num_warps: int, registers: int,
+                 shared_bytes: int, hbm_bytes: float, imbalance: float = 1.0) -> Features:
+    """Features of one launch from its SASS text.  loop_trips: iterations per entry of each
+    loop, in the order of `sass.find_loops` (outer loops first, then by address)."""
+    counts = S.count(S.kernel(text), loop_trips, num_warps)
+    return Features(programs=programs, num_warps=num_warps, registers=registers, shared_bytes=shared_bytes,
+                    warp_instructions_per_program=counts.warp_instructions,
+                    l1_wavefronts_per_program=counts.l1_wavefronts, mma_macs_per_program=counts.mma_macs,
+                    hbm_bytes=hbm_bytes, imbalance=imbalance, counts=counts)
+
+
+def analyse_compiled(compiled, loop_trips: list[float], programs: int, hbm_bytes: float,
+                     sass_path: str | Path | None = None, num_warps: int | None = None,
+                     imbalance: float = 1.0) -> Features:
+    """Features of a Triton compiled kernel (kernels.aot.compile_variant); writes its SASS
+    to sass_path when given."""
+    text, usage = dump_sass(compiled.asm["cubin"])
+    if sass_path is not None:
+        Path(sass_path).write_text(text)
+    nw = num_warps if num_warps is not None else compiled.metadata.num_warps
+    return analyse_sass(text, loop_trips, programs, nw, usage["registers"], int(compiled.metadata.shared),
+                        hbm_bytes, imbalance)
+
+
+# ---------------------------------------------------------------- the project's own launches
+
+# cuDNN on an H200, batch 256 fp16, channels_last, BN folded, per block 1-17 (ms): the
+# reference run the project compares against (not a model output).
+CUDNN_H200_B256_FP16_MS = (0.81, 1.95, 1.30, 0.80, 0.46, 0.46, 0.27, 0.29, 0.29, 0.29, 0.26, 0.35, 0.35, 0.27,
+                           0.28, 0.26, 0.14)
+ARCH = 90
+
+
+def sass_cache_dir() -> Path:
+    """Where compiled SASS is kept between runs: MNV2_FAST_SASS_CACHE, else ~/.cache/mnv2-fast/sass."""
+    env = os.environ.get("MNV2_FAST_SASS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mnv2-fast" / "sass"
+
+
+def variant_key(fn, constexprs: dict, dtype, arch: int = ARCH) -> str:
+    """Hash of what determines the SASS: the kernel source with the jit functions it calls
+    (Triton's cache_key), the constexprs, dtype, Triton version and target."""
+    import triton
+
+    src = getattr(fn, "cache_key", None) or getattr(fn, "src", None) or repr(fn)
+    blob = json.dumps([src, sorted((k, repr(v)) for k, v in constexprs.items()), str(dtype), triton.__version__,
+                       arch])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def compiled_sass(fn, constexprs: dict, dtype, arch: int = ARCH, cache: Path | None = None) -> tuple[str, dict]:
+    """(SASS text, {registers, shared, local, stack}) of one kernel variant compiled for
+    sm_<arch>, from the on-disk cache when present."""
+    cache = cache if cache is not None else sass_cache_dir()
+    key = variant_key(fn, constexprs, dtype, arch)
+    sass_file, meta_file = cache / f"{key}.sass", cache / f"{key}.json"
+    if sass_file.is_file() and meta_file.is_file():
+        return sass_file.read_text(), json.loads(meta_file.read_text())
+    from ..kernels.aot import compile_variant
+
+    compiled = compile_variant(fn, constexprs, dtype, arch=arch)
+    text, usage = dump_sass(compiled.asm["cubin"])
+    usage["shared"] = int(compiled.metadata.shared)
+    cache.mkdir(parents=True, exist_ok=True)
+    for path, data in ((sass_file, text), (meta_file, json.dumps(usage))):
+        tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+        tmp.write_text(data)
+        tmp.replace(path)  # atomic: a concurrent run never reads half a file
+    return text, usage
+
+
+def _inventory():
+    """The shipped-launch inventory and its helpers (one place to adjust if they move)."""
+    from .. import shipped
+    from ..static_check import _describe
+
+    return shipped, _describe
+
+
+@dataclass
+class NetworkLaunch:
+    part: str  # stem / block / head / classifier
+    block: int | None  # 1-17 for blocks
+    launch: object  # shipped.Launch
+
+
+def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: float = 1.0,
+                     resolution: int = 224) -> list[NetworkLaunch]:
+    """Every kernel launch of one MobileNetV2 forward, in order, with the config a GPU of
+    this kind picks at this batch (its tuned table, else the heuristic), as shipped."""
+    import torch
+
+    from ..kernels import configs as C
+    from ..model import LAST_CHANNELS, STEM_CHANNELS, block_specs, make_divisible
+    from ..baselines import block_shape
+
+    shipped, _ = _inventory()
+    dtype = dtype or torch.float16
+    cuda = torch.device("cuda")
+    size = output_size(resolution, 2)
+    stem = make_divisible(STEM_CHANNELS * width)
+    out = [NetworkLaunch("stem", None, shipped.Launch("stem", f"w{width} stem", dtype, (3, stem, resolution, resolution),
+                                                      C.choose_stem_config(stem, cuda)))]
+    s = size
+    for spec in block_specs(width):
+        shape = block_shape(spec, s, s)
+        cfg = C.lookup_tuned(shape, dtype, batch, gpu) or C.default_config(shape, dtype.itemsize, C.batch_class(batch))
+        out.append(NetworkLaunch("block", spec.index,
+                                 shipped.Launch("block", f"w{width} block {spec.index}", dtype, shape, cfg)))
+        s = shape.ho
+    last = make_divisible(LAST_CHANNELS * max(1.0, width))
+    cin = block_specs(width)[-1].cout
+    out.append(NetworkLaunch("head", None, shipped.Launch(
+        "head", f"w{width} head", dtype, (cin, last, s, s),
+        C.choose_head_config(cin, last, s * s, cuda, dtype.itemsize))))
+    out.append(NetworkLaunch("classifier", None, shipped.Launch(
+        "linear", f"w{width} classifier, batch {batch}", dtype, (batch, last, 1000),
+        C.choose_linear_config(batch, last, 1000, cuda))))
+    return out
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def launch_geometry(launch, batch: int) -> dict:
+    """From the kernel source: programs, the loops it declares (outer first, with trips per
+    entry), the multiply-adds one program's products imply (padded tiles), and compulsory
+    HBM bytes.  Loops the compiler removes (one trip) are left out; tl.static_range loops are
+    unrolled and never appear."""
+    import triton
+
+    cfg, itemsize = launch.config, launch.dtype.itemsize
+    if launch.kind == "block":
+        import importlib
+
+        # The package exports the launcher under the module's name: import the module itself.
+        IR = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.kernels.inverted_residual")
+
+        s = launch.shape
+        args = IR.kernel_args(s, cfg, launch.dtype, launch.tf32)
+        programs = 1
+        for g in IR.grid(s, cfg, batch):
+            programs *= g
+        chunks = _cdiv(s.hidden, cfg.block_h)
+        k_pad = _cdiv(s.cin, cfg.block_k) * cfg.block_k
+        rows = args["P_OUT"] if cfg.gather else cfg.block_p
+        if cfg.gather:
+            expand = args["P_IN"] * k_pad * cfg.block_h
+        else:
+            expand = 9 * rows * k_pad * cfg.block_h if s.has_expand else 0
+        macs = chunks * (expand + rows * cfg.block_h * cfg.block_co)
+        loops = ([("hidden chunks", chunks)] if chunks > 1 else []) + [("taps", 9)]
+        hbm = block_hbm_bytes(batch, s.h, s.w, s.cin, s.hidden, s.cout, s.stride, s.has_expand, itemsize)
+    elif launch.kind == "stem":
+        cin, cout, h, w = launch.shape
+        ho, wo = output_size(h, 2), output_size(w, 2)
+        block_k = max(16, min(triton.next_power_of_2(cin * 9), 64))
+        programs = _cdiv(batch * ho * wo, cfg.block_p) * _cdiv(cout, cfg.block_co)
+        macs = cfg.block_p * _cdiv(cin * 9, block_k) * block_k * cfg.block_co
+        loops = []
+        hbm = (batch * cin * h * w + batch * ho * wo * cout + cin * 9 * cout + cout) * itemsize
+    elif launch.kind == "head":
+        cin, cout, h, w = launch.shape
+        steps = _cdiv(h * w, cfg.block_p)
+        programs = batch * _cdiv(cout, cfg.block_n)
+        macs = steps * cfg.block_p * _cdiv(cin, cfg.block_k) * cfg.block_k * cfg.block_n
+        loops = [("pixels", steps)] if steps > 1 else []
+        hbm = (batch * h * w * cin + cin * cout + cout + batch * cout) * itemsize
+    elif launch.kind == "linear":
+        _, k, nout = launch.shape
+        m = batch
+        steps = _cdiv(k, cfg.block_k)
+        programs = _cdiv(m, cfg.block_m) * _cdiv(nout, cfg.block_n)
+        macs = cfg.block_m * steps * cfg.block_k * cfg.block_n
+        loops = [("k steps", steps)] if steps > 1 else []
+        hbm = (m * k + k * nout + nout + m * nout) * itemsize
+    else:
+        raise ValueError(launch.kind)
+    return {"programs": programs, "loops": loops, "expected_macs_per_program": macs, "hbm_bytes": hbm}
+
+
+def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = None, block: int | None = None,
+                   sass_dir: str | Path | None = None, params: Params = CALIBRATED,
+                   cache: Path | None = None) -> dict:
+    """Compile one launch for sm_90 (or take it from the cache), count its SASS with the loop
+    trips its source declares, and predict its time.  Raises when the loops found in the
+    SASS do not nest as declared, or the multiply-adds counted differ from those the tile
+    sizes imply (then the trips would be wrong)."""
+    shipped, describe = _inventory()
+    fn, args = shipped.variant(launch)
+    text, usage = compiled_sass(fn, args, launch.dtype, cache=cache)
+    geo = launch_geometry(launch, batch)
+    fn_sass = S.kernel(text)
+    loops = S.find_loops(fn_sass)
+    declared = geo["loops"]
+    depths = [lp.depth for lp in loops]
+    if len(loops) != len(declared) or depths != list(range(len(declared))):
+        found = ", ".join(f"{lp.start:#x}-{lp.end:#x} depth {lp.depth}" for lp in loops) or "none"
+        raise ValueError(f"{launch.label}: the source declares nested loops {[n for n, _ in declared]}, "
+                         f"the SASS has {found}")
+    trips = [t for _, t in declared]
+    counts = S.count(fn_sass, trips, args["num_warps"])
+    implied = geo["expected_macs_per_program"]
+    replication = counts.mma_macs / implied
+    # Fewer products than the tiles need means the trips undercount the loops; more is
+    # possible (a tile of 64 rows on two warpgroups: both compute it), never beyond one
+    # copy per warpgroup.
+    if not 1 - 1e-9 <= replication <= max(1, args["num_warps"] // S.WARPGROUP) + 1e-9:
+        raise ValueError(f"{launch.label}: {counts.mma_macs:.0f} multiply-adds per program counted in the SASS, "
+                         f"{implied} implied by the tiles: loop trips {trips} are wrong")
+    name = None
+    if sass_dir is not None:
+        name = f"{launch.label.replace(' ', '_').replace(',', '')}_{variant_key(fn, args, launch.dtype)[:8]}.sass"
+        Path(sass_dir).mkdir(parents=True, exist_ok=True)
+        (Path(sass_dir) / name).write_text(text)
+    f = Features(programs=geo["programs"], num_warps=args["num_warps"], registers=usage["registers"],
+                 shared_bytes=usage["shared"], warp_instructions_per_program=counts.warp_instructions,
+                 l1_wavefronts_per_program=counts.l1_wavefronts, mma_macs_per_program=counts.mma_macs,
+                 hbm_bytes=geo["hbm_bytes"], counts=counts)
+    pred = predict(f, gpu, params)
+    return {
+        "part": part or {"linear": "classifier"}.get(launch.kind, launch.kind),
+        "block": block,
+        "label": launch.label,
+        "config": describe(launch.config),
+        "programs": f.programs,
+        "num_warps": f.num_warps,
+        "registers": f.registers,
+        "shared_bytes": f.shared_bytes,
+        "stack_bytes": usage.get("stack", 0),
+        "sass": name,
+        "loops": [{"name": n, "sass_start": f"{lp.start:#x}", "sass_end": f"{lp.end:#x}", "depth": lp.depth,
+                   "trips_per_program": t} for (n, t), lp in zip(declared, loops)],
+        "warp_instructions_per_program": counts.warp_instructions,
+        "l1_wavefronts_per_program": counts.l1_wavefronts,
+        "wavefronts_by_space": counts.wavefronts_by_space,
+        "mma_macs_per_program": counts.mma_macs,
+        "implied_macs_per_program": implied,
+        "mma_replication": replication,
+        "shuffles_per_program": counts.shuffles,
+        "instructions_by_category": counts.by_category,
+        "hbm_bytes": f.hbm_bytes,
+        **pred.as_dict(),
+    }
+
+
+def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: str | Path | None = None,
+                    params: Params = CALIBRATED, log=None) -> dict:
+    """analyse_launch over a whole forward; cuDNN reference times where they were measured."""
+    import torch
+    import triton
+
+    shipped, _ = _inventory()
+    shipped.interpreter_off()
+    dtype = dtype or torch.float16
+    inventory = {launch.key() for launch in shipped.shipped_launches()}
+    records = []
+    for i, nl in enumerate(network_launches(batch, dtype, gpu)):
+        # The inventory holds the classifier at batch 1 and 256 only; every other launch ships as is.
+        if nl.launch.key() not in inventory and not (nl.part == "classifier" and batch not in (1, 256)):
+            raise ValueError(f"{nl.launch.label} ({nl.launch.config}) is not in the shipped inventory")
+        rec = analyse_launch(nl.launch, batch, gpu, part=nl.part, block=nl.block, sass_dir=sass_dir, params=params)
+        reference = gpu == "h200" and batch == 256 and dtype == torch.float16 and nl.block is not None
+        rec["cudnn_ms"] = CUDNN_H200_B256_FP16_MS[nl.block - 1] if reference else None
+        records.append(rec)
+        if log:
+            log(f"[{i + 1}] {rec['label']}: {rec['predicted_ms']:.3f} ms")
+    return {
+        "gpu": gpu,
+        "triton": triton.__version__,
+        "batch": batch,
+        "dtype": str(dtype).removeprefix("torch."),
+        "params": params.as_dict(),
+        "launches": records,
+        "total_predicted_ms": sum(r["predicted_ms"] for r in records),
+    }
+
+
+def network_table(result: dict) -> str:
+    lines = [f"{'launch':<30} {'config':<36} {'prog':>6} {'reg':>3} {'smem':>6} {'occ':>3} {'w':>3} {'tail':>5} "
+             f"{'issue':>6} {'l1':>6} {'mma':>6} {'hbm':>6} {'pred':>6} {'cudnn':>6}  bound"]
+    for r in result["launches"]:
+        fl = r["floors_ms"]
+        cudnn = f"{r['cudnn_ms']:6.2f}" if r.get("cudnn_ms") is not None else f"{'':>6}"
+        lines.append(f"{r['label']:<30} {r['config'][:36]:<36} {r['programs']:>6} {r['registers']:>3} "
+                     f"{r['shared_bytes']:>6} "
+                     f"{r['programs_per_sm']:>3} {r['warps_per_scheduler']:>3.0f} {r['tail']:>5.2f} "
+                     f"{fl['issue']:>6.3f} {fl['l1']:>6.3f} {fl['mma']:>6.3f} {fl['hbm']:>6.3f} "
+                     f"{r['predicted_ms']:>6.3f} {cudnn}  {r['bound']}")
+    blocks = [r for r in result["launches"] if r["part"] == "block"]
+    cudnn = [r["cudnn_ms"] for r in blocks if r.get("cudnn_ms") is not None]
+    lines.append(f"blocks: issue floor {sum(r['floors_ms']['issue'] for r in blocks):.2f} ms, predicted "
+                 f"{sum(r['predicted_ms'] for r in blocks):.2f} ms" + (f", cuDNN {sum(cudnn):.2f} ms" if cudnn else ""))
+    lines.append(f"total predicted (stem, blocks, head, classifier): {result['total_predicted_ms']:.2f} ms "
+                 f"on {result['gpu']}, batch {result['batch']}, {result['dtype']}, Triton {result['triton']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m mnv2_fast.tools.perf_model", description=__doc__.splitlines()[0])
+    ap.add_argument("--calibrate", action="store_true", help="fit to the calibration set and print the comparison")
+    ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    ap.add_argument("--json", help="write the result here")
+    ap.add_argument("--sass-dir", help="write each launch's SASS here")
+    args = ap.parse_args(argv)
+    if args.calibrate:
+        fitted, kernels = calibrate()
+        print(comparison_table(kernels, fitted))
+        for p in P_CHOICES:
+            print(f"p = {p}:", fit([(k.features, k.measured_ms) for k in kernels], "h200", (p,)).summary())
+        print("chosen:", fitted.summary())
+        return 0
+    import torch
+
+    result = analyse_network(args.batch, getattr(torch, args.dtype), args.gpu, args.sass_dir,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    path = calibration_dir()
+    if (path / "kernels.json").is_file():
+        fitted, _ = calibrate(path)
+        result["calibration"] = {k: v for k, v in fitted.summary().items() if k != "worst_error"}
+    print(network_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
