@@ -1,0 +1,1 @@
+"""Tools that serve the CLI, benchmarks and checks: never imported by the runtime."""
