@@ -83,7 +83,8 @@ def check_weight(weight: torch.Tensor, bias: torch.Tensor, rows: int, like: torc
     """A [rows, COLS] weight in the input's dtype and a [COLS] bias on its device; returns COLS.
     layout names the weight's dimensions in the error."""
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != rows:
-        raise ValueError(f"weight must have shape [{layout}] with {rows} rows, got {tuple(getattr(weight, 'shape', ()))}")
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight must have shape [{layout}] with {rows} rows, got {got}")
     cols = weight.shape[1]
     check_param("weight", weight, (rows, cols), like.device, like.dtype)
     check_param("bias", bias, (cols,), like.device)

@@ -94,7 +94,8 @@ class LaunchConfig:
     num_stages: int = 1
 
     def constexprs(self) -> dict:
-        return {f.name.upper(): getattr(self, f.name) for f in fields(self) if f.name not in ("num_warps", "num_stages")}
+        launch = ("num_warps", "num_stages")
+        return {f.name.upper(): getattr(self, f.name) for f in fields(self) if f.name not in launch}
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

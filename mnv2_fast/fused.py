@@ -174,7 +174,10 @@ def parse_inverted_residual(block: nn.Module) -> ParsedBlock:
 
 
 class FusedPart(nn.Module):
-    """What the fused parts share: the backend switch, the input check, the description."""
+    """The base of the fused modules.  forward() checks the input (check_input), then runs
+    forward_triton (the kernel) or forward_torch (the same computation in PyTorch ops, from
+    kernels/reference.py) as the backend says; describe() says what runs, for the fusion
+    report and the module's repr."""
 
     def __init__(self, backend: str):
         super().__init__()
@@ -183,10 +186,6 @@ class FusedPart(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.forward_triton(x) if use_triton(self.backend, x) else self.forward_torch(x)
-
-    def describe(self) -> str:
-        """What runs here, for the fusion report."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"{self.describe()}; backend={self.backend!r}"

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from mnv2_fast.kernels import interpreting
-from mnv2_fast.tools.testing import MODEL_TOLERANCE_FACTOR, TOLERANCES, error_ratio, randomize_bn, reference64  # noqa: F401
+from mnv2_fast.tools.testing import (  # noqa: F401
+    MODEL_TOLERANCE_FACTOR,
+    TOLERANCES,
+    error_ratio,
+    randomize_bn,
+    reference64,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 INTERPRETER = interpreting()

@@ -50,7 +50,8 @@ def test_tuned_table_lookup(tables, monkeypatch):
     assert tuned.lookup_tuned(SHAPE, torch.float16, 256, "h200") is None  # other GPU: heuristic
     assert tuned.lookup_tuned(SHAPE.at(28, 28), torch.float16, 256, "h100") is None  # other input size
     # The block's index is a label: a record from the model's table finds the entry too.
-    assert tuned.lookup_tuned(BlockShape(24, 144, 24, 1, 56, 56, True, True, index=3), torch.float16, 1, "h100") == SMALL
+    labelled = BlockShape(24, 144, 24, 1, 56, 56, True, True, index=3)
+    assert tuned.lookup_tuned(labelled, torch.float16, 1, "h100") == SMALL
     monkeypatch.setenv("MNV2_FAST_TUNED", "h100")
     assert tuned.device_slug(torch.device("cpu")) == "h100"
 

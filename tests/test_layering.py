@@ -56,7 +56,8 @@ def test_the_runtime_never_imports_the_tools(path):
 
 def test_the_import_reader_sees_relative_and_nested_imports(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import os\ndef f():\n    from .tools import cli\n    from . import tools\n    from ..kernels import x\n")
+    probe.write_text("import os\n"
+                     "def f():\n    from .tools import cli\n    from . import tools\n    from ..kernels import x\n")
     assert _imports(probe, "mnv2_fast.tools") == ["os", "mnv2_fast.tools.tools", "mnv2_fast.tools",
                                                   "mnv2_fast.tools.tools", "mnv2_fast.kernels"]
 

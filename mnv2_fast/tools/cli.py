@@ -169,8 +169,8 @@ def agreement_rows(model, x: torch.Tensor, device, dtype, backend: str, progress
     parts = [e for e in fast.fusion_report.entries if e.fused and isinstance(fast.get_submodule(e.name), FusedPart)]
     ref = copy.deepcopy(model).double()
     inputs: dict[str, torch.Tensor] = {}
-    hooks = [ref.get_submodule(e.name).register_forward_pre_hook(lambda mod, a, name=e.name: inputs.setdefault(name, a[0]))
-             for e in parts]
+    hooks = [ref.get_submodule(e.name).register_forward_pre_hook(
+        lambda mod, args, name=e.name: inputs.setdefault(name, args[0])) for e in parts]
     logits_ref = ref(x.to(dtype).double())  # the rounded input both sides see
     for h in hooks:
         h.remove()
