@@ -30,8 +30,8 @@ from typing import Callable
 import pytest
 import torch
 
-from mnv2_fast.baselines import BLOCK_PROVIDERS, MODEL_PROVIDERS
-from mnv2_fast.timing import copy_bandwidth_gbps, peak_memory_mb, run_facts, time_cuda
+from mnv2_fast.tools.providers import BLOCK_PROVIDERS, MODEL_PROVIDERS
+from mnv2_fast.tools.timing import copy_bandwidth_gbps, peak_memory_mb, run_facts, time_cuda
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 NUM_BLOCKS = 17
@@ -131,7 +131,7 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(benchmark, fn: Callable, inputs: list[torch.Tensor], s: Settings) -> dict:
-    """Time fn the authoritative way (CUDA events, see mnv2_fast.timing) and let pytest-benchmark
+    """Time fn the authoritative way (CUDA events, see mnv2_fast.tools.timing) and let pytest-benchmark
     time a few synchronised calls so its JSON is complete.  Off the GPU nothing is timed: the
     interpreter is no speed measure, so ms is None."""
     info: dict = {"ms": None, "min_ms": None, "p20_ms": None, "p80_ms": None, "reps": 0, "peak_mem_mb": None}

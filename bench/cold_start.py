@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
         print("cold_start: no CUDA device; nothing measured", file=sys.stderr)
         return 2
     from mnv2_fast import mobilenet_v2, optimize
-    from mnv2_fast.testing import randomize_bn
+    from mnv2_fast.tools.testing import randomize_bn
 
     model = randomize_bn(mobilenet_v2()).eval()
     x = torch.randn(256, 3, 224, 224, device="cuda", dtype=torch.float16)

@@ -6,22 +6,20 @@
                                                                keeps the code paths from rotting,
                                                                makes no timing claims
 
-TRITON_INTERPRET must be set before anything imports triton (torchvision does), so it is set
-here, at the top of the first file pytest imports, and only when no CUDA device exists.
+Triton's interpreter must be switched on before the kernels are imported, so it is switched
+on here, at the top of the first file pytest imports, and only when no CUDA device exists.
 """
 
-import os
 import signal
-import sys
 import time
 
 import torch  # importing torch does not import triton
 
+from mnv2_fast.tools.interpreter import use_interpreter  # imports no kernels
+
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        raise RuntimeError("no GPU, and triton was imported before bench/conftest.py could enable its interpreter")
-    os.environ["TRITON_INTERPRET"] = "1"
+    use_interpreter()
 
 import pytest  # noqa: E402
 

@@ -134,9 +134,9 @@ SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanit
 if ((DRY_RUN)); then
     echo "dry run: no GPU to sanitise; compute-sanitizer ${SANITIZER:-not found}. Checking that the runner"
     echo "reports the missing device (exit 2) instead of passing:"
-    run "sanitizer (dry run)" "$(limit 60 "$RESERVE")" "$PY" -m mnv2_fast.sanitize
+    run "sanitizer (dry run)" "$(limit 60 "$RESERVE")" "$PY" -m mnv2_fast.tools.sanitize
     rc=$?
-    ((rc == 2)) || die "python -m mnv2_fast.sanitize without a GPU exited $rc, expected 2"
+    ((rc == 2)) || die "python -m mnv2_fast.tools.sanitize without a GPU exited $rc, expected 2"
     echo "ok: skipped for lack of a GPU, as it should be"
 elif [[ ${MNV2_GPU_SANITIZE:-1} == 0 ]]; then
     echo "SKIPPED by request (MNV2_GPU_SANITIZE=0): this run has NO memcheck of the shipped launch configs"
@@ -145,7 +145,7 @@ else
     # Without PyTorch's caching allocator every tensor is its own allocation, so an access
     # past a tensor's end lands outside any allocation, where memcheck sees it.
     if ! run "sanitizer" "$(limit "$SANITIZE_S" "$RESERVE")" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-        "$SANITIZER" --tool memcheck --error-exitcode 1 "$PY" -m mnv2_fast.sanitize; then
+        "$SANITIZER" --tool memcheck --error-exitcode 1 "$PY" -m mnv2_fast.tools.sanitize; then
         grep -q "Device not supported" "$LOG" &&
             echo "compute-sanitizer cannot attach to this GPU here: use another machine, or MNV2_GPU_SANITIZE=0"
         die "compute-sanitizer"

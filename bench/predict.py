@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from mnv2_fast.baselines import block_bytes, block_input_size, block_shape, staging_configs
+from mnv2_fast.kernels import staging_configs
 from mnv2_fast.model import block_specs
 
 # cuDNN times of blocks 1-17, BN folded, channels_last, fp16, batch 256, one H200
@@ -62,15 +62,16 @@ def main(argv=None) -> None:
           " cuDNN ms (H200) | predicted speed-up |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     total = 0.0
-    for spec, size, cudnn in zip(block_specs(1.0), block_input_size(1.0, 224), CUDNN_H200_MS):
-        nbytes = block_bytes(spec, size, size, a.batch, 2)
+    for spec, cudnn in zip(block_specs(1.0, resolution=224), CUDNN_H200_MS):
+        size = spec.h
+        nbytes = spec.floor_bytes(a.batch, 2)
 
         def predict(cfg):
             mma, fma = work(spec, size, a.batch, cfg)
             ms = max(mma / a.mma_tflops / 1e9, fma / a.fma_tflops / 1e9, nbytes / a.gbps / 1e6)
             return ms, mma, fma
 
-        default, other = staging_configs(block_shape(spec, size, size), 2)
+        default, other = staging_configs(spec, 2)
         ms, mma, fma = predict(default)
         other_ms = predict(other)[0] if other else None
         total += ms

@@ -16,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from mnv2_fast.baselines import MODEL_PROVIDERS
+from mnv2_fast.tools.providers import MODEL_PROVIDERS
 
-# What summary.json says about where it was measured (from mnv2_fast.timing.run_facts()).
+# What summary.json says about where it was measured (from mnv2_fast.tools.timing.run_facts()).
 FACT_KEYS = ("gpu", "sm_count", "driver", "cuda", "torch", "triton", "cudnn", "commit")
 BASELINES = ("eager_cl", "eager_cl_folded", "compile")
 DTYPE_ORDER = ("float16", "bfloat16", "float32")

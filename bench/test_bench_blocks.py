@@ -13,15 +13,14 @@ import pytest
 import torch
 
 import benchlib
-from mnv2_fast.timing import first_call, nhwc_input_pool
-from mnv2_fast.baselines import (BLOCK_PROVIDERS, block_bytes, block_flops, block_input_size, block_shape,
-                                 make_block_provider, staging_configs)
+from mnv2_fast.kernels import staging_configs
 from mnv2_fast.model import InvertedResidual, block_specs
-from mnv2_fast.testing import randomize_bn
+from mnv2_fast.tools.providers import BLOCK_PROVIDERS, make_block_provider
+from mnv2_fast.tools.testing import randomize_bn
+from mnv2_fast.tools.timing import first_call, nhwc_input_pool
 
 WIDTH, RESOLUTION = 1.0, 224
-SPECS = block_specs(WIDTH)
-SIZES = block_input_size(WIDTH, RESOLUTION)
+SPECS = block_specs(WIDTH, resolution=RESOLUTION)  # each at its input size in a 224-px network
 COMPILE_AT = ("float16", 256)
 ALT_AT = ("float16", 256)  # the staging experiment (provider fused_alt)
 SMOKE_ALT = (3, 12)
@@ -36,7 +35,7 @@ def _measured(block: int, provider: str, dtype: str, batch: int, smoke: bool) ->
     if provider == "fused_alt":  # block 1 has no expand stage, hence a single staging
         # Smoke: one block per direction (tap -> gather, gather -> tap); GPU-sized tiles are
         # slow in the interpreter.
-        return block in SMOKE_ALT if smoke else SPECS[block - 1].t != 1 and (dtype, batch) == ALT_AT
+        return block in SMOKE_ALT if smoke else SPECS[block - 1].has_expand and (dtype, batch) == ALT_AT
     if provider != "compile":
         return True
     return (block, dtype) == SMOKE_COMPILE if smoke else (dtype, batch) == COMPILE_AT
@@ -65,18 +64,20 @@ def make_block(index: int) -> InvertedResidual:
 
 def test_block(benchmark, settings, block, provider, dtype, batch):
     spec = SPECS[block - 1]
-    size = smoke_size(SIZES[block - 1]) if settings.smoke else SIZES[block - 1]
+    if settings.smoke:
+        spec = spec.at(smoke_size(spec.h), smoke_size(spec.w))
+    size = spec.h
     dt = getattr(torch, dtype)
     inputs = nhwc_input_pool((batch, spec.cin, size, size), dt, settings.device)
     module = make_block(block)
     fn, first_s = first_call(lambda: make_block_provider(provider, module, batch, dt, settings.device), inputs[0])
     info = benchlib.measure(benchmark, fn, inputs, settings)
     if provider.startswith("fused"):
-        default, alt = staging_configs(block_shape(spec, size, size), dt.itemsize)
+        default, alt = staging_configs(spec, dt.itemsize)
         info["staging"] = "gather" if (alt if provider == "fused_alt" else default).gather else "tap"
     benchmark.extra_info.update(
         kind="block", block=block, provider=provider, dtype=dtype, batch=batch,
         cin=spec.cin, hidden=spec.hidden, cout=spec.cout, stride=spec.stride, size=size,
-        bytes=block_bytes(spec, size, size, batch, dt.itemsize), flops=block_flops(spec, size, size, batch),
+        bytes=spec.floor_bytes(batch, dt.itemsize), flops=spec.flops(batch),
         first_call_s=first_s, **info,
     )

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import benchlib
-from mnv2_fast.timing import first_call, nhwc_input_pool
-from mnv2_fast.baselines import MODEL_PROVIDERS, make_model_provider
 from mnv2_fast.model import mobilenet_v2
-from mnv2_fast.testing import randomize_bn
+from mnv2_fast.tools.providers import MODEL_PROVIDERS, make_model_provider
+from mnv2_fast.tools.testing import randomize_bn
+from mnv2_fast.tools.timing import first_call, nhwc_input_pool
 
 WIDTH, RESOLUTION = 1.0, 224
 SMOKE_WIDTH, SMOKE_RESOLUTION = 0.35, 32

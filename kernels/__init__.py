@@ -1,13 +1,27 @@
 """Triton kernels for MobileNetV2 inference (installed as ``mnv2_fast.kernels``).
 
-Each module holds a private ``@triton.jit`` kernel and a plain launcher that checks
-shapes, dtypes, devices and strides, builds the grid and launches.  This layer imports
-torch and triton only, never ``mnv2_fast``.
+Each kernel module holds a private ``@triton.jit`` kernel and a plain launcher that checks
+shapes, dtypes, devices and strides, builds the grid and launches:
+
+    inverted_residual.py   one inverted-residual block (expand, depthwise, project) per kernel
+    stem.py, head.py       the stem conv; the head conv + global pool, and the classifier
+    reference.py           each launcher's computation in PyTorch ops (same arguments)
+    records.py             BlockShape (one per block) and the launch-config records
+    choice.py              which config a launch gets: tuned table, heuristic, interpreter tiles
+    tuned.py               the tuned tables: shipped ones (tuned/) and the user's
+    aot.py                 compile a variant for sm_90 without a GPU, read its resources
+
+This layer imports torch and triton only, never ``mnv2_fast``.  Note that the launcher
+``inverted_residual`` shadows its module of the same name as an attribute of this package:
+reach the module's other names with ``from mnv2_fast.kernels.inverted_residual import ...``.
 """
 
-from .configs import BlockConfig, BlockShape, HeadConfig, LinearConfig, StemConfig, choose_block_config, default_config
+from . import reference  # noqa: F401 (the PyTorch twin of each launcher)
+from ._common import interpreting
+from .choice import choose_block_config, default_config, staging_configs
 from .head import head_pool, linear
-from .inverted_residual import inverted_residual, output_size
+from .inverted_residual import inverted_residual
+from .records import BlockConfig, BlockShape, HeadConfig, LinearConfig, StemConfig, output_size
 from .stem import stem_conv
 
 __all__ = [
@@ -19,8 +33,10 @@ __all__ = [
     "choose_block_config",
     "default_config",
     "head_pool",
+    "interpreting",
     "inverted_residual",
     "linear",
     "output_size",
+    "staging_configs",
     "stem_conv",
 ]

@@ -1,4 +1,5 @@
-"""Shared launcher checks and small Triton helpers for the kernel family."""
+"""What every launcher shares: input checks, the output buffer, the launch arguments; and
+the small Triton helpers the kernels share."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import triton.language as tl
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+def interpreting(device: torch.device | None = None) -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1), and,
+    given a device, when tensors there run through it (CPU tensors)."""
+    if device is not None and device.type != "cpu":
+        return False
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -23,9 +27,7 @@ def next_pow2(n: int) -> int:
 
 def check_device(name: str, t: torch.Tensor) -> None:
     """Kernels run on CUDA tensors, or on CPU tensors when the interpreter is on."""
-    if t.is_cuda:
-        return
-    if t.device.type == "cpu" and interpreting():
+    if t.is_cuda or interpreting(t.device):
         return
     raise ValueError(
         f"{name} is on {t.device}; the Triton kernels need a CUDA tensor"
@@ -33,23 +35,30 @@ def check_device(name: str, t: torch.Tensor) -> None:
     )
 
 
-def check_activation(name: str, x: torch.Tensor, channels: int | None = None) -> None:
-    """A rank-4 NCHW-shaped tensor in channels_last memory, of a supported dtype."""
+_LAYOUTS = {"NCHW": 4, "NHWC": 4, "MK": 2}
+
+
+def check_activation(name: str, x: torch.Tensor, layout: str = "NHWC") -> None:
+    """A non-empty tensor of a supported dtype on a device the kernels run on, in `layout`:
+    "NHWC" (rank 4 in channels_last memory), "NCHW" (rank 4, any strides) or "MK" (a
+    contiguous matrix)."""
+    rank = _LAYOUTS[layout]
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must have rank 4 (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dim() != rank:
+        raise ValueError(f"{name} must have rank {rank} ({', '.join(layout.replace('NHWC', 'NCHW'))}), "
+                         f"got shape {tuple(x.shape)}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} has dtype {x.dtype}; supported: float16, bfloat16, float32")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} has {x.shape[1]} channels, the weights expect {channels}")
     if min(x.shape) < 1:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
-    if x.stride(1) != 1 or not x.is_contiguous(memory_format=torch.channels_last):
+    if layout == "NHWC" and (x.stride(1) != 1 or not x.is_contiguous(memory_format=torch.channels_last)):
         raise ValueError(
             f"{name} must be in channels_last memory (NHWC, channel stride 1); got strides {x.stride()}:"
             " use x.contiguous(memory_format=torch.channels_last)"
         )
+    if layout == "MK" and not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
     check_device(name, x)
 
 
@@ -69,6 +78,29 @@ def check_param(name: str, t: torch.Tensor, shape: tuple[int, ...], device: torc
         raise ValueError(f"{name} must be contiguous")
 
 
+def check_weight(weight: torch.Tensor, bias: torch.Tensor, rows: int, like: torch.Tensor,
+                 layout: str = "CIN, COUT") -> int:
+    """A [rows, COLS] weight in the input's dtype and a [COLS] bias on its device; returns COLS.
+    layout names the weight's dimensions in the error."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != rows:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight must have shape [{layout}] with {rows} rows, got {got}")
+    cols = weight.shape[1]
+    check_param("weight", weight, (rows, cols), like.device, like.dtype)
+    check_param("bias", bias, (cols,), like.device)
+    return cols
+
+
+def output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """The launch's output: the caller's `out`, checked, or a new tensor of `like`'s dtype and
+    device (channels_last memory for rank 4)."""
+    if out is None:
+        memory_format = torch.channels_last if len(shape) == 4 else torch.contiguous_format
+        return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
+    check_out(out, shape, like)
+    return out
+
+
 def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> None:
     """A caller-provided output: right shape, dtype, device, channels_last memory."""
     if tuple(out.shape) != tuple(shape):
@@ -81,15 +113,25 @@ def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> 
         raise ValueError("out must be contiguous")
 
 
-def empty_nhwc(n: int, c: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty((n, c, h, w), dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
-
-
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     """fp32 products follow PyTorch's TF32 switch; 16-bit inputs always use the tensor cores."""
     if dtype == torch.float32 and not allow_tf32:
         return "ieee"
     return "tf32"
+
+
+def tf32(allow_tf32: bool | None) -> bool:
+    """A launcher's allow_tf32: None follows torch.backends.cudnn.allow_tf32, as the
+    convolutions the kernels replace do."""
+    return torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32
+
+
+def launch_args(cfg, dtype: torch.dtype, allow_tf32: bool, **shape_constexprs) -> dict:
+    """The keyword arguments of one launch, for every kernel of the family: the kernel's
+    shape constexprs, the config's tile constexprs (its fields in upper case), DOT_PRECISION,
+    num_warps and num_stages."""
+    return dict(shape_constexprs, **cfg.constexprs(), DOT_PRECISION=dot_precision(dtype, allow_tf32),
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 @triton.jit

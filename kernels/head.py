@@ -14,8 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SUPPORTED_DTYPES, _relu6, check_activation, check_device, check_out, check_param, dot_precision
-from .configs import HeadConfig, LinearConfig, choose_head_config, choose_linear_config
+from ._common import _relu6, check_activation, check_weight, launch_args, output, tf32
+from .choice import choose_head_config, choose_linear_config
+from .records import HeadConfig, LinearConfig
 
 
 @triton.jit
@@ -83,30 +84,11 @@ def _linear_kernel(
 
 
 def head_kernel_args(cin: int, cout: int, hw: int, cfg: HeadConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
-    return dict(
-        HW=hw,
-        CIN=cin,
-        COUT=cout,
-        BLOCK_P=cfg.block_p,
-        BLOCK_K=cfg.block_k,
-        BLOCK_N=cfg.block_n,
-        DOT_PRECISION=dot_precision(dtype, allow_tf32),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+    return launch_args(cfg, dtype, allow_tf32, HW=hw, CIN=cin, COUT=cout)
 
 
 def linear_kernel_args(k: int, nout: int, cfg: LinearConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
-    return dict(
-        K=k,
-        NOUT=nout,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        DOT_PRECISION=dot_precision(dtype, allow_tf32),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+    return launch_args(cfg, dtype, allow_tf32, K=k, NOUT=nout)
 
 
 def head_pool(
@@ -126,23 +108,16 @@ def head_pool(
     """
     check_activation("x", x)
     n, cin, h, w = x.shape
-    if weight.dim() != 2:
-        raise ValueError(f"weight must have shape [CIN, COUT], got {tuple(weight.shape)}")
-    cout = weight.shape[1]
-    check_param("weight", weight, (cin, cout), x.device, x.dtype)
-    check_param("bias", bias, (cout,), x.device)
+    cout = check_weight(weight, bias, cin, x)
     cfg = config or choose_head_config(cin, cout, h * w, x.device, x.dtype.itemsize)
-    if out is None:
-        out = torch.empty((n, cout), dtype=x.dtype, device=x.device)
-    else:
-        check_out(out, (n, cout), x)
-    if allow_tf32 is None:
-        allow_tf32 = torch.backends.cudnn.allow_tf32
+    out = output(out, (n, cout), x)
     grid = (n, triton.cdiv(cout, cfg.block_n))
-    _head_pool_kernel[grid](x, weight, bias, out, **head_kernel_args(cin, cout, h * w, cfg, x.dtype, allow_tf32))
+    _head_pool_kernel[grid](x, weight, bias, out, **head_kernel_args(cin, cout, h * w, cfg, x.dtype, tf32(allow_tf32)))
     return out
 
 
+# Same calling convention as head_pool and the other launchers (input, weight, bias, *, config,
+# allow_tf32, out): the signatures repeat on purpose.
 def linear(
     a: torch.Tensor,
     weight: torch.Tensor,
@@ -152,25 +127,15 @@ def linear(
     allow_tf32: bool | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """a @ weight + bias.  a: [M, K] contiguous;  weight: [K, NOUT] in a's dtype;  bias: [NOUT]."""
-    if not isinstance(a, torch.Tensor) or a.dim() != 2:
-        raise ValueError(f"a must be a rank-2 tensor [M, K], got {getattr(a, 'shape', type(a).__name__)}")
-    if a.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"a has dtype {a.dtype}; supported: float16, bfloat16, float32")
-    if not a.is_contiguous():
-        raise ValueError("a must be contiguous")
-    check_device("a", a)
+    """a @ weight + bias.  a: [M, K] contiguous;  weight: [K, NOUT] in a's dtype;  bias: [NOUT].
+
+    allow_tf32 (fp32 products on TF32 tensor cores) defaults to
+    torch.backends.cuda.matmul.allow_tf32, the switch nn.Linear follows."""
+    check_activation("a", a, "MK")
     m, k = a.shape
-    if weight.dim() != 2:
-        raise ValueError(f"weight must have shape [K, NOUT], got {tuple(weight.shape)}")
-    nout = weight.shape[1]
-    check_param("weight", weight, (k, nout), a.device, a.dtype)
-    check_param("bias", bias, (nout,), a.device)
+    nout = check_weight(weight, bias, k, a, "K, NOUT")
     cfg = config or choose_linear_config(m, k, nout, a.device)
-    if out is None:
-        out = torch.empty((m, nout), dtype=a.dtype, device=a.device)
-    else:
-        check_out(out, (m, nout), a)
+    out = output(out, (m, nout), a)
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(nout, cfg.block_n))

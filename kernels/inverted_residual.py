@@ -31,12 +31,14 @@ import triton.language as tl
 from ._common import (
     _relu6,
     check_activation,
-    check_out,
     check_param,
-    dot_precision,
-    empty_nhwc,
+    launch_args,
+    next_pow2,
+    output,
+    tf32,
 )
-from .configs import BlockConfig, BlockShape, choose_block_config
+from .choice import choose_block_config
+from .records import BlockConfig, BlockShape
 
 
 @triton.jit
@@ -176,50 +178,25 @@ def _inverted_residual_kernel(
     tl.store(y_ptr + y_off[:, None] + co[None, :], acc.to(dtype), mask=out_ok)
 
 
-def output_size(size: int, stride: int) -> int:
-    """Output rows/columns of a 3x3 convolution with padding 1."""
-    return (size - 1) // stride + 1
-
-
 @functools.lru_cache(maxsize=1024)
 def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
     """The constexpr arguments of one launch: what selects a compiled variant (cached: this
     runs on every call, and at batch 1 host time is what the network waits for)."""
-    in_h = min((cfg.tile_h - 1) * shape.stride + 3, shape.h)
-    in_w = min((cfg.tile_w - 1) * shape.stride + 3, shape.w)
-    return dict(
+    in_h, in_w = shape.region(cfg.tile_h, cfg.tile_w)
+    return launch_args(
+        cfg, dtype, allow_tf32,
         CIN=shape.cin,
         HIDDEN=shape.hidden,
         COUT=shape.cout,
         STRIDE=shape.stride,
         HAS_EXPAND=shape.has_expand,
         HAS_RESIDUAL=shape.residual,
-        GATHER=cfg.gather,
-        BLOCK_P=cfg.block_p,
-        TILE_H=cfg.tile_h,
-        TILE_W=cfg.tile_w,
-        IMGS=cfg.imgs,
         IN_H=in_h,
         IN_W=in_w,
         # tl.dot needs at least 16 rows; extra rows are masked.
-        P_OUT=max(16, triton.next_power_of_2(cfg.imgs * cfg.tile_h * cfg.tile_w)),
-        P_IN=max(16, triton.next_power_of_2(cfg.imgs * in_h * in_w)),
-        BLOCK_H=cfg.block_h,
-        BLOCK_K=cfg.block_k,
-        BLOCK_CO=cfg.block_co,
-        DOT_PRECISION=dot_precision(dtype, allow_tf32),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        P_OUT=max(16, next_pow2(cfg.imgs * cfg.tile_h * cfg.tile_w)),
+        P_IN=max(16, next_pow2(cfg.imgs * in_h * in_w)),
     )
-
-
-def grid(shape: BlockShape, cfg: BlockConfig, n: int) -> tuple[int, int]:
-    ho, wo = output_size(shape.h, shape.stride), output_size(shape.w, shape.stride)
-    if cfg.gather:
-        programs = triton.cdiv(n, cfg.imgs) * triton.cdiv(ho, cfg.tile_h) * triton.cdiv(wo, cfg.tile_w)
-    else:
-        programs = triton.cdiv(n * ho * wo, cfg.block_p)
-    return programs, triton.cdiv(shape.cout, cfg.block_co)
 
 
 def inverted_residual(
@@ -250,6 +227,7 @@ def inverted_residual(
     out:     optional preallocated [N, COUT, HO, WO] channels_last output.
 
     Returns [N, COUT, HO, WO] in channels_last memory, HO = (H - 1) // stride + 1.
+    The same computation in PyTorch ops: `reference.inverted_residual`, same arguments.
 
     Memory: nothing of size N*H*W*HIDDEN is ever allocated or written.  Scratch is per
     program and on chip: in gather mode one [P_IN, BLOCK_H] tile of the expanded
@@ -285,15 +263,9 @@ def inverted_residual(
     shape = BlockShape(cin, hidden, cout, stride, h, w, has_expand, residual)
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
-    ho, wo = output_size(h, stride), output_size(w, stride)
-    if out is None:
-        out = empty_nhwc(n, cout, ho, wo, x)
-    else:
-        check_out(out, (n, cout, ho, wo), x)
-    if allow_tf32 is None:
-        allow_tf32 = torch.backends.cudnn.allow_tf32
+    out = output(out, (n, cout, shape.ho, shape.wo), x)
     dummy = w_dw  # never read when HAS_EXPAND is off
-    _inverted_residual_kernel[grid(shape, cfg, n)](
+    _inverted_residual_kernel[shape.grid(cfg, n)](
         x,
         w_exp if has_expand else dummy,
         b_exp if has_expand else dummy,
@@ -302,7 +274,7 @@ def inverted_residual(
         w_proj,
         b_proj,
         out,
-        n, h, w, ho, wo,
-        **kernel_args(shape, cfg, x.dtype, allow_tf32),
+        n, h, w, shape.ho, shape.wo,
+        **kernel_args(shape, cfg, x.dtype, tf32(allow_tf32)),
     )
     return out

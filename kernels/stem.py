@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _relu6, check_device, check_out, check_param, dot_precision, empty_nhwc, next_pow2, SUPPORTED_DTYPES
-from .configs import StemConfig, choose_stem_config
+from ._common import _relu6, check_activation, check_weight, launch_args, next_pow2, output, tf32
+from .choice import choose_stem_config
+from .records import StemConfig, output_size
 
 
 @triton.jit
@@ -55,17 +56,9 @@ def _stem_kernel(
 
 
 def stem_kernel_args(cin: int, cout: int, stride: int, cfg: StemConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
-    return dict(
-        CIN=cin,
-        COUT=cout,
-        STRIDE=stride,
-        BLOCK_P=cfg.block_p,
-        BLOCK_K=max(16, min(next_pow2(cin * 9), 64)),
-        BLOCK_CO=cfg.block_co,
-        DOT_PRECISION=dot_precision(dtype, allow_tf32),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+    # One product step takes the whole 3x3xCIN im2col row when it fits in 64 columns.
+    return launch_args(cfg, dtype, allow_tf32, CIN=cin, COUT=cout, STRIDE=stride,
+                       BLOCK_K=max(16, min(next_pow2(cin * 9), 64)))
 
 
 def stem_conv(
@@ -84,32 +77,17 @@ def stem_conv(
     weight: [CIN*9, COUT] in x's dtype, row ci*9 + kh*3 + kw;  bias: [COUT].
     Returns [N, COUT, HO, WO] in channels_last memory, HO = (H - 1) // stride + 1.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a rank-4 tensor (N, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"x has dtype {x.dtype}; supported: float16, bfloat16, float32")
-    if min(x.shape) < 1:
-        raise ValueError(f"x is empty: shape {tuple(x.shape)}")
-    check_device("x", x)
+    check_activation("x", x, "NCHW")
     n, cin, h, w = x.shape
-    if weight.dim() != 2 or weight.shape[0] != cin * 9:
-        raise ValueError(f"weight must have shape [{cin}*9, COUT] for {cin} input channels, got {tuple(weight.shape)}")
-    cout = weight.shape[1]
-    check_param("weight", weight, (cin * 9, cout), x.device, x.dtype)
-    check_param("bias", bias, (cout,), x.device)
+    cout = check_weight(weight, bias, cin * 9, x, f"{cin}*9, COUT")
     cfg = config or choose_stem_config(cout, x.device)
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    if out is None:
-        out = empty_nhwc(n, cout, ho, wo, x)
-    else:
-        check_out(out, (n, cout, ho, wo), x)
-    if allow_tf32 is None:
-        allow_tf32 = torch.backends.cudnn.allow_tf32
+    ho, wo = output_size(h, stride), output_size(w, stride)
+    out = output(out, (n, cout, ho, wo), x)
     grid = (triton.cdiv(n * ho * wo, cfg.block_p), triton.cdiv(cout, cfg.block_co))
     _stem_kernel[grid](
         x, weight, bias, out,
         n, h, w, ho, wo,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        **stem_kernel_args(cin, cout, stride, cfg, x.dtype, allow_tf32),
+        **stem_kernel_args(cin, cout, stride, cfg, x.dtype, tf32(allow_tf32)),
     )
     return out

@@ -4,8 +4,14 @@
     fast = mnv2_fast.optimize(model.eval())      # torchvision or mnv2_fast.mobilenet_v2
     print(mnv2_fast.fusion_report(fast))
 
-Triton is imported lazily (on the first fused forward), so that TRITON_INTERPRET can still
-be set after ``import mnv2_fast``.
+The runtime is this package's top level: ``model`` (the unfused reference network),
+``folding`` (BN into the convolutions), ``fused`` (the fused modules), ``optimize`` (the
+whole network) and ``graphs`` (CUDA graphs), on the kernels of ``mnv2_fast.kernels``.
+``mnv2_fast.tools`` serves the CLI, the benchmarks and the checks; the runtime never
+imports it.
+
+Triton is imported with the kernels, when a block is first fused or a fused part first
+runs, not by ``import mnv2_fast``: TRITON_INTERPRET can still be set after it.
 """
 
 from __future__ import annotations
@@ -46,11 +52,12 @@ def _register_checkout_kernels() -> None:
 
 _register_checkout_kernels()
 
-# None of these import triton at import time: kernels load on the first fused forward.
+# None of these import triton at import time: the kernels load on first use.
 from .folding import check_eval, fold_bn  # noqa: E402
 from .fused import FusedInvertedResidual, UnsupportedBlockError, fuse_block  # noqa: E402
+from .graphs import CUDAGraphRunner  # noqa: E402
 from .model import MobileNetV2, block_specs, mobilenet_v2  # noqa: E402
-from .network import CUDAGraphRunner, FusionReport, fusion_report, optimize  # noqa: E402
+from .optimize import FusionReport, fusion_report, optimize  # noqa: E402  (the function shadows its module)
 
 __version__ = "0.1.0"
 

@@ -5,19 +5,22 @@ Each module keeps its BN-folded weights as buffers in the layout the kernels rea
 ``.to(device, dtype)`` moves and casts them like any module.  ``backend`` picks the engine:
 
 * "triton": the fused Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1);
-* "torch":  the same folded computation in plain PyTorch (any device);
+* "torch":  the same folded computation in plain PyTorch (kernels/reference.py; any device);
 * "auto":   Triton for CUDA tensors, PyTorch otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .folding import check_eval, fold_bn
+
+if TYPE_CHECKING:
+    from .kernels import BlockShape
 
 __all__ = [
     "BACKENDS",
@@ -25,6 +28,7 @@ __all__ = [
     "FusedLinear",
     "FusedStem",
     "FusedHead",
+    "FusedPart",
     "UnsupportedBlockError",
     "fuse_block",
     "is_inverted_residual",
@@ -39,7 +43,8 @@ class UnsupportedBlockError(ValueError):
 
 
 def _kernels():
-    # Imported on first use: importing triton early would freeze TRITON_INTERPRET.
+    # Imported on first use: the kernels are decorated when imported, and the decoration
+    # fixes whether they run through Triton's interpreter (TRITON_INTERPRET).
     from . import kernels
 
     return kernels
@@ -57,11 +62,7 @@ def use_triton(backend: str, x: torch.Tensor) -> bool:
         return False
     if backend == "auto":
         return x.is_cuda
-    if x.is_cuda:
-        return True
-    from .kernels._common import interpreting
-
-    if x.device.type == "cpu" and interpreting():
+    if x.is_cuda or _kernels().interpreting(x.device):
         return True
     raise ValueError(
         f"backend='triton' needs a CUDA tensor, got one on {x.device} "
@@ -126,11 +127,9 @@ def is_inverted_residual(m: nn.Module) -> bool:
 
 @dataclass
 class ParsedBlock:
-    cin: int
-    hidden: int
-    cout: int
-    stride: int
-    residual: bool
+    """A block read out of a module: its record (size unknown: 0 x 0) and its three stages."""
+
+    spec: BlockShape
     expand: tuple[nn.Conv2d, nn.BatchNorm2d] | None
     depthwise: tuple[nn.Conv2d, nn.BatchNorm2d]
     project: tuple[nn.Conv2d, nn.BatchNorm2d]
@@ -170,64 +169,74 @@ def parse_inverted_residual(block: nn.Module) -> ParsedBlock:
     residual = bool(getattr(block, "use_res_connect", stride == 1 and cin == cout))
     if residual and (stride != 1 or cin != cout):
         raise UnsupportedBlockError(f"use_res_connect is set but stride={stride}, {cin} -> {cout} channels")
-    return ParsedBlock(cin, hidden, cout, stride, residual, expand, depthwise, project)
+    spec = _kernels().BlockShape(cin, hidden, cout, stride, 0, 0, expand is not None, residual)
+    return ParsedBlock(spec, expand, depthwise, project)
 
 
-def _relu6(x: torch.Tensor) -> torch.Tensor:
-    return F.hardtanh(x, 0.0, 6.0)
+class FusedPart(nn.Module):
+    """The base of the fused modules.  forward() checks the input (check_input), then runs
+    forward_triton (the kernel) or forward_torch (the same computation in PyTorch ops, from
+    kernels/reference.py) as the backend says; describe() says what runs, for the fusion
+    report and the module's repr."""
+
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = check_backend(backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.forward_triton(x) if use_triton(self.backend, x) else self.forward_torch(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.describe()}; backend={self.backend!r}"
 
 
-class FusedInvertedResidual(nn.Module):
+class FusedInvertedResidual(FusedPart):
     """One MobileNetV2 block, BN folded, computed in a single Triton kernel (or folded PyTorch).
 
     Buffers, in kernel layout: w_exp [cin, hidden], b_exp; w_dw [9, hidden], b_dw;
-    w_proj [hidden, cout], b_proj.  Output: channels_last memory, like cuDNN's.
+    w_proj [hidden, cout], b_proj.  ``spec``: the block's record (channels, stride, stages).
+    Output: channels_last memory, like cuDNN's.
     """
 
     def __init__(self, block: nn.Module, backend: str = "auto"):
-        super().__init__()
-        self.backend = check_backend(backend)
+        super().__init__(backend)
         p = parse_inverted_residual(block)
         check_eval(block, type(block).__name__)
-        self.cin, self.hidden, self.cout, self.stride, self.residual = p.cin, p.hidden, p.cout, p.stride, p.residual
-        self.has_expand = p.expand is not None
-        if self.has_expand:
+        self.spec = s = p.spec
+        if p.expand is not None:
             w, b = fold_bn(*p.expand)
-            self.register_buffer("w_exp", w.reshape(p.hidden, p.cin).t().contiguous())
+            self.register_buffer("w_exp", w.reshape(s.hidden, s.cin).t().contiguous())
             self.register_buffer("b_exp", b)
         else:
             self.w_exp = self.b_exp = None
         w, b = fold_bn(*p.depthwise)
-        self.register_buffer("w_dw", w.reshape(p.hidden, 9).t().contiguous())
+        self.register_buffer("w_dw", w.reshape(s.hidden, 9).t().contiguous())
         self.register_buffer("b_dw", b)
         w, b = fold_bn(*p.project)
-        self.register_buffer("w_proj", w.reshape(p.cout, p.hidden).t().contiguous())
+        self.register_buffer("w_proj", w.reshape(s.cout, s.hidden).t().contiguous())
         self.register_buffer("b_proj", b)
         self.config = None  # a kernels.BlockConfig to pin the launch; None = tuned table / heuristic
 
-    def extra_repr(self) -> str:
-        return (f"cin={self.cin}, hidden={self.hidden}, cout={self.cout}, stride={self.stride}, "
-                f"residual={self.residual}, backend={self.backend!r}")
+    def describe(self) -> str:
+        s = self.spec
+        return (f"one kernel: {s.cin} -> {s.hidden} (t={s.t}) -> {s.cout}, stride {s.stride}"
+                + (", +x" if s.residual else ""))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.cin, self.w_proj, "FusedInvertedResidual")
-        if use_triton(self.backend, x):
-            x = x.contiguous(memory_format=torch.channels_last)
-            return _kernels().inverted_residual(
-                x, self.w_exp, self.b_exp, self.w_dw, self.b_dw, self.w_proj, self.b_proj,
-                stride=self.stride, residual=self.residual, config=self.config,
-            )
-        return self.forward_torch(x)
+    def check_input(self, x: torch.Tensor) -> None:
+        check_input(x, self.spec.cin, self.w_proj, "FusedInvertedResidual")
+
+    def _args(self, x: torch.Tensor):
+        return (x, self.w_exp, self.b_exp, self.w_dw, self.b_dw, self.w_proj, self.b_proj)
+
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        return _kernels().inverted_residual(*self._args(x.contiguous(memory_format=torch.channels_last)),
+                                            stride=self.spec.stride, residual=self.spec.residual, config=self.config)
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         """The same folded block in PyTorch ops (also the fallback off the GPU)."""
-        h = x
-        if self.has_expand:
-            h = _relu6(F.conv2d(h, self.w_exp.t()[:, :, None, None], self.b_exp))
-        w_dw = self.w_dw.t().reshape(self.hidden, 1, 3, 3)
-        h = _relu6(F.conv2d(h, w_dw, self.b_dw, stride=self.stride, padding=1, groups=self.hidden))
-        y = F.conv2d(h, self.w_proj.t()[:, :, None, None], self.b_proj)
-        return x + y if self.residual else y
+        return _kernels().reference.inverted_residual(*self._args(x), stride=self.spec.stride,
+                                                      residual=self.spec.residual)
 
 
 def fuse_block(block: nn.Module, backend: str = "auto") -> FusedInvertedResidual:
@@ -239,12 +248,11 @@ def fuse_block(block: nn.Module, backend: str = "auto") -> FusedInvertedResidual
     return FusedInvertedResidual(block, backend)
 
 
-class FusedStem(nn.Module):
+class FusedStem(FusedPart):
     """3x3 stride-2 conv + BN + ReLU6 as one kernel; reads NCHW or channels_last input."""
 
     def __init__(self, seq: nn.Module, backend: str = "auto"):
-        super().__init__()
-        self.backend = check_backend(backend)
+        super().__init__(backend)
         conv, bn = _conv_bn(seq, "stem", act=True)
         _check_conv(conv, "stem", kernel=3, groups=1, strides=(1, 2))
         self.cin, self.cout, self.stride = conv.in_channels, conv.out_channels, conv.stride[0]
@@ -252,22 +260,26 @@ class FusedStem(nn.Module):
         self.register_buffer("weight", w.reshape(self.cout, self.cin * 9).t().contiguous())
         self.register_buffer("bias", b)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def describe(self) -> str:
+        return f"one kernel: 3x3 conv stride {self.stride} + BN + ReLU6, reads NCHW or NHWC"
+
+    def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.cin, self.weight, "the model")
-        if use_triton(self.backend, x):
-            return _kernels().stem_conv(x, self.weight, self.bias, stride=self.stride)
-        w = self.weight.t().reshape(self.cout, self.cin, 3, 3)
-        return _relu6(F.conv2d(x, w, self.bias, stride=self.stride, padding=1))
+
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        return _kernels().stem_conv(x, self.weight, self.bias, stride=self.stride)
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        return _kernels().reference.stem_conv(x, self.weight, self.bias, stride=self.stride)
 
 
-class FusedHead(nn.Module):
+class FusedHead(FusedPart):
     """1x1 conv + BN + ReLU6 + global average pool as one kernel; returns [N, C, 1, 1].
 
     The [N, C, H, W] activation of the 1x1 conv is never written: only its mean is."""
 
     def __init__(self, seq: nn.Module, backend: str = "auto"):
-        super().__init__()
-        self.backend = check_backend(backend)
+        super().__init__(backend)
         conv, bn = _conv_bn(seq, "head", act=True)
         _check_conv(conv, "head", kernel=1, groups=1, strides=(1,))
         self.cin, self.cout = conv.in_channels, conv.out_channels
@@ -275,31 +287,40 @@ class FusedHead(nn.Module):
         self.register_buffer("weight", w.reshape(self.cout, self.cin).t().contiguous())
         self.register_buffer("bias", b)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def describe(self) -> str:
+        return (f"one kernel: 1x1 conv {self.cin} -> {self.cout} + BN + ReLU6 + global average pool"
+                " (the full map is never written)")
+
+    def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.cin, self.weight, "FusedHead")
-        if use_triton(self.backend, x):
-            x = x.contiguous(memory_format=torch.channels_last)
-            pooled = _kernels().head_pool(x, self.weight, self.bias)
-        else:
-            h = _relu6(F.conv2d(x, self.weight.t()[:, :, None, None], self.bias))
-            pooled = h.mean(dim=(2, 3))
-        return pooled[:, :, None, None]
+
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _kernels().head_pool(x, self.weight, self.bias)[:, :, None, None]
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        return _kernels().reference.head_pool(x, self.weight, self.bias)[:, :, None, None]
 
 
-class FusedLinear(nn.Module):
+class FusedLinear(FusedPart):
     """The classifier: the paper's final 1x1 conv on the pooled map, i.e. a dense layer."""
 
     def __init__(self, linear: nn.Linear, backend: str = "auto"):
-        super().__init__()
-        self.backend = check_backend(backend)
+        super().__init__(backend)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", linear.weight.detach().t().contiguous())
         bias = linear.bias.detach() if linear.bias is not None else torch.zeros_like(linear.weight[:, 0])
         self.register_buffer("bias", bias.clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def describe(self) -> str:
+        return f"one kernel: dense {self.in_features} -> {self.out_features} (the paper's final 1x1 conv)"
+
+    def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"FusedLinear expects [N, {self.in_features}], got {tuple(x.shape)}")
-        if use_triton(self.backend, x):
-            return _kernels().linear(x.contiguous(), self.weight, self.bias)
-        return torch.addmm(self.bias, x, self.weight)
+
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        return _kernels().linear(x.contiguous(), self.weight, self.bias)
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        return _kernels().reference.linear(x, self.weight, self.bias)

@@ -12,14 +12,13 @@ torchvision's ``mobilenet_v2`` exactly, so its state_dicts load unchanged:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 
 __all__ = [
     "TABLE_2",
-    "BlockSpec",
     "ConvBNReLU6",
     "InvertedResidual",
     "MobileNetV2",
@@ -40,6 +39,7 @@ TABLE_2 = (
     (6, 320, 1, 1),
 )
 STEM_CHANNELS = 32
+STEM_STRIDE = 2
 LAST_CHANNELS = 1280
 
 
@@ -55,31 +55,37 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return rounded
 
 
-@dataclass(frozen=True)
-class BlockSpec:
-    """One inverted-residual block of the network: the paper's names, resolved for a width."""
-
-    index: int  # 1-based position in features (features.<index>)
-    t: int  # expansion factor
-    cin: int
-    hidden: int
-    cout: int
-    stride: int
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.cin == self.cout
+def stem_channels(width_mult: float = 1.0, round_nearest: int = 8) -> int:
+    return make_divisible(STEM_CHANNELS * width_mult, round_nearest)
 
 
-def block_specs(width_mult: float = 1.0, round_nearest: int = 8) -> list[BlockSpec]:
-    """The 17 blocks of MobileNetV2 at ``width_mult``, read off TABLE_2."""
-    cin = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
-    specs = []
+def head_channels(width_mult: float = 1.0, round_nearest: int = 8) -> int:
+    """The head conv's width: 1280, widened (never narrowed) with the width multiplier."""
+    return make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
+
+
+def table_rows(width_mult: float = 1.0, round_nearest: int = 8) -> Iterator[tuple[int, int, int, int]]:
+    """(t, cin, cout, stride) of the 17 blocks at ``width_mult``, one per repetition of a TABLE_2 row."""
+    cin = stem_channels(width_mult, round_nearest)
     for t, c, n, s in TABLE_2:
         cout = make_divisible(c * width_mult, round_nearest)
         for i in range(n):
-            specs.append(BlockSpec(len(specs) + 1, t, cin, int(round(cin * t)), cout, s if i == 0 else 1))
+            yield t, cin, cout, s if i == 0 else 1
             cin = cout
+
+
+def block_specs(width_mult: float = 1.0, round_nearest: int = 8, *, resolution: int = 224) -> list:
+    """The 17 blocks of MobileNetV2 at ``width_mult``, read off TABLE_2, each as the record the
+    kernels key on (`mnv2_fast.kernels.BlockShape`) at its input size for a square input of
+    ``resolution`` pixels.  Imports the kernels (and with them Triton)."""
+    from .kernels import BlockShape, output_size
+
+    size = output_size(resolution, STEM_STRIDE)
+    specs = []
+    for index, (t, cin, cout, stride) in enumerate(table_rows(width_mult, round_nearest), 1):
+        spec = BlockShape(cin, cin * t, cout, stride, size, size, t != 1, stride == 1 and cin == cout, index)
+        specs.append(spec)
+        size = spec.ho
     return specs
 
 
@@ -136,13 +142,11 @@ class MobileNetV2(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.width_mult = width_mult
-        self.specs = block_specs(width_mult, round_nearest)
-        stem = make_divisible(STEM_CHANNELS * width_mult, round_nearest)
-        self.last_channel = make_divisible(LAST_CHANNELS * max(1.0, width_mult), round_nearest)
+        self.last_channel = head_channels(width_mult, round_nearest)
 
-        features: list[nn.Module] = [ConvBNReLU6(3, stem, stride=2)]
-        features += [InvertedResidual(b.cin, b.cout, b.stride, b.t) for b in self.specs]
-        features.append(ConvBNReLU6(self.specs[-1].cout, self.last_channel, kernel_size=1))
+        features: list[nn.Module] = [ConvBNReLU6(3, stem_channels(width_mult, round_nearest), stride=STEM_STRIDE)]
+        features += [InvertedResidual(cin, cout, s, t) for t, cin, cout, s in table_rows(width_mult, round_nearest)]
+        features.append(ConvBNReLU6(features[-1].out_channels, self.last_channel, kernel_size=1))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
         self.reset_parameters()

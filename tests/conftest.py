@@ -1,16 +1,16 @@
 """Test harness: Triton's interpreter on CPU-only machines, seeds, tolerances, BN randomisation.
 
-TRITON_INTERPRET must be set before anything imports triton (torchvision does), so it is
-set here, at the top of the first file pytest imports, and only when no CUDA device exists.
+Triton's interpreter must be switched on before the kernels are imported, so it is switched
+on here, at the top of the first file pytest imports, and only when no CUDA device exists.
 """
-
-import os
 
 import torch  # importing torch does not import triton
 
+from mnv2_fast.tools.interpreter import use_interpreter  # imports no kernels
+
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
+    use_interpreter()
 
 import pytest  # noqa: E402
 

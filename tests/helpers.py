@@ -1,18 +1,22 @@
 """Shared test helpers.  The tolerance table, BN randomisation and float64 references live in
-mnv2_fast.testing (the CLI's `check` uses them too); here: blocks, layouts, poisoned outputs."""
+mnv2_fast.tools.testing (the CLI's `check` uses them too); here: blocks, layouts, poisoned outputs."""
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import nn
 
-from mnv2_fast.testing import MODEL_TOLERANCE_FACTOR, TOLERANCES, error_ratio, randomize_bn, reference64  # noqa: F401
+from mnv2_fast.kernels import interpreting
+from mnv2_fast.tools.testing import (  # noqa: F401
+    MODEL_TOLERANCE_FACTOR,
+    TOLERANCES,
+    error_ratio,
+    randomize_bn,
+    reference64,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
+INTERPRETER = interpreting()
 
 
 def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "", factor: float = 1.0) -> None:

@@ -16,8 +16,7 @@ import torch
 from helpers import DEVICE, assert_close, make_block, nhwc, poisoned_like, reference64
 from mnv2_fast import fuse_block
 from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
-from mnv2_fast.kernels.configs import gather_candidates, tap_config
-from mnv2_fast.baselines import block_shape
+from mnv2_fast.kernels.choice import gather_candidates, tap_config
 from mnv2_fast.model import block_specs
 
 # Small spatial sizes, odd ones included, cycled over the cases.
@@ -78,9 +77,10 @@ def _fused(spec, dtype):
 
 def _run(fused, x, cfg):
     n, _, h, w = x.shape
-    out = poisoned_like(n, fused.cout, output_size(h, fused.stride), output_size(w, fused.stride), x.dtype)
+    s = fused.spec
+    out = poisoned_like(n, s.cout, output_size(h, s.stride), output_size(w, s.stride), x.dtype)
     y = inverted_residual(x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj, fused.b_proj,
-                          stride=fused.stride, residual=fused.residual, config=cfg, out=out)
+                          stride=s.stride, residual=s.residual, config=cfg, out=out)
     assert y.data_ptr() == out.data_ptr()
     return y
 
@@ -89,8 +89,7 @@ def _run(fused, x, cfg):
 def test_block_matches_unfused(spec, batch, h, w, dtype, staging):
     block, fused = _fused(spec, dtype)
     x = nhwc(torch.randn(batch, spec.cin, h, w)).to(DEVICE, dtype)
-    shape = block_shape(spec, h, w)
-    y = _run(fused, x, _config(staging, shape, batch, dtype))
+    y = _run(fused, x, _config(staging, spec.at(h, w), batch, dtype))
     assert_close(y, reference64(block, x), dtype, f"block {spec.index}")
 
 
@@ -125,13 +124,10 @@ def test_block_tilings(tiling, stride):
                          + [(8, 1), (14, 1), (16, 1)])
 def test_default_gpu_configs_compute_the_block(index, batch_class):
     """The heuristic's GPU launch configs (for 224-px shapes, small and large batch) are right too."""
-    spec = block_specs(1.0)[index - 1]
-    size = 224 // 2 // {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 8: 8, 9: 8, 10: 8, 11: 8, 12: 8, 13: 8,
-                        14: 8, 15: 16, 16: 16, 17: 16}[index]
-    gpu_shape = block_shape(spec, size, size)
-    cfg = default_config(gpu_shape, 2, batch_class)
+    spec = block_specs(1.0, resolution=224)[index - 1]
+    cfg = default_config(spec, 2, batch_class)
     block, fused = _fused(spec, torch.float16)
-    n, h, w = (2, 9, 7) if batch_class > 1 else (1, min(size, 9), min(size, 7))
+    n, h, w = (2, 9, 7) if batch_class > 1 else (1, min(spec.h, 9), min(spec.w, 7))
     x = nhwc(torch.randn(n, spec.cin, h, w)).to(DEVICE, torch.float16)
     y = _run(fused, x, cfg)
     assert_close(y, reference64(block, x), torch.float16, f"block {index} with {cfg}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import DEVICE
-from mnv2_fast.cli import main
+from mnv2_fast.tools.cli import main
 
 torchvision = pytest.importorskip("torchvision")
 pytestmark = pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU path of the CLI; GPU runs go through bench/")
@@ -79,7 +79,7 @@ def test_tune_needs_a_gpu():
 
 def test_console_script_runs_in_a_fresh_process():
     """As a user runs it: the entry point turns the interpreter on by itself."""
-    r = subprocess.run([sys.executable, "-c", "import sys; from mnv2_fast.cli import main; sys.exit(main())",
+    r = subprocess.run([sys.executable, "-c", "import sys; from mnv2_fast.tools.cli import main; sys.exit(main())",
                         "check", "--width", "0.35", "--resolution", "32"],
                        capture_output=True, text=True, env={k: v for k, v in __import__("os").environ.items()
                                                              if k != "TRITON_INTERPRET"})
@@ -96,7 +96,7 @@ def test_bad_arguments():
 
 def test_gpu_bench_table_and_plot_render(tmp_path):
     """The GPU path's table and plot, fed with records shaped like the ones it measures."""
-    from mnv2_fast.cli import _bench_table, _plot
+    from mnv2_fast.tools.cli import _bench_table, _plot
 
     records = [dict(provider=p, dtype="float16", batch=b, ms=ms * b, images_per_s=1e3 / ms, peak_mem_mb=10.0 * b,
                     first_call_s=1.0)

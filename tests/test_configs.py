@@ -1,62 +1,120 @@
-"""Launch-configuration data: tuned tables keyed by shape, dtype and batch range; the heuristic."""
+"""Launch-configuration data: the records, tuned tables (shipped and the user's) keyed by shape,
+dtype and batch range, and the heuristic."""
 
 import json
 
 import pytest
 import torch
 
-from mnv2_fast.baselines import block_input_size, block_shape
-from mnv2_fast.kernels import BlockConfig, BlockShape, default_config
-from mnv2_fast.kernels import configs as C
+from mnv2_fast.kernels import BlockConfig, BlockShape, HeadConfig, default_config, tuned
+from mnv2_fast.kernels.choice import MAX_P_OUT
 from mnv2_fast.model import block_specs
-from mnv2_fast.tune import batch_ranges
+from mnv2_fast.tools.tune import batch_ranges
+
+SHAPE = BlockShape(24, 144, 24, 1, 56, 56, True, True)
+SMALL = BlockConfig(gather=False, block_p=32, block_h=32, block_k=32, block_co=32)
+LARGE = BlockConfig(gather=True, tile_h=8, tile_w=8, block_h=64, block_k=32, block_co=32, num_warps=8)
+
+
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    """An empty shipped folder and an empty user folder, both in tmp_path."""
+    shipped, user = tmp_path / "shipped", tmp_path / "user"
+    shipped.mkdir()
+    monkeypatch.setattr(tuned, "SHIPPED_DIR", shipped)
+    monkeypatch.setenv("MNV2_FAST_TUNED_DIR", str(user))
+    yield shipped, user
+    tuned.read_table.cache_clear()
+    tuned._tables.cache_clear()
+
+
+def _entries(*rows):
+    return [tuned.entry(shape, torch.float16, batch, cfg, 0.1) for shape, batch, cfg in rows]
 
 
 @pytest.mark.parametrize("name,slug", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
                                        ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA L40S", "l40s"),
                                        ("NVIDIA GeForce RTX 4090", "nvidia-geforce-rtx-4090")])
 def test_gpu_slug(name, slug):
-    assert C.gpu_slug(name) == slug
+    assert tuned.gpu_slug(name) == slug
 
 
-def test_tuned_table_lookup(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "TUNED_DIR", tmp_path)
-    C.load_tuned.cache_clear()
-    shape = BlockShape(24, 144, 24, 1, 56, 56, True, True)
-    small = BlockConfig(gather=False, block_p=32, block_h=32, block_k=32, block_co=32)
-    large = BlockConfig(gather=True, tile_h=8, tile_w=8, block_h=64, block_k=32, block_co=32, num_warps=8)
-    entries = [dict(shape=shape.__dict__, dtype="float16", batch=[1, 16], config=small.to_dict(), ms=0.01),
-               dict(shape=shape.__dict__, dtype="float16", batch=[17, 1 << 30], config=large.to_dict(), ms=0.2)]
-    path = C.write_tuned("h100", entries, {"gpu": "test"})
+def test_tuned_table_lookup(tables, monkeypatch):
+    shipped, _ = tables
+    path = tuned.write_tuned(shipped / "h100.json", _entries((SHAPE, (1, 16), SMALL), (SHAPE, (17, 1 << 30), LARGE)),
+                             {"gpu": "test"})
     assert json.loads(path.read_text())["blocks"][0]["batch"] == [1, 16]
-    assert C.lookup_tuned(shape, torch.float16, 1, "h100") == small
-    assert C.lookup_tuned(shape, torch.float16, 256, "h100") == large
-    assert C.lookup_tuned(shape, torch.float32, 256, "h100") is None  # other dtype
-    assert C.lookup_tuned(shape, torch.float16, 256, "h200") is None  # other GPU: heuristic
-    other = BlockShape(24, 144, 24, 1, 28, 28, True, True)
-    assert C.lookup_tuned(other, torch.float16, 256, "h100") is None  # other input size
+    assert tuned.lookup_tuned(SHAPE, torch.float16, 1, "h100") == SMALL
+    assert tuned.lookup_tuned(SHAPE, torch.float16, 256, "h100") == LARGE
+    assert tuned.lookup_tuned(SHAPE, torch.float32, 256, "h100") is None  # other dtype
+    assert tuned.lookup_tuned(SHAPE, torch.float16, 256, "h200") is None  # other GPU: heuristic
+    assert tuned.lookup_tuned(SHAPE.at(28, 28), torch.float16, 256, "h100") is None  # other input size
+    # The block's index is a label: a record from the model's table finds the entry too.
+    labelled = BlockShape(24, 144, 24, 1, 56, 56, True, True, index=3)
+    assert tuned.lookup_tuned(labelled, torch.float16, 1, "h100") == SMALL
     monkeypatch.setenv("MNV2_FAST_TUNED", "h100")
-    assert C.device_slug(torch.device("cpu")) == "h100"
-    C.load_tuned.cache_clear()
+    assert tuned.device_slug(torch.device("cpu")) == "h100"
 
 
-def test_unknown_config_keys_are_rejected():
+def test_user_table_comes_before_the_shipped_one(tables):
+    shipped, user = tables
+    other = SHAPE.at(28, 28)
+    tuned.write_tuned(shipped / "h100.json", _entries((SHAPE, (1, 1 << 30), SMALL), (other, (1, 1 << 30), SMALL)), {})
+    assert tuned.lookup_tuned(SHAPE, torch.float16, 4, "h100") == SMALL
+    tuned.write_tuned(tuned.user_table_path("h100"), _entries((SHAPE, (1, 1 << 30), LARGE)), {})
+    assert tuned.user_table_path("h100") == user / "h100.json" and (user / "h100.json").is_file()
+    assert tuned.lookup_tuned(SHAPE, torch.float16, 4, "h100") == LARGE  # the user's entry wins
+    assert tuned.lookup_tuned(other, torch.float16, 4, "h100") == SMALL  # the shipped table still answers
+
+
+def test_user_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNV2_FAST_TUNED_DIR", str(tmp_path / "mine"))
+    assert tuned.user_dir() == tmp_path / "mine"
+    monkeypatch.delenv("MNV2_FAST_TUNED_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert tuned.user_dir() == tmp_path / "cache" / "mnv2-fast" / "tuned"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert tuned.user_dir() == tmp_path / "home" / ".cache" / "mnv2-fast" / "tuned"
+    # Never inside the package, which is read-only once installed.
+    assert tuned.SHIPPED_DIR not in tuned.user_table_path("h100").parents
+
+
+def test_unknown_config_keys_and_positional_fields_are_rejected():
     with pytest.raises(ValueError, match="unknown config keys"):
         BlockConfig.from_dict({"gather": True, "tile": 3})
+    with pytest.raises(TypeError):
+        BlockConfig(True, 64)  # keyword-only: no field order is part of the interface
+    assert BlockConfig.from_dict(LARGE.to_dict()) == LARGE
+
+
+def test_config_fields_are_the_kernels_constexprs():
+    assert HeadConfig(block_p=32).constexprs() == {"BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
+    assert set(LARGE.constexprs()) == {"GATHER", "BLOCK_P", "TILE_H", "TILE_W", "IMGS", "BLOCK_H", "BLOCK_K",
+                                       "BLOCK_CO"}
+
+
+def test_block_record_geometry():
+    s = BlockShape(16, 96, 24, 2, 9, 7, True, False)
+    assert (s.ho, s.wo, s.t) == (5, 4, 6)
+    assert s.region(2, 3) == (5, 7)  # (2-1)*2+3 rows; (3-1)*2+3 = 7 columns, clipped to 7
+    assert s.region(5, 4) == (9, 7)  # the whole image
+    assert s.grid(BlockConfig(gather=True, tile_h=2, tile_w=3, imgs=2, block_co=16), 5) == (3 * 3 * 2, 2)
+    assert s.grid(BlockConfig(gather=False, block_p=16, block_co=32), 5) == (7, 1)  # 100 pixels / 16
+    assert s.at(0, 0).to_dict() == {**s.to_dict(), "h": 0, "w": 0} and "index" not in s.to_dict()
 
 
 @pytest.mark.parametrize("width", [0.35, 0.5, 1.0, 1.4])
 @pytest.mark.parametrize("resolution", [32, 96, 224, 225])
 @pytest.mark.parametrize("itemsize", [2, 4])
 def test_default_configs_are_valid_everywhere(width, resolution, itemsize):
-    for spec, size in zip(block_specs(width), block_input_size(width, resolution)):
-        shape = block_shape(spec, size, size)
+    for shape in block_specs(width, resolution=resolution):
         cfg = default_config(shape, itemsize)
         cfg.validate(shape)
         if cfg.gather:
             assert shape.has_expand and shape.cin > 32
         if cfg.gather:  # within the register budget the static check verifies at 224 px
-            assert cfg.imgs * cfg.tile_h * cfg.tile_w <= C.MAX_P_OUT
+            assert cfg.imgs * cfg.tile_h * cfg.tile_w <= MAX_P_OUT
 
 
 def test_batch_ranges_cover_every_batch():

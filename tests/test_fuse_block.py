@@ -19,7 +19,9 @@ def test_fuse_block_computes_the_block(cin, cout, stride, t, torchvision_block, 
     x = torch.randn(2, cin, 9, 6, device=DEVICE)  # NCHW memory: the module converts
     y = fused(x)
     assert_close(y, reference64(block, x), torch.float32, backend)
-    assert fused.residual == (stride == 1 and cin == cout)
+    assert fused.spec.residual == (stride == 1 and cin == cout)
+    assert (fused.spec.cin, fused.spec.cout, fused.spec.stride, fused.spec.t) == (cin, cout, stride, t)
+    assert f"one kernel: {cin} -> {cin * t} (t={t}) -> {cout}" in repr(fused)  # extra_repr: the description
 
 
 def test_auto_backend_picks_torch_for_cpu_tensors():

@@ -25,9 +25,11 @@ def test_wheel_file_list(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"mnv2_fast", next(t for t in tops if t.endswith(".dist-info"))}, tops
-    for module in ("__init__", "inverted_residual", "stem", "head", "configs", "_common"):
+    for module in ("__init__", "inverted_residual", "stem", "head", "reference", "records", "choice", "tuned",
+                   "_common"):
         assert f"mnv2_fast/kernels/{module}.py" in names
-    assert "mnv2_fast/cli.py" in names and "mnv2_fast/model.py" in names
+    for module in ("model", "folding", "fused", "optimize", "graphs", "tools/__init__", "tools/cli"):
+        assert f"mnv2_fast/{module}.py" in names
     assert not any(n.startswith(("kernels/", "tests/", "bench/")) for n in names)
     info = next(t for t in tops if t.endswith(".dist-info"))
     top_level = zipfile.ZipFile(wheel).read(f"{info}/top_level.txt").decode().split() if \
@@ -37,7 +39,7 @@ def test_wheel_file_list(wheel):
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert sorted(r.split(":", 1)[1].strip() for r in requires) == ["numpy>=1.24", "torch>=2.11", "triton>=3.6"]
     entry = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
-    assert "mnv2-fast = mnv2_fast.cli:main" in entry
+    assert "mnv2-fast = mnv2_fast.tools.cli:main" in entry
 
 
 def test_installed_wheel_imports_without_the_checkout(wheel, tmp_path):
@@ -50,6 +52,7 @@ def test_installed_wheel_imports_without_the_checkout(wheel, tmp_path):
         "assert mnv2_fast.__file__.startswith(sys.argv[1]), mnv2_fast.__file__;"
         "assert k.__file__.startswith(sys.argv[1]), k.__file__;"
         "assert callable(k.inverted_residual) and callable(mnv2_fast.optimize);"
+        "from mnv2_fast.tools.cli import main; assert callable(main);"
         "spec = importlib.util.find_spec('kernels');"
         "assert spec is None or not spec.origin.startswith(sys.argv[1]), spec;"
         "print('ok')"

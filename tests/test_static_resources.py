@@ -15,7 +15,7 @@ def _env():
 
 
 def test_every_shipped_config_fits_hopper(capsys):
-    r = subprocess.run([sys.executable, "-m", "mnv2_fast.static_check"], cwd=ROOT, env=_env(), capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "mnv2_fast.tools.static_check"], cwd=ROOT, env=_env(), capture_output=True,
                        text=True, timeout=1500)
     with capsys.disabled():  # the table belongs in the CI log
         print("\n" + r.stdout)
@@ -25,10 +25,11 @@ def test_every_shipped_config_fits_hopper(capsys):
 
 CHECK_A_BAD_CONFIG = """
 import torch
+from mnv2_fast.tools.interpreter import use_compiler
+use_compiler()
 from mnv2_fast.kernels import BlockConfig, BlockShape
 from mnv2_fast.kernels.aot import compile_variant, problems, resources
-from mnv2_fast.shipped import Launch, interpreter_off, variant
-interpreter_off()
+from mnv2_fast.tools.inventory import Launch, variant
 shape = BlockShape(32, 192, 32, 1, 28, 28, True, True)
 # fp32 operands and 256 pixels per program on 4 warps: over the register file, so it spills.
 cfg = BlockConfig(gather=False, block_p=256, block_h=32, block_k=32, block_co=32, num_warps=4)

@@ -1,15 +1,15 @@
-"""Stem, head (1x1 conv + pool) and classifier kernels against float64 PyTorch."""
+"""Stem, head (1x1 conv + pool) and classifier kernels against their float64 PyTorch twins
+(kernels/reference.py, which test_optimize checks against the unfused model)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers import DEVICE, assert_close, nhwc
-from mnv2_fast.kernels import HeadConfig, LinearConfig, StemConfig, head_pool, linear, stem_conv
+from mnv2_fast.kernels import HeadConfig, LinearConfig, StemConfig, head_pool, linear, output_size, reference, stem_conv
 
 
-def _stem_ref(x, w, b, stride=2):
-    return F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), stride=stride, padding=1).clamp(0, 6)
+def _f64(*tensors):
+    return [t.double().cpu() for t in tensors]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -20,19 +20,18 @@ def test_stem(n, h, w, dtype, layout):
     x = (nhwc(x) if layout == "nhwc" else x).to(DEVICE, dtype)
     weight, bias = torch.randn(32, 3, 3, 3), torch.randn(32)
     k = weight.reshape(32, 27).t().contiguous().to(DEVICE, dtype)
-    out = torch.full((n, 32, (h - 1) // 2 + 1, (w - 1) // 2 + 1), float("nan"), dtype=dtype, device=DEVICE)
+    out = torch.full((n, 32, output_size(h, 2), output_size(w, 2)), float("nan"), dtype=dtype, device=DEVICE)
     out = nhwc(out)
     y = stem_conv(x, k, bias.to(DEVICE), out=out)
     assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_close(y, _stem_ref(x, weight.to(dtype), bias), dtype, "stem")
+    assert_close(y, reference.stem_conv(*_f64(x, k, bias)), dtype, "stem")
 
 
 def test_stem_small_tiles_and_other_widths():
     x = torch.randn(2, 3, 13, 11, device=DEVICE)
-    weight, bias = torch.randn(24, 3, 3, 3), torch.randn(24)
-    y = stem_conv(x, weight.reshape(24, 27).t().contiguous().to(DEVICE), bias.to(DEVICE),
-                  config=StemConfig(block_p=16, block_co=16))
-    assert_close(y, _stem_ref(x, weight, bias), torch.float32, "stem tiles")
+    weight, bias = torch.randn(27, 24, device=DEVICE), torch.randn(24, device=DEVICE)
+    y = stem_conv(x, weight, bias, config=StemConfig(block_p=16, block_co=16))
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float32, "stem tiles")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -43,11 +42,10 @@ def test_stem_small_tiles_and_other_widths():
 ])
 def test_head_pool(n, cin, h, w, cout, cfg, dtype):
     x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE, dtype)
-    weight, bias = torch.randn(cout, cin) / cin ** 0.5, torch.randn(cout)
+    weight, bias = (torch.randn(cin, cout) / cin ** 0.5).to(DEVICE, dtype), torch.randn(cout, device=DEVICE)
     out = torch.full((n, cout), float("nan"), dtype=dtype, device=DEVICE)
-    y = head_pool(x, weight.t().contiguous().to(DEVICE, dtype), bias.to(DEVICE), config=cfg, out=out)
-    ref = F.conv2d(x.double().cpu(), weight.to(dtype).double()[:, :, None, None], bias.double()).clamp(0, 6)
-    assert_close(y, ref.mean(dim=(2, 3)), dtype, "head")
+    y = head_pool(x, weight, bias, config=cfg, out=out)
+    assert_close(y, reference.head_pool(*_f64(x, weight, bias)), dtype, "head")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -56,14 +54,13 @@ def test_head_pool(n, cin, h, w, cout, cfg, dtype):
 ])
 def test_linear(m, k, nout, cfg, dtype):
     a = torch.randn(m, k).to(DEVICE, dtype)
-    weight, bias = torch.randn(nout, k) / k ** 0.5, torch.randn(nout)
-    y = linear(a, weight.t().contiguous().to(DEVICE, dtype), bias.to(DEVICE), config=cfg)
-    ref = a.double().cpu() @ weight.to(dtype).double().t() + bias.double()
-    assert_close(y, ref, dtype, "linear")
+    weight, bias = (torch.randn(k, nout) / k ** 0.5).to(DEVICE, dtype), torch.randn(nout, device=DEVICE)
+    y = linear(a, weight, bias, config=cfg)
+    assert_close(y, reference.linear(*_f64(a, weight, bias)), dtype, "linear")
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="rank-4"):
+    with pytest.raises(ValueError, match="rank 4"):
         stem_conv(torch.randn(3, 8, 8, device=DEVICE), torch.randn(27, 32, device=DEVICE), torch.randn(32, device=DEVICE))
     with pytest.raises(ValueError, match=r"\[3\*9, COUT\]"):
         stem_conv(torch.randn(1, 3, 8, 8, device=DEVICE), torch.randn(9, 32, device=DEVICE), torch.randn(32, device=DEVICE))
@@ -72,10 +69,10 @@ def test_errors():
                   torch.randn(32, device=DEVICE))
     with pytest.raises(ValueError, match="channels_last"):
         head_pool(torch.randn(1, 8, 3, 3, device=DEVICE), torch.randn(8, 16, device=DEVICE), torch.randn(16, device=DEVICE))
-    with pytest.raises(ValueError, match="weight has shape"):
+    with pytest.raises(ValueError, match=r"weight must have shape \[CIN, COUT\] with 8 rows"):
         head_pool(nhwc(torch.randn(1, 8, 3, 3, device=DEVICE)), torch.randn(9, 16, device=DEVICE),
                   torch.randn(16, device=DEVICE))
-    with pytest.raises(ValueError, match="rank-2"):
+    with pytest.raises(ValueError, match="rank 2"):
         linear(torch.randn(2, 3, 4, device=DEVICE), torch.randn(3, 4, device=DEVICE), torch.randn(4, device=DEVICE))
     with pytest.raises(ValueError, match="bias has shape"):
         linear(torch.randn(2, 3, device=DEVICE), torch.randn(3, 4, device=DEVICE), torch.randn(5, device=DEVICE))

@@ -96,7 +96,7 @@ def git_commit() -> str:
     if os.environ.get("MNV2_FAST_COMMIT"):
         return os.environ["MNV2_FAST_COMMIT"]
     try:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parent  # anywhere inside the checkout
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
@@ -119,7 +119,7 @@ def run_facts() -> dict:
     """What a result set must say about where it was measured."""
     import triton
 
-    from .kernels.configs import gpu_slug
+    from ..kernels.tuned import gpu_slug
 
     facts = {
         "torch": torch.__version__,

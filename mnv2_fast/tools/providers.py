@@ -19,30 +19,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .fused import fuse_block
-from .network import optimize
+from ..fused import fuse_block
+from ..optimize import optimize
 
 MODEL_PROVIDERS = ("fused", "fused_graph", "eager_cl", "eager_cl_folded", "compile")
 BLOCK_PROVIDERS = ("fused", "fused_alt", "eager_cl", "eager_cl_folded", "compile")
-
-
-def block_shape(spec, h: int, w: int):
-    """The kernels' BlockShape of a model BlockSpec at an h x w input."""
-    from .kernels import BlockShape
-
-    return BlockShape(spec.cin, spec.hidden, spec.cout, spec.stride, h, w, spec.t != 1, spec.residual)
-
-
-def staging_configs(shape, itemsize: int):
-    """(default config, the best config of the other staging or None) for a kernels.BlockShape."""
-    from .kernels import default_config
-    from .kernels.configs import gather_candidates, tap_config
-
-    default = default_config(shape, itemsize)
-    if default.gather:
-        return default, tap_config(shape, itemsize)
-    other = gather_candidates(shape, itemsize) if shape.has_expand else []
-    return default, (other[0] if other else None)
 
 
 def _no_grad(fn: Callable) -> Callable:
@@ -98,11 +79,9 @@ def make_block_provider(name: str, block: nn.Module, batch: int, dtype: torch.dt
 
         def other_staging(x):
             if fused.config is None:  # pinned on the first call, when the input size is known
-                from .kernels import BlockShape
+                from ..kernels import staging_configs
 
-                shape = BlockShape(fused.cin, fused.hidden, fused.cout, fused.stride, x.shape[2], x.shape[3],
-                                   fused.has_expand, fused.residual)
-                fused.config = staging_configs(shape, dtype.itemsize)[1]
+                fused.config = staging_configs(fused.spec.at(x.shape[2], x.shape[3]), dtype.itemsize)[1]
                 if fused.config is None:
                     raise ValueError("this block has a single staging (no expand stage): no alternative")
             return fused(x)
@@ -112,29 +91,3 @@ def make_block_provider(name: str, block: nn.Module, batch: int, dtype: torch.dt
     if fn is None:
         raise ValueError(f"unknown provider {name!r}; known: {BLOCK_PROVIDERS}")
     return fn
-
-
-def block_bytes(spec, h: int, w: int, batch: int, itemsize: int) -> int:
-    """The fused floor: input read once, output written once, weights read once."""
-    ho, wo = (h - 1) // spec.stride + 1, (w - 1) // spec.stride + 1
-    weights = spec.hidden * (spec.cin if spec.t != 1 else 0) + 9 * spec.hidden + spec.hidden * spec.cout
-    return (batch * (h * w * spec.cin + ho * wo * spec.cout) + weights) * itemsize
-
-
-def block_flops(spec, h: int, w: int, batch: int) -> int:
-    """Multiply-adds x 2 of the unfused block (what any implementation must at least do)."""
-    ho, wo = (h - 1) // spec.stride + 1, (w - 1) // spec.stride + 1
-    expand = h * w * spec.cin * spec.hidden if spec.t != 1 else 0
-    return 2 * batch * (expand + ho * wo * spec.hidden * (9 + spec.cout))
-
-
-def block_input_size(width: float, resolution: int) -> list[int]:
-    """Input side length of each of the 17 blocks for a square input of `resolution` px."""
-    from .model import block_specs
-
-    size = (resolution - 1) // 2 + 1  # after the stride-2 stem
-    sizes = []
-    for spec in block_specs(width):
-        sizes.append(size)
-        size = (size - 1) // spec.stride + 1
-    return sizes

@@ -1,25 +1,26 @@
 """`mnv2-fast tune`: time candidate launch configs for each block shape on this GPU and write
-the winners to kernels/tuned/<gpu>.json, keyed by block shape, dtype and batch range.
+the winners to a tuned table, keyed by block shape, dtype and batch range: the path given,
+or <slug>.json in the user's table folder (see mnv2_fast/kernels/tuned.py), which the
+launchers read before the tables the package ships.
 
-Nothing tunes implicitly: the launchers only read the table this writes.
+Nothing tunes implicitly: the launchers only read the tables.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from .baselines import block_input_size, block_shape
-from .model import block_specs
-from .shipped import Launch, run_once
+from ..model import block_specs
+from .inventory import Launch, random_inputs, run_once
 
 
 def candidates(shape, itemsize: int, batch: int):
     """A small sweep around the heuristic: both stagings, a few tiles, warps and chunk sizes."""
-    from .kernels.configs import default_config, gather_candidates
+    from ..kernels.choice import default_config, gather_candidates
 
     base = default_config(shape, itemsize, batch)
     out = [base]
@@ -44,35 +45,28 @@ def batch_ranges(batches: list[int]) -> list[tuple[int, int, int]]:
 
 
 def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Path | None, progress=print) -> Path:
-    from .kernels import inverted_residual
-    from .kernels.configs import device_slug, write_tuned
+    from ..kernels import inverted_residual, tuned
     from .timing import input_pool, run_facts, time_cuda
 
     device = torch.device("cuda")
     shapes = {}
     for width in widths:
-        for spec, size in zip(block_specs(width), block_input_size(width, resolution)):
-            shapes.setdefault(block_shape(spec, size, size), f"w{width} block {spec.index}")
+        for spec in block_specs(width, resolution=resolution):
+            shapes.setdefault(spec, f"w{width} block {spec.index}")
     entries = []
     jobs = [(s, d, b) for s in shapes for d in dtypes for b in batch_ranges(batches)]
     for j, (shape, dtype, (batch, lo, hi)) in enumerate(jobs):
         g = torch.Generator(device="cpu").manual_seed(j)
-
-        def rnd(*size, scale=1.0):
-            return (torch.randn(*size, generator=g) * scale).to(device, dtype)
-
-        w_exp = rnd(shape.cin, shape.hidden, scale=shape.cin ** -0.5) if shape.has_expand else None
-        b_exp = rnd(shape.hidden) if shape.has_expand else None
-        w = (w_exp, b_exp, rnd(9, shape.hidden, scale=0.3), rnd(shape.hidden),
-             rnd(shape.hidden, shape.cout, scale=shape.hidden ** -0.5), rnd(shape.cout))
+        (_, *weights), kwargs = random_inputs(Launch("block", "tune", dtype, shape, None), 1, g)
+        weights = [None if t is None else t.to(device, dtype) for t in weights]
         nbytes = batch * shape.cin * shape.h * shape.w * dtype.itemsize
-        pool = input_pool(lambda: rnd(batch, shape.cin, shape.h, shape.w).contiguous(
-            memory_format=torch.channels_last), nbytes)
+        pool = input_pool(lambda: torch.randn(batch, shape.cin, shape.h, shape.w, generator=g).to(device, dtype)
+                          .contiguous(memory_format=torch.channels_last), nbytes)
         timed = []
         cands = candidates(shape, dtype.itemsize, batch)
         for cfg in cands:
             def run(x, cfg=cfg):
-                return inverted_residual(x, *w, stride=shape.stride, residual=shape.residual, config=cfg)
+                return inverted_residual(x, *weights, **kwargs, config=cfg)
 
             try:
                 ms = time_cuda(run, pool, warmup=3, reps=reps).median_ms
@@ -87,14 +81,6 @@ def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Pa
             raise RuntimeError(f"no candidate config runs correctly for {shape}")
         progress(f"[{j + 1}/{len(jobs)}] {shapes[shape]} {str(dtype)[6:]} batch {batch}: "
                  f"best {best[0]:.4f} ms of {len(cands)} candidates")
-        entries.append(dict(shape=asdict(shape), dtype=str(dtype)[6:], batch=[lo, hi], config=asdict(best[1]),
-                            ms=round(best[0], 5)))
-    slug = device_slug(device)
+        entries.append(tuned.entry(shape, dtype, (lo, hi), best[1], best[0]))
     meta = dict(run_facts(), resolution=resolution, widths=list(widths), reps=reps)
-    if out is None:
-        return write_tuned(slug, entries, meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    import json
-
-    out.write_text(json.dumps({"meta": meta, "blocks": entries}, indent=1) + "\n")
-    return out
+    return tuned.write_tuned(out or tuned.user_table_path(tuned.device_slug(device)), entries, meta)

@@ -1,5 +1,6 @@
-"""Numerics helpers shared by the test suite, `mnv2-fast check` and the benchmarks:
-the one table of per-dtype tolerances, BN randomisation, float64 references."""
+"""Numerics helpers shared by the test suite, `mnv2-fast check`, the sanitizer run and the
+benchmarks: the one table of per-dtype tolerances, BN randomisation, the unfused float64
+reference of a module.  (The folded float64 reference of each kernel is kernels/reference.py.)"""
 
 from __future__ import annotations
 

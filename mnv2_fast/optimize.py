@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from .folding import check_eval
@@ -18,8 +17,9 @@ from .fused import (
     check_backend,
     is_inverted_residual,
 )
+from .graphs import CUDAGraphRunner
 
-__all__ = ["CUDAGraphRunner", "FusionEntry", "FusionReport", "fusion_report", "optimize"]
+__all__ = ["FusionEntry", "FusionReport", "fusion_report", "optimize"]
 
 # Classes whose forward is known to be features -> adaptive_avg_pool2d -> flatten -> classifier,
 # so the head conv and the pool can become one kernel.
@@ -63,7 +63,7 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def _try_fuse(root, path, make, part, backend, entries, describe) -> None:
+def _try_fuse(root, path, make, part, backend, entries) -> None:
     """Replace root.<path> by make(); with backend='triton' an unsupported part is an error."""
     try:
         new = make()
@@ -73,20 +73,13 @@ def _try_fuse(root, path, make, part, backend, entries, describe) -> None:
         entries.append(FusionEntry(path, part, False, f"kept as PyTorch: {err}"))
         return
     _replace(root, path, new)
-    entries.append(FusionEntry(path, part, True, describe(new)))
-
-
-def _block_detail(m: FusedInvertedResidual) -> str:
-    t = m.hidden // m.cin if m.has_expand else 1
-    res = ", +x" if m.residual else ""
-    return f"one kernel: {m.cin} -> {m.hidden} (t={t}) -> {m.cout}, stride {m.stride}{res}"
+    entries.append(FusionEntry(path, part, True, new.describe()))
 
 
 def _fuse_blocks(model: nn.Module, names: list[str], backend: str, entries: list[FusionEntry]) -> None:
     for path in names:
         block = model.get_submodule(path)
-        _try_fuse(model, path, lambda b=block: FusedInvertedResidual(b, backend), "block", backend, entries,
-                  _block_detail)
+        _try_fuse(model, path, lambda b=block: FusedInvertedResidual(b, backend), "block", backend, entries)
 
 
 def _is_known_mobilenet_v2(model: nn.Module) -> bool:
@@ -101,24 +94,20 @@ def _is_known_mobilenet_v2(model: nn.Module) -> bool:
 def _fuse_mobilenet_v2(model: nn.Module, backend: str, entries: list[FusionEntry]) -> None:
     features = model.features
     n = len(features)
-    _try_fuse(model, "features.0", lambda: FusedStem(features[0], backend), "stem", backend, entries,
-              lambda m: f"one kernel: 3x3 conv stride {m.stride} + BN + ReLU6, reads NCHW or NHWC")
+    _try_fuse(model, "features.0", lambda: FusedStem(features[0], backend), "stem", backend, entries)
     blocks = [f"features.{i}" for i in range(1, n - 1) if is_inverted_residual(features[i])]
     others = [f"features.{i}" for i in range(1, n - 1) if not is_inverted_residual(features[i])]
     _fuse_blocks(model, blocks, backend, entries)
     for path in others:
         entries.append(FusionEntry(path, "other", False, f"kept as PyTorch: {type(model.get_submodule(path)).__name__}"))
-    _try_fuse(model, f"features.{n - 1}", lambda: FusedHead(features[n - 1], backend), "head", backend, entries,
-              lambda m: f"one kernel: 1x1 conv {m.cin} -> {m.cout} + BN + ReLU6 + global average pool"
-                        " (the full map is never written)")
+    _try_fuse(model, f"features.{n - 1}", lambda: FusedHead(features[n - 1], backend), "head", backend, entries)
     linears = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
     for i, m in enumerate(model.classifier):
         if isinstance(m, nn.Dropout):
             entries.append(FusionEntry(f"classifier.{i}", "classifier", True, "dropout: the identity at inference"))
     for i in linears:
         lin = model.classifier[i]
-        _try_fuse(model, f"classifier.{i}", lambda lin=lin: FusedLinear(lin, backend), "classifier", backend, entries,
-                  lambda m: f"one kernel: dense {m.in_features} -> {m.out_features} (the paper's final 1x1 conv)")
+        _try_fuse(model, f"classifier.{i}", lambda lin=lin: FusedLinear(lin, backend), "classifier", backend, entries)
 
 
 def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, cuda_graph: bool = False) -> nn.Module:
@@ -167,66 +156,3 @@ def fusion_report(model: nn.Module) -> FusionReport:
     if not isinstance(report, FusionReport):
         raise ValueError("this model was not produced by mnv2_fast.optimize: it has no fusion report")
     return report
-
-
-class CUDAGraphRunner(nn.Module):
-    """Replays one CUDA graph of ``module`` for a fixed input shape, dtype, device and layout.
-
-    The first call warms up (compiling the Triton kernels) and captures; later calls copy the
-    input into the graph's static buffer and replay.  A different input shape is an error:
-    call ``reset()`` (or make another runner) to capture again.
-    """
-
-    def __init__(self, module: nn.Module, *, warmup: int = 2, copy_output: bool = True):
-        super().__init__()
-        self.module = module
-        self.warmup = warmup
-        self.copy_output = copy_output
-        self.fusion_report = getattr(module, "fusion_report", None)
-        self.reset()
-
-    def reset(self) -> None:
-        self._graph = None
-        self._signature = None
-        self._static_in = None
-        self._static_out = None
-
-    def _apply(self, fn, *args, **kwargs):
-        self.reset()  # moved or cast: the captured graph points at the old buffers
-        return super()._apply(fn, *args, **kwargs)
-
-    @staticmethod
-    def _sig(x: torch.Tensor):
-        return tuple(x.shape), x.dtype, x.device, x.stride()
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or not x.is_cuda:
-            raise ValueError("CUDAGraphRunner needs a CUDA input tensor")
-        sig = self._sig(x)
-        if self._graph is None:
-            self._capture(x)
-        elif sig != self._signature:
-            raise ValueError(
-                f"this CUDA graph was captured for input shape {self._signature[0]}, dtype {self._signature[1]}, "
-                f"strides {self._signature[3]}; got shape {sig[0]}, dtype {sig[1]}, strides {sig[3]}. "
-                "A graph has fixed shapes: call reset() to capture a new one"
-            )
-        self._static_in.copy_(x)
-        self._graph.replay()
-        return self._static_out.clone() if self.copy_output else self._static_out
-
-    def _capture(self, x: torch.Tensor) -> None:
-        static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-        static_in.copy_(x)
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(max(1, self.warmup)):
-                self.module(static_in)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.module(static_in)
-        self._graph, self._signature = graph, self._sig(x)
-        self._static_in, self._static_out = static_in, static_out

@@ -2,7 +2,7 @@
 
 Meant to run under compute-sanitizer (bench/gpu_run.sh does):
 
-    compute-sanitizer --tool memcheck python -m mnv2_fast.sanitize
+    compute-sanitizer --tool memcheck python -m mnv2_fast.tools.sanitize
 
 Triton has generated out-of-bounds shared-memory reads for some configurations; memcheck
 reports those, and this exits non-zero when any launch fails or disagrees with PyTorch.
@@ -19,14 +19,14 @@ import torch
 def main(argv=None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m mnv2_fast.sanitize", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mnv2_fast.tools.sanitize", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--kind", action="append", choices=["block", "stem", "head", "linear"], help="only these kinds")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("sanitize: no CUDA device; nothing to check", file=sys.stderr)
         return 2
-    from .shipped import run_once, shipped_launches
+    from .inventory import run_once, shipped_launches
 
     launches = [launch for launch in shipped_launches() if not args.kind or launch.kind in args.kind]
     failed = []

@@ -4,7 +4,8 @@
                              (without a GPU: the fused model through Triton's interpreter on a
                              small input, and its agreement with the unfused model)
     mnv2-fast check          every part and the whole model against the unfused model
-    mnv2-fast tune           time candidate launch configs per block; write kernels/tuned/<gpu>.json
+    mnv2-fast tune           time candidate launch configs per block; write a tuned table (by default
+                             <gpu>.json in the user's cache: ~/.cache/mnv2-fast/tuned)
     mnv2-fast static-check   compile every shipped config for Hopper and check its resources
 
 Weights files (torchvision `mobilenet_v2` state_dicts) are read with
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from .interpreter import use_interpreter
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -69,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=_ints, default=[1, 256], help="batch sizes (each covers a range, default 1,256)")
     t.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="default float16")
     t.add_argument("--reps", type=int, default=20)
-    t.add_argument("--out", type=Path, help="table path (default kernels/tuned/<gpu>.json)")
+    t.add_argument("--out", type=Path, help="table path (default: <gpu>.json in $MNV2_FAST_TUNED_DIR, "
+                   "else $XDG_CACHE_HOME/mnv2-fast/tuned, else ~/.cache/mnv2-fast/tuned)")
 
     sub.add_parser("static-check", help="compile every shipped config for sm_90 (no GPU needed)")
     return p
@@ -97,7 +100,7 @@ def load_state_dict(path: Path) -> dict:
 
 def build_model(width: float, classes: int | None, weights: Path | None, seed: int):
     """The unfused reference model in eval mode: given weights, or random with trained-looking BN."""
-    from .model import mobilenet_v2
+    from ..model import mobilenet_v2
     from .testing import randomize_bn
 
     state = load_state_dict(weights) if weights else None
@@ -131,9 +134,10 @@ def _setup(args) -> tuple[torch.device, bool]:
     """Pick the device; without a GPU, turn Triton's interpreter on before triton is imported."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
-        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-            raise SystemExit("error: no GPU, and triton was imported before its interpreter could be enabled")
-        os.environ["TRITON_INTERPRET"] = "1"
+        try:
+            use_interpreter()
+        except RuntimeError as err:
+            raise SystemExit(f"error: no GPU, and {err}") from None
     if getattr(args, "resolution", None) is None:
         args.resolution = 224 if on_gpu else 64
     if getattr(args, "dtype", None) is None:
@@ -153,38 +157,33 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 @torch.no_grad()
 def agreement_rows(model, x: torch.Tensor, device, dtype, backend: str, progress=_progress):
-    """(part, shape, error ratio) of every fused part on its own input, and of the whole model."""
+    """(part, input shape, error ratio) of every fused part of optimize(model), each on the
+    input the unfused model gives it, against the unfused part in float64; then the whole model."""
     import copy
 
-    from .fused import FusedHead, FusedInvertedResidual, FusedLinear, FusedStem
-    from .network import optimize
+    from ..fused import FusedPart
+    from ..optimize import optimize
     from .testing import MODEL_TOLERANCE_FACTOR, error_ratio
 
+    fast = optimize(model, backend=backend).to(device, dtype)
+    parts = [e for e in fast.fusion_report.entries if e.fused and isinstance(fast.get_submodule(e.name), FusedPart)]
     ref = copy.deepcopy(model).double()
-    inputs: list[torch.Tensor] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, a: inputs.append(a[0])) for m in ref.features]
-    xr = x.to(dtype).double()  # the rounded input both sides see
-    logits_ref = ref(xr)
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [ref.get_submodule(e.name).register_forward_pre_hook(
+        lambda mod, args, name=e.name: inputs.setdefault(name, args[0])) for e in parts]
+    logits_ref = ref(x.to(dtype).double())  # the rounded input both sides see
     for h in hooks:
         h.remove()
-    pooled = torch.nn.functional.adaptive_avg_pool2d(ref.features(xr), 1).flatten(1)
     rows = []
-    parts = [("features.0 stem", FusedStem(model.features[0], backend), ref.features[0], inputs[0])]
-    for i in range(1, len(model.features) - 1):
-        parts.append((f"features.{i} block", FusedInvertedResidual(model.features[i], backend), ref.features[i],
-                      inputs[i]))
-    n = len(model.features) - 1
-    parts.append((f"features.{n} head+pool", FusedHead(model.features[n], backend),
-                  lambda t: torch.nn.functional.adaptive_avg_pool2d(ref.features[n](t), 1), inputs[n]))
-    parts.append(("classifier", FusedLinear(model.classifier[1], backend), ref.classifier[1], pooled))
-    for k, (name, fused, reference, inp) in enumerate(parts):
-        progress(f"[{k + 1}/{len(parts) + 1}] {name} {tuple(inp.shape)}")
-        inp_d = inp.to(dtype)  # activations as the network would store them
-        out = fused.to(device, dtype)(inp_d.to(device))
-        expect = reference(inp_d.double())
-        rows.append((name, tuple(inp.shape), error_ratio(out, expect, dtype)))
+    for k, e in enumerate(parts):
+        inp = inputs[e.name].to(dtype)  # activations as the network would store them
+        progress(f"[{k + 1}/{len(parts) + 1}] {e.name} {e.part} {tuple(inp.shape)}")
+        out = fast.get_submodule(e.name)(inp.to(device))
+        expect = ref.get_submodule(e.name)(inp.double())
+        if e.part == "head":  # the fused head pools too
+            expect = torch.nn.functional.adaptive_avg_pool2d(expect, 1)
+        rows.append((f"{e.name} {e.part}", tuple(inp.shape), error_ratio(out, expect, dtype)))
     progress(f"[{len(parts) + 1}/{len(parts) + 1}] whole model")
-    fast = optimize(model, backend=backend).to(device, dtype)
     out = fast(x.to(device, dtype))
     rows.append(("whole model", tuple(x.shape), error_ratio(out, logits_ref, dtype, MODEL_TOLERANCE_FACTOR)))
     return rows
@@ -219,7 +218,7 @@ def cmd_bench(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if not on_gpu:
         return _bench_cpu(args, model, dtype)
-    from .baselines import MODEL_PROVIDERS, make_model_provider
+    from .providers import MODEL_PROVIDERS, make_model_provider
     from .testing import MODEL_TOLERANCE_FACTOR, error_ratio, reference64
     from .timing import copy_bandwidth_gbps, first_call, nhwc_input_pool, peak_memory_mb, run_facts, time_cuda
 
@@ -302,7 +301,7 @@ def _plot(records: list[dict], path: Path, title: str) -> None:
 
 
 def _bench_cpu(args, model, dtype) -> int:
-    from .network import optimize
+    from ..optimize import optimize
     from .testing import MODEL_TOLERANCE_FACTOR, error_ratio, reference64
 
     batch = (args.batch or [1])[0]

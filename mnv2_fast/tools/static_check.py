@@ -1,7 +1,7 @@
 """Compile every shipped launch configuration for Hopper (sm_90) without a GPU and check it fits:
 shared memory within the per-block limit, no spills, at most 255 registers.
 
-    python -m mnv2_fast.static_check        (also: mnv2-fast static-check)
+    python -m mnv2_fast.tools.static_check        (also: mnv2-fast static-check)
 """
 
 from __future__ import annotations
@@ -9,23 +9,22 @@ from __future__ import annotations
 import sys
 import time
 
-from .shipped import interpreter_off, shipped_launches, variant
+from .interpreter import use_compiler
+from .inventory import shipped_launches, variant
 
 
 def _describe(cfg) -> str:
-    d = cfg.__dict__
+    warps = f"w{cfg.num_warps} s{cfg.num_stages}"
+    d = cfg.to_dict()
     if "gather" in d:
-        if d["gather"]:
-            tile = f"gather {d['imgs']}x{d['tile_h']}x{d['tile_w']}"
-        else:
-            tile = f"tap p{d['block_p']}"
-        return f"{tile} h{d['block_h']} k{d['block_k']} co{d['block_co']} w{d['num_warps']} s{d['num_stages']}"
-    return " ".join(f"{k}={v}" for k, v in d.items())
+        tile = f"gather {d['imgs']}x{d['tile_h']}x{d['tile_w']}" if d["gather"] else f"tap p{d['block_p']}"
+        return f"{tile} h{d['block_h']} k{d['block_k']} co{d['block_co']} {warps}"
+    return " ".join(f"{k.lower()}={v}" for k, v in cfg.constexprs().items()) + f" {warps}"
 
 
 def run(arch: int = 90, out=sys.stdout) -> list[dict]:
-    interpreter_off()
-    from .kernels.aot import compile_variant, problems, resources
+    use_compiler()
+    from ..kernels.aot import compile_variant, problems, resources
 
     rows, seen = [], {}
     launches = shipped_launches()

@@ -1,0 +1,151 @@
+"""Every launch configuration the package ships, for the checks that must see them all:
+
+* `static-check`: compile each for Hopper ahead of time and read its resources (no GPU);
+* `sanitize`:     run each once on a small input (under compute-sanitizer in bench/gpu_run.sh),
+                  and compare with the same computation in float64 PyTorch (kernels/reference.py).
+
+"Shipped" = what the launchers pick for MobileNetV2 at SHIPPED_WIDTHS and 224 px on a GPU:
+the heuristic default, and each table shipped in the package's tuned/ folder, plus every
+entry of those tables.  (Users' own tables, written by `mnv2-fast tune`, are not shipped.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..model import block_specs, head_channels, stem_channels
+
+SHIPPED_WIDTHS = (0.5, 1.0, 1.4)
+RESOLUTION = 224
+ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Each kind of launch by the name its launcher and its PyTorch twin share.
+LAUNCHERS = {"block": "inverted_residual", "stem": "stem_conv", "head": "head_pool", "linear": "linear"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    kind: str  # block, stem, head, linear
+    label: str
+    dtype: torch.dtype
+    shape: tuple  # block: BlockShape; stem: (cin, cout, h, w); head: (cin, cout, h, w); linear: (m, k, n)
+    config: object
+    tf32: bool = False  # fp32 only: products on TF32 tensor cores (PyTorch's default for convs)
+
+    def key(self):
+        return (self.kind, self.shape, self.config, self.dtype, self.tf32)
+
+
+def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experiments: bool = True) -> list[Launch]:
+    """experiments: also the other-staging configs the block benchmark times (provider
+    fused_alt), fp16 at width 1.0, so that a GPU run never meets an untested config."""
+    from ..kernels import choice, tuned
+
+    tables = {path.stem: tuned.read_table(path) for path in tuned.shipped_tables()}
+    gpu = torch.device("cuda")
+    out: dict = {}
+
+    def add(launch: Launch) -> None:
+        out.setdefault(launch.key(), launch)
+        if launch.dtype == torch.float32 and not launch.tf32:  # fp32 ships both product precisions
+            tf32 = replace(launch, label=launch.label + " tf32", tf32=True)
+            out.setdefault(tf32.key(), tf32)
+
+    for width in widths:
+        dtypes = ALL_DTYPES if width == 1.0 else (torch.float16,)
+        stem = stem_channels(width)
+        for dtype in dtypes:
+            add(Launch("stem", f"w{width} stem", dtype, (3, stem, resolution, resolution),
+                       choice.choose_stem_config(stem, gpu)))
+        specs = block_specs(width, resolution=resolution)
+        for spec in specs:
+            for dtype in dtypes:
+                for batch in (256, 1):  # the heuristic's two batch classes
+                    add(Launch("block", f"w{width} block {spec.index}" + (" (batch <= 8)" if batch == 1 else ""),
+                               dtype, spec, choice.default_config(spec, dtype.itemsize, batch)))
+                for slug, table in tables.items():
+                    for batch in (1, 32, 256):
+                        cfg = tuned.lookup(table, spec, dtype, batch)
+                        if cfg is not None:
+                            add(Launch("block", f"w{width} block {spec.index} ({slug}, batch {batch})", dtype,
+                                       spec, cfg))
+            alt = choice.staging_configs(spec, 2)[1]
+            if experiments and width == 1.0 and alt is not None:
+                add(Launch("block", f"w{width} block {spec.index} other staging", torch.float16, spec, alt))
+        cin, last, s = specs[-1].cout, head_channels(width), specs[-1].ho
+        for dtype in dtypes:
+            add(Launch("head", f"w{width} head", dtype, (cin, last, s, s),
+                       choice.choose_head_config(cin, last, s * s, gpu, dtype.itemsize)))
+            for m in (1, 256):
+                add(Launch("linear", f"w{width} classifier, batch {m}", dtype, (m, last, 1000),
+                           choice.choose_linear_config(m, last, 1000, gpu)))
+    # Tuned entries for shapes outside the widths above ship too.
+    for slug, table in tables.items():
+        for (shape, dtype_name), entries in table.items():
+            for lo, hi, cfg in entries:
+                add(Launch("block", f"tuned {slug} {shape} batch {lo}-{hi}", getattr(torch, dtype_name), shape, cfg))
+    return list(out.values())
+
+
+def variant(launch: Launch):
+    """(jit function, constexpr arguments) of a launch: what it compiles to."""
+    from ..kernels.head import _head_pool_kernel, _linear_kernel, head_kernel_args, linear_kernel_args
+    from ..kernels.inverted_residual import _inverted_residual_kernel, kernel_args
+    from ..kernels.stem import _stem_kernel, stem_kernel_args
+
+    s, cfg, dtype, tf32 = launch.shape, launch.config, launch.dtype, launch.tf32
+    if launch.kind == "block":
+        return _inverted_residual_kernel, kernel_args(s, cfg, dtype, tf32)
+    if launch.kind == "stem":
+        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32)
+    if launch.kind == "head":
+        return _head_pool_kernel, head_kernel_args(s[0], s[1], s[2] * s[3], cfg, dtype, tf32)
+    if launch.kind == "linear":
+        return _linear_kernel, linear_kernel_args(s[1], s[2], cfg, dtype, tf32)
+    raise ValueError(launch.kind)
+
+
+def random_inputs(launch: Launch, batch: int, generator: torch.Generator) -> tuple[list, dict]:
+    """(arguments, keyword arguments) of the launch's launcher, random, float32 on the CPU:
+    the input first, then weights scaled so that activations stay O(1)."""
+
+    def rnd(*size, scale=1.0):
+        return torch.randn(*size, generator=generator) * scale
+
+    if launch.kind == "block":
+        s = launch.shape
+        x = rnd(batch, s.cin, s.h, s.w)
+        expand = [rnd(s.cin, s.hidden, scale=s.cin ** -0.5), rnd(s.hidden)] if s.has_expand else [None, None]
+        return ([x, *expand, rnd(9, s.hidden, scale=0.3), rnd(s.hidden),
+                 rnd(s.hidden, s.cout, scale=s.hidden ** -0.5), rnd(s.cout)],
+                dict(stride=s.stride, residual=s.residual))
+    if launch.kind == "stem":
+        cin, cout, h, w = launch.shape
+        return [rnd(batch, cin, h, w), rnd(cin * 9, cout, scale=0.3), rnd(cout)], dict(stride=2)
+    if launch.kind == "head":
+        cin, cout, h, w = launch.shape
+        return [rnd(batch, cin, h, w), rnd(cin, cout, scale=cin ** -0.5), rnd(cout)], {}
+    m, k, n = launch.shape
+    return [rnd(m, k), rnd(k, n, scale=k ** -0.5), rnd(n)], {}
+
+
+@torch.no_grad()
+def run_once(launch: Launch, device: torch.device, batch: int = 2) -> float:
+    """Run one shipped launch on a small input; return its error over the dtype's tolerance,
+    against the same computation in float64 on the dtype-rounded inputs."""
+    from .. import kernels
+    from ..kernels import reference
+    from .testing import error_ratio
+
+    args, kwargs = random_inputs(launch, batch, torch.Generator().manual_seed(0))
+    args = [None if a is None else a.to(device, launch.dtype) for a in args]
+    if launch.kind in ("block", "head"):  # they read channels_last activations; the stem reads any layout
+        args[0] = args[0].contiguous(memory_format=torch.channels_last)
+    name = LAUNCHERS[launch.kind]
+    y = getattr(kernels, name)(*args, **kwargs, config=launch.config, allow_tf32=launch.tf32)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    ref = getattr(reference, name)(*[None if a is None else a.double().cpu() for a in args], **kwargs)
+    # TF32 keeps 10 mantissa bits, as fp16 does: judge it by the fp16 tolerance.
+    return error_ratio(y, ref, torch.float16 if launch.tf32 else launch.dtype)
