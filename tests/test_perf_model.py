@@ -314,8 +314,8 @@ def test_counts_agree_with_the_reference_analysis(calibration):
 
 ANALYSE_LAUNCHES = """
 import json, sys, torch
-from mnv2_fast.shipped import interpreter_off
-interpreter_off()
+from mnv2_fast.tools.interpreter import use_compiler
+use_compiler()
 from mnv2_fast.kernels import aot
 from mnv2_fast.tools import perf_model as pm
 

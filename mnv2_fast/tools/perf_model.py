@@ -524,10 +524,10 @@ def compiled_sass(fn, constexprs: dict, dtype, arch: int = ARCH, cache: Path | N
 
 def _inventory():
     """The shipped-launch inventory and its helpers (one place to adjust if they move)."""
-    from .. import shipped
-    from ..static_check import _describe
+    from . import inventory
+    from .static_check import _describe
 
-    return shipped, _describe
+    return inventory, _describe
 
 
 @dataclass
@@ -543,26 +543,24 @@ def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: flo
     this kind picks at this batch (its tuned table, else the heuristic), as shipped."""
     import torch
 
-    from ..kernels import configs as C
-    from ..model import LAST_CHANNELS, STEM_CHANNELS, block_specs, make_divisible
-    from ..baselines import block_shape
+    from ..kernels import choice as C
+    from ..kernels.tuned import lookup_tuned
+    from ..model import block_specs, head_channels, stem_channels
 
     shipped, _ = _inventory()
     dtype = dtype or torch.float16
     cuda = torch.device("cuda")
-    size = output_size(resolution, 2)
-    stem = make_divisible(STEM_CHANNELS * width)
+    stem = stem_channels(width)
     out = [NetworkLaunch("stem", None, shipped.Launch("stem", f"w{width} stem", dtype, (3, stem, resolution, resolution),
                                                       C.choose_stem_config(stem, cuda)))]
-    s = size
-    for spec in block_specs(width):
-        shape = block_shape(spec, s, s)
-        cfg = C.lookup_tuned(shape, dtype, batch, gpu) or C.default_config(shape, dtype.itemsize, C.batch_class(batch))
-        out.append(NetworkLaunch("block", spec.index,
-                                 shipped.Launch("block", f"w{width} block {spec.index}", dtype, shape, cfg)))
-        s = shape.ho
-    last = make_divisible(LAST_CHANNELS * max(1.0, width))
-    cin = block_specs(width)[-1].cout
+    specs = block_specs(width, resolution=resolution)
+    for shape in specs:
+        cfg = lookup_tuned(shape, dtype, batch, gpu) or C.default_config(shape, dtype.itemsize, C.batch_class(batch))
+        out.append(NetworkLaunch("block", shape.index,
+                                 shipped.Launch("block", f"w{width} block {shape.index}", dtype, shape, cfg)))
+    s = specs[-1].ho
+    last = head_channels(width)
+    cin = specs[-1].cout
     out.append(NetworkLaunch("head", None, shipped.Launch(
         "head", f"w{width} head", dtype, (cin, last, s, s),
         C.choose_head_config(cin, last, s * s, cuda, dtype.itemsize))))
@@ -585,15 +583,12 @@ def launch_geometry(launch, batch: int) -> dict:
 
     cfg, itemsize = launch.config, launch.dtype.itemsize
     if launch.kind == "block":
-        import importlib
-
-        # The package exports the launcher under the module's name: import the module itself.
-        IR = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.kernels.inverted_residual")
+        from ..kernels.inverted_residual import kernel_args
 
         s = launch.shape
-        args = IR.kernel_args(s, cfg, launch.dtype, launch.tf32)
+        args = kernel_args(s, cfg, launch.dtype, launch.tf32)
         programs = 1
-        for g in IR.grid(s, cfg, batch):
+        for g in s.grid(cfg, batch):
             programs *= g
         chunks = _cdiv(s.hidden, cfg.block_h)
         k_pad = _cdiv(s.cin, cfg.block_k) * cfg.block_k
@@ -704,8 +699,10 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
     import torch
     import triton
 
+    from .interpreter import use_compiler
+
     shipped, _ = _inventory()
-    shipped.interpreter_off()
+    use_compiler()
     dtype = dtype or torch.float16
     inventory = {launch.key() for launch in shipped.shipped_launches()}
     records = []
