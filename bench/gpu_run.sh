@@ -277,7 +277,8 @@ begin summary "bench/summarize.py (headline)" && summary_step
 
 # ---------------------------------------------------------------- tests
 if begin tests "every test that can use a GPU: pytest tests"; then
-    args=(tests -q -p no:cacheprovider --ignore=tests/test_static_resources.py --ignore=tests/test_packaging.py)
+    args=(tests -q -p no:cacheprovider --ignore=tests/test_static_resources.py --ignore=tests/test_packaging.py
+          --ignore=tests/test_gpu_run.py)
     note=""
     if "$PY" -c 'import xdist' 2>/dev/null; then
         # test_gpu.py's large tensors stay on one worker (xdist_group), the rest spread out.
