@@ -291,8 +291,15 @@ if begin tests "every test that can use a GPU: pytest tests"; then
         args+=(--collect-only -qq)
         note="dry run: collected only, $note"
     fi
-    limited "$PY" -m pytest "${args[@]}"
-    finish $? "$note"
+    limited "$PY" -m pytest "${args[@]}" 2>&1 | tee "$RAW/tests.log"
+    rc=${PIPESTATUS[0]}
+    if ((DRY_RUN)); then
+        counts="$(awk -F': ' '/^tests\/.*: [0-9]+$/ {n += $2} END {print n + 0}' "$RAW/tests.log") tests"
+    else
+        counts=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected)' "$RAW/tests.log" | tail -n 1 | tr -d '=')
+    fi
+    finish "$rc" "$note${counts:+; $(echo $counts)}"
+    rm -f "$RAW/tests.log"
 fi
 
 # ---------------------------------------------------------------- the rest, torch.compile last
@@ -329,19 +336,22 @@ if begin sanitizer_warm "every shipped launch config once, no instrumentation, $
     if [[ ${MNV2_GPU_SANITIZE:-1} == 0 ]]; then
         skip "$(no_sanitizer_reason)"
     else
-        total=$(limited "$PY" -m mnv2_fast.sanitize --list | sed -nE 's/^sanitize: ([0-9]+) launches selected.*/\1/p')
+        "$PY" -m mnv2_fast.sanitize --list >"$RAW/sanitizer_list.log" 2>&1 &  # the whole list, meanwhile
+        list_pid=$!
         if ((DRY_RUN)); then
             shards "$WORKERS" "$RAW/sanitizer_warm.log" "$PY" -m mnv2_fast.sanitize --list
         else
             shards "$WORKERS" "$RAW/sanitizer_warm.log" "$PY" -m mnv2_fast.sanitize
         fi
         rc=$?
+        wait "$list_pid"
+        total=$(launch_total "$RAW/sanitizer_list.log")
         covered=$(launch_total "$RAW/sanitizer_warm.log")
         note="${covered:-0} of ${total:-?} launches in $WORKERS shards"
         ((DRY_RUN)) && note="dry run: listed only, $note"
         if ((rc == 0)) && [[ ${covered:-0} != "${total:-x}" ]]; then rc=1 note+=" (shards do not cover the list)"; fi
         finish "$rc" "$note"
-        rm -f "$RAW/sanitizer_warm.log"
+        rm -f "$RAW/sanitizer_warm.log" "$RAW/sanitizer_list.log"
     fi
 fi
 
