@@ -65,7 +65,7 @@ fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$1" && OUT=$(cd "$1" && pwd)
 RAW="$OUT/raw"
-rm -rf "$RAW" "$OUT/raw.tar.gz" && mkdir -p "$RAW"
+rm -rf "$RAW" "$OUT/raw.tar.gz" "$OUT"/summary.{json,md,png} && mkdir -p "$RAW"  # nothing stale
 cd "$ROOT" || exit 2
 
 BUDGET=${MNV2_GPU_BUDGET_S:-540}
@@ -207,10 +207,10 @@ bench_step() {  # PHASE: pytest bench in that phase; JSON and JSONL in raw/
         "$PY" -m pytest bench -q -p no:cacheprovider --benchmark-json="$json" \
         --benchmark-columns=median,rounds --benchmark-sort=name
     rc=$?
-    local done skipped note
-    done=$(grep -c '"extra_info"' "${json%.json}.jsonl" 2>/dev/null)
+    local measured skipped note
+    measured=$(grep -c '"extra_info"' "${json%.json}.jsonl" 2>/dev/null)
     skipped=$(sed -nE 's/.*"skipped_for_time": ([1-9][0-9]*).*/\1/p' "${json%.json}.jsonl" 2>/dev/null | tail -n 1)
-    note="${done:-0} cases measured${skipped:+, $skipped not started for lack of time}"
+    note="${measured:-0} cases measured${skipped:+, $skipped not started for lack of time}"
     [[ -s $json ]] || note+="; no JSON written, the JSONL keeps them"
     if ((rc == 5)); then skip "no case in this phase"; else finish "$rc" "$note"; fi
 }
