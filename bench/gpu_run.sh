@@ -240,8 +240,9 @@ if ! PY=$(pick_python); then
     record failed 2 "no python with torch found (set PYTHON=/path/to/python)"
     exit 2
 fi
-# The commit measured: git's when the checkout has it, else MNV2_COMMIT from the caller.
-if git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+# The commit measured: git's when the checkout has its .git (not a repository around a copy),
+# else MNV2_COMMIT from the caller, else "unknown".
+if [[ -e $ROOT/.git ]] && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
     MNV2_COMMIT=$(git -C "$ROOT" rev-parse --short=12 HEAD)
     [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no) ]] && MNV2_COMMIT+=-dirty
 fi
