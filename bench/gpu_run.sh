@@ -1,26 +1,58 @@
 #!/usr/bin/env bash
 # Everything a GPU check needs, in one command for a freshly started GPU machine without
-# network (torch, Triton, pytest and pytest-benchmark installed; nothing is pip-installed:
-# the package runs from this checkout through PYTHONPATH):
+# network (torch, Triton and pytest installed; pytest-benchmark, pytest-xdist, matplotlib and
+# compute-sanitizer used when there; nothing is pip-installed: the package runs from this
+# checkout through PYTHONPATH):
 #
-#   bash bench/gpu_run.sh OUT_DIR             GPU tests, compute-sanitizer, benchmarks, summary
-#   bash bench/gpu_run.sh --dry-run OUT_DIR   the same steps without a GPU: GPU tests skip, the
-#                                             sanitizer step only runs its no-GPU check, the
-#                                             benchmarks run in smoke mode (Triton's interpreter)
+#   bash bench/gpu_run.sh OUT_DIR             the GPU run
+#   bash bench/gpu_run.sh --dry-run OUT_DIR   the same steps without a GPU: benchmarks in smoke
+#                                             mode (Triton's interpreter), tests and sanitizer
+#                                             shards only collected or listed
 #
-# OUT_DIR gets gpu_run.log (everything printed), cold_start.json, bench.json, summary.json,
-# summary.md and summary.png.  The steps stop at the first failure, except that failed or cut-short
-# benchmarks are still summarised (they are too expensive to throw away) before the
-# script exits non-zero.
+# Steps, in this order.  None of them ends the run: each one's status (ok, failed with its
+# exit code, timed out, or skipped and why) and duration go to steps.jsonl, and from there
+# into summary.json and summary.md.
+#   environment     versions; facts.json (GPU, driver, torch, Triton, CUDA, commit, date)
+#   cold_start      first forward of the fused model, compilation included, into the run's own
+#                   empty Triton cache (later steps reuse what it compiled)
+#   headline        benchmarks, phase headline (bench/benchlib.py): the whole model at fp16,
+#                   batches 256 and 1, fused, fused_graph, eager_cl and eager_cl_folded, repeated
+#                   and interleaved; the 17 blocks at fp16 batch 256
+#   summary         what is measured so far
+#   tests           every test that can use a GPU: all of tests/ but the static check and the
+#                   packaging test (no GPU in them; CI runs them), with pytest-xdist over the
+#                   cores when it is installed, serially when not
+#   rest            benchmarks, phase rest: the rest of the matrix, torch.compile excepted
+#   compile         benchmarks, phase compile: torch.compile cases, each started only when its
+#                   expected time still fits
+#   sanitizer_warm  every shipped launch config once without instrumentation, in parallel
+#                   shards: numerics checked, Triton's cache filled for the sanitizer
+#   memcheck        compute-sanitizer memcheck over every shipped config, in parallel shards
+#   racecheck       compute-sanitizer racecheck over one config of each stencil staging
+#   initcheck       compute-sanitizer initcheck over the same two
+#   final_summary   everything, with every step's status
 #
-# Time: the whole run stays within MNV2_GPU_BUDGET_S (default 480 s).  Each step has its
-# own limit (MNV2_GPU_TESTS_S=150, MNV2_GPU_SANITIZE_S=120, MNV2_GPU_COLD_S=60,
-# MNV2_GPU_SUMMARY_S=30, which is
-# also kept back for the summary); the benchmarks get the rest, and stop starting new cases
-# MNV2_BENCH_MARGIN_S (default 40) before their limit, so that pytest-benchmark still writes
-# its JSON.  MNV2_BENCH_* variables choose what is measured (see bench/benchlib.py).
-# MNV2_GPU_SANITIZE=0 skips the sanitizer step, saying so (compute-sanitizer refuses the
-# GPU on some machines).  PYTHON picks the interpreter (default: the first python with torch).
+# OUT_DIR gets summary.json, summary.md, summary.png, gpu_run.log (everything printed) and
+# raw.tar.gz (facts.json, steps.jsonl, cold_start.json, each benchmark step's JSON and JSONL):
+# five files, easy to copy back from a remote machine.  MNV2_GPU_KEEP_RAW=1 keeps OUT_DIR/raw/.
+#
+# Time: one deadline, MNV2_GPU_BUDGET_S (default 540) seconds after the start.  A step's
+# limit is its share, cut to what is left once the later steps' minimum is kept back (the
+# sanitizer steps 90 s, the final summary MNV2_GPU_SUMMARY_S), so late steps shrink instead of
+# overrunning.  Shares: cold start 45 s (MNV2_GPU_COLD_S); the headline ends
+# MNV2_GPU_HEADLINE_BY_S (180) s into the run; summary MNV2_GPU_SUMMARY_S (25); tests
+# MNV2_GPU_TESTS_S (120); rest MNV2_GPU_REST_S (40); torch.compile whatever is left; sanitizer
+# warm-up 45, memcheck 90, racecheck 30, initcheck 30.  A step that overruns its limit gets
+# SIGTERM (a benchmark step then still writes its JSON), and SIGKILL MNV2_GPU_KILL_S (10) s
+# later; benchmark steps stop starting cases MNV2_BENCH_MARGIN_S (15) s before their limit.
+#
+# Other knobs: MNV2_GPU_STEPS=headline,tests,...  runs only those steps (the environment and
+# the summaries always run; "sanitizer" names its four steps); MNV2_GPU_SANITIZE=0 skips the
+# sanitizer steps, saying so; MNV2_GPU_WORKERS (default: the core count, at most 16) sets the
+# parallel test workers and warm-up shards, MNV2_GPU_MEMCHECK_SHARDS (8) the memcheck
+# processes; MNV2_COMMIT names the commit where the checkout has no .git; MNV2_BENCH_* choose
+# what is measured (bench/benchlib.py); PYTHON picks the interpreter (default: the first
+# python with torch).
 
 set -uo pipefail
 
@@ -32,54 +64,160 @@ if [[ $# -ne 1 || $1 == -* ]]; then
 fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$1" && OUT=$(cd "$1" && pwd)
+RAW="$OUT/raw"
+rm -rf "$RAW" "$OUT/raw.tar.gz" "$OUT"/summary.{json,md,png} && mkdir -p "$RAW"  # nothing stale
 cd "$ROOT" || exit 2
 
-BUDGET=${MNV2_GPU_BUDGET_S:-480}
-TESTS_S=${MNV2_GPU_TESTS_S:-150}
-SANITIZE_S=${MNV2_GPU_SANITIZE_S:-120}
-COLD_S=${MNV2_GPU_COLD_S:-60}
-SUMMARY_S=${MNV2_GPU_SUMMARY_S:-30}
-MARGIN_S=${MNV2_BENCH_MARGIN_S:-40}
-KILL_S=20  # after its limit a step gets SIGTERM, and SIGKILL this much later
-RESERVE=$((SUMMARY_S + KILL_S))  # kept back by every step for the summary
+BUDGET=${MNV2_GPU_BUDGET_S:-540}
+HEADLINE_BY=${MNV2_GPU_HEADLINE_BY_S:-180}
+COLD_S=${MNV2_GPU_COLD_S:-45}
+SUMMARY_S=${MNV2_GPU_SUMMARY_S:-25}
+TESTS_S=${MNV2_GPU_TESTS_S:-120}
+REST_S=${MNV2_GPU_REST_S:-40}
+KILL_S=${MNV2_GPU_KILL_S:-10}
+MARGIN_S=${MNV2_BENCH_MARGIN_S:-15}
+STEPS=${MNV2_GPU_STEPS:-all}
+MIN_STEP_S=10  # a step given less is skipped: Python and torch take seconds to start
+CORES=$(nproc 2>/dev/null || echo 4)
+WORKERS=${MNV2_GPU_WORKERS:-$((CORES < 16 ? CORES : 16))}
+MEMCHECK_SHARDS=${MNV2_GPU_MEMCHECK_SHARDS:-8}
+ORDER=(cold_start headline summary tests rest compile sanitizer_warm memcheck racecheck initcheck final_summary)
+declare -A CAP=([cold_start]=$COLD_S [summary]=$SUMMARY_S [tests]=$TESTS_S [rest]=$REST_S [compile]=$BUDGET
+                [sanitizer_warm]=45 [memcheck]=90 [racecheck]=30 [initcheck]=30 [final_summary]=$SUMMARY_S)
+declare -A FLOOR=([sanitizer_warm]=20 [memcheck]=40 [racecheck]=15 [initcheck]=15 [final_summary]=$SUMMARY_S)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 LOG="$OUT/gpu_run.log"
 : >"$LOG"
 exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
-trap 'exec >&- 2>&-; wait "$TEE_PID"' EXIT  # let tee finish the log before the script ends
+# The run's own Triton cache: the cold start compiles into an empty one, and every later
+# step (the tests' parallel workers too) reuses it.
+TRITON_CACHE_DIR=$(mktemp -d)
+export TRITON_CACHE_DIR
+# shellcheck disable=SC2064
+trap "rm -rf '$TRITON_CACHE_DIR'; exec >&- 2>&-; wait $TEE_PID" EXIT  # tee finishes the log first
 
 START=$SECONDS
+DEADLINE=$(($(date +%s) + BUDGET))
 used() { echo $((SECONDS - START)); }
-
 banner() { printf '\n==== %s  [%s s of %s s used] ====\n' "$1" "$(used)" "$BUDGET"; }
 
-die() {
-    printf '\n!!!! FAILED: %s  [%s s of %s s used]\n' "$1" "$(used)" "$BUDGET"
-    exit "${2:-1}"
+selected() {  # NAME: whether MNV2_GPU_STEPS asks for this step
+    local name=$1
+    [[ $name == sanitizer_warm || $name == memcheck || $name == racecheck || $name == initcheck ]] && name=sanitizer
+    [[ $STEPS == all || ,$STEPS, == *,$1,* || ,$STEPS, == *,$name,* ]]
 }
 
-# limit STEP_BUDGET RESERVE: seconds a step may take, within the total and leaving RESERVE.
-limit() {
-    local left=$((BUDGET - $(used) - $2 - KILL_S))
-    echo $(($1 < left ? $1 : left))
+kept_after() {  # NAME: seconds kept back for the selected steps after NAME
+    local after=0 sum=0 s
+    for s in "${ORDER[@]}"; do
+        if ((after)) && { [[ $s == final_summary ]] || selected "$s"; }; then
+            [[ ${MNV2_GPU_SANITIZE:-1} == 0 && $s =~ check|sanitizer ]] || sum=$((sum + ${FLOOR[$s]:-0}))
+        fi
+        [[ $s == "$1" ]] && after=1
+    done
+    echo "$sum"
 }
 
-# run LABEL LIMIT CMD...: run CMD under `timeout`, print its exit status and time taken.
-run() {
-    local label=$1 lim=$2 t=$SECONDS rc
-    shift 2
-    if ((lim < 10)); then
-        echo "no time left for $label"
-        return 124
+# ---------------------------------------------------------------- step bookkeeping
+STEP="" STEP_T0=0 STEP_LIMIT=0 FAILED=0
+
+record() {  # STATUS RC NOTE: one line of steps.jsonl for the current step
+    local note=${3//\\/\/}
+    note=${note//\"/\'}
+    printf '{"step": "%s", "status": "%s", "rc": %s, "seconds": %s, "limit_s": %s, "note": "%s"}\n' \
+        "$STEP" "$1" "${2:-null}" "$((SECONDS - STEP_T0))" "$STEP_LIMIT" "$note" >>"$RAW/steps.jsonl"
+    printf -- '---- %s: %s%s after %s s (limit %s s)%s\n' "$STEP" "$1" "${2:+ (exit $2)}" "$((SECONDS - STEP_T0))" \
+        "$STEP_LIMIT" "${3:+: $3}"
+}
+
+skip() { record skipped "" "$1"; }
+
+finish() {  # RC [NOTE]: record the current step's outcome from its exit status
+    local rc=$1 note=${2:-}
+    if ((rc == 0)); then
+        record ok "" "$note"
+    elif ((rc == 124 || rc == 137)); then
+        record "timed out" "$rc" "stopped by its limit (${STEP_LIMIT} s)${note:+; $note}"
+        FAILED=1
+    else
+        record failed "$rc" "$note"
+        FAILED=1
     fi
-    echo "limit ${lim} s: $*"
-    timeout -k "$KILL_S" "$lim" "$@"
+}
+
+begin() {  # NAME TITLE: banner and limit; false (the step recorded as skipped) when it does not run
+    STEP=$1 STEP_T0=$SECONDS STEP_LIMIT=0
+    banner "$1: $2"
+    if [[ $1 != *summary ]] && ! selected "$1"; then
+        skip "not selected (MNV2_GPU_STEPS=$STEPS)"
+        return 1
+    fi
+    local cap=${CAP[$1]:-$BUDGET}
+    [[ $1 == headline ]] && cap=$((HEADLINE_BY - $(used)))
+    local left=$((DEADLINE - $(date +%s) - $(kept_after "$1") - KILL_S))
+    STEP_LIMIT=$((cap < left ? cap : left))
+    if ((STEP_LIMIT < MIN_STEP_S)); then
+        skip "no time left (${STEP_LIMIT} s; the later steps keep $(kept_after "$1") s)"
+        return 1
+    fi
+}
+
+limited() {  # CMD...: run CMD under the current step's limit
+    echo "limit ${STEP_LIMIT} s: $*"
+    timeout -k "$KILL_S" "$STEP_LIMIT" "$@"
+}
+
+# shards N OUTPUT CMD...: CMD --shard I/N for every I in parallel, each under the step's
+# limit; their output goes to OUTPUT, then to the log.  Returns 124 when any timed out,
+# else the first non-zero exit status, else 0.
+shards() {
+    local n=$1 output=$2 i rc worst=0 pids=()
+    shift 2
+    echo "limit ${STEP_LIMIT} s, $n processes: $* --shard I/$n"
+    for ((i = 0; i < n; i++)); do
+        timeout -k "$KILL_S" "$STEP_LIMIT" "$@" --shard "$i/$n" >"$output.$i" 2>&1 &
+        pids+=($!)
+    done
+    : >"$output"
+    for ((i = 0; i < n; i++)); do
+        wait "${pids[i]}"
+        rc=$?
+        sed "s|^|[$i/$n] |" "$output.$i" >>"$output"
+        rm -f "$output.$i"
+        if ((rc == 124 || rc == 137)); then worst=124; elif ((rc != 0 && worst == 0)); then worst=$rc; fi
+    done
+    cat "$output"
+    return "$worst"
+}
+
+launch_total() {  # FILE: the launches a sanitize run (or its shards) covered, from their last lines
+    sed -nE 's/.*sanitize: ([0-9]+ of )?([0-9]+) launches (ok|selected).*/\2/p' "$1" | awk '{n += $1} END {print n + 0}'
+}
+
+bench_step() {  # PHASE: pytest bench in that phase; JSON and JSONL in raw/
+    local phase=$1 json="$RAW/bench-$1.json" margin rc
+    if ! "$PY" -c 'import pytest_benchmark' 2>/dev/null; then
+        skip "pytest-benchmark is not installed"
+        return
+    fi
+    margin=$((MARGIN_S < STEP_LIMIT / 4 ? MARGIN_S : STEP_LIMIT / 4))
+    limited env MNV2_BENCH_PHASE="$phase" MNV2_BENCH_DEADLINE=$(($(date +%s) + STEP_LIMIT - margin)) \
+        "$PY" -m pytest bench -q -p no:cacheprovider --benchmark-json="$json" \
+        --benchmark-columns=median,rounds --benchmark-sort=name
     rc=$?
-    ((rc == 124 || rc == 137)) && echo "$label: stopped by its time limit (${lim} s)"
-    echo "---- $label: exit $rc after $((SECONDS - t)) s"
-    return $rc
+    local measured skipped note
+    measured=$(grep -c '"extra_info"' "${json%.json}.jsonl" 2>/dev/null)
+    skipped=$(sed -nE 's/.*"skipped_for_time": ([1-9][0-9]*).*/\1/p' "${json%.json}.jsonl" 2>/dev/null | tail -n 1)
+    note="${measured:-0} cases measured${skipped:+, $skipped not started for lack of time}"
+    [[ -s $json ]] || note+="; no JSON written, the JSONL keeps them"
+    if ((rc == 5)); then skip "no case in this phase"; else finish "$rc" "$note"; fi
+}
+
+summary_step() {
+    limited "$PY" bench/summarize.py "$RAW/bench-headline.json" "$RAW/bench-rest.json" "$RAW/bench-compile.json" "$OUT"
+    finish $?
 }
 
 pick_python() {
@@ -95,91 +233,171 @@ pick_python() {
     return 1
 }
 
-# ---------------------------------------------------------------- 0. environment
-banner "0. environment ($( ((DRY_RUN)) && echo 'DRY RUN: smoke mode, no GPU needed' || echo 'GPU run'))"
-PY=$(pick_python) || die "no python with torch found (set PYTHON=/path/to/python)" 2
-echo "repo $ROOT, output $OUT, python $(command -v "$PY")"
-echo "budget: total ${BUDGET} s; tests ${TESTS_S} s, sanitizer ${SANITIZE_S} s, summary ${SUMMARY_S} s," \
-     "benchmarks the rest (new cases stop ${MARGIN_S} s before their limit)"
+# ---------------------------------------------------------------- environment
+STEP=environment STEP_T0=$SECONDS STEP_LIMIT=60
+banner "environment ($( ((DRY_RUN)) && echo 'DRY RUN: smoke mode, no GPU needed' || echo 'GPU run'))"
+if ! PY=$(pick_python); then
+    record failed 2 "no python with torch found (set PYTHON=/path/to/python)"
+    exit 2
+fi
+# The commit measured: git's when the checkout has its .git (not a repository around a copy),
+# else MNV2_COMMIT from the caller, else "unknown".
+if [[ -e $ROOT/.git ]] && git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+    MNV2_COMMIT=$(git -C "$ROOT" rev-parse --short=12 HEAD)
+    [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no) ]] && MNV2_COMMIT+=-dirty
+fi
+export MNV2_COMMIT=${MNV2_COMMIT:-unknown}
+echo "repo $ROOT, output $OUT, python $(command -v "$PY"), commit $MNV2_COMMIT, $CORES cores"
+echo "budget ${BUDGET} s, ends $(date -d "@$DEADLINE" '+%H:%M:%S' 2>/dev/null || echo "at +$BUDGET s"); steps: $STEPS"
 env | grep -E '^MNV2_' | sort
-"$PY" - <<'EOF' || die "the Python environment lacks what the steps need" 2
-import importlib, torch
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, device:",
-      torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
-for name in ("triton", "pytest", "pytest_benchmark", "matplotlib"):
-    try:
-        print(f"{name} {importlib.import_module(name).__version__}")
-    except ImportError:
-        if name == "matplotlib":
-            print("matplotlib missing: the summary will have no plot")
-        else:
-            raise SystemExit(f"{name} is not installed")
-EOF
 if ((DRY_RUN)); then
     export MNV2_BENCH_SMOKE=1
+elif ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    record failed 2 "no CUDA device here (use --dry-run on a machine without a GPU)"
+    exit 2
 else
-    "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' ||
-        die "no CUDA device here (use --dry-run on a machine without a GPU)" 2
     nvidia-smi -L 2>/dev/null
 fi
+limited "$PY" bench/facts.py "$RAW/facts.json"
+finish $?
 
-# ---------------------------------------------------------------- 1. GPU tests
-banner "1. GPU tests: pytest tests -m gpu"
-run "GPU tests" "$(limit "$TESTS_S" "$RESERVE")" "$PY" -m pytest tests -m gpu -x -q -p no:cacheprovider ||
-    die "GPU tests"
-
-# ---------------------------------------------------------------- 2. compute-sanitizer
-banner "2. compute-sanitizer memcheck: every shipped launch config once"
-SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
-if ((DRY_RUN)); then
-    echo "dry run: no GPU to sanitise; compute-sanitizer ${SANITIZER:-not found}. Checking that the runner"
-    echo "reports the missing device (exit 2) instead of passing:"
-    run "sanitizer (dry run)" "$(limit 60 "$RESERVE")" "$PY" -m mnv2_fast.tools.sanitize
-    rc=$?
-    ((rc == 2)) || die "python -m mnv2_fast.tools.sanitize without a GPU exited $rc, expected 2"
-    echo "ok: skipped for lack of a GPU, as it should be"
-elif [[ ${MNV2_GPU_SANITIZE:-1} == 0 ]]; then
-    echo "SKIPPED by request (MNV2_GPU_SANITIZE=0): this run has NO memcheck of the shipped launch configs"
-else
-    [[ -n $SANITIZER ]] || die "compute-sanitizer is not on PATH nor in /usr/local/cuda*/bin"
-    # Without PyTorch's caching allocator every tensor is its own allocation, so an access
-    # past a tensor's end lands outside any allocation, where memcheck sees it.
-    if ! run "sanitizer" "$(limit "$SANITIZE_S" "$RESERVE")" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-        "$SANITIZER" --tool memcheck --error-exitcode 1 "$PY" -m mnv2_fast.tools.sanitize; then
-        grep -q "Device not supported" "$LOG" &&
-            echo "compute-sanitizer cannot attach to this GPU here: use another machine, or MNV2_GPU_SANITIZE=0"
-        die "compute-sanitizer"
+# ---------------------------------------------------------------- cold start
+if begin cold_start "first forward with an empty Triton cache"; then
+    if ((DRY_RUN)); then
+        skip "dry run: no GPU, no cold start to time"
+    else
+        limited "$PY" bench/cold_start.py "$RAW/cold_start.json"
+        finish $?
     fi
 fi
 
-# ---------------------------------------------------------------- 2b. cold start
-banner "2b. cold start: first forward with an empty Triton cache"
-if ((DRY_RUN)); then
-    echo "dry run: no GPU, no cold start to time"
-else
-    cold_cache=$(mktemp -d)
-    run "cold start" "$(limit "$COLD_S" "$RESERVE")" env TRITON_CACHE_DIR="$cold_cache" "$PY" bench/cold_start.py \
-        "$OUT/cold_start.json" || echo "cold start not measured (the benchmarks still run)"
-    rm -rf "$cold_cache"
+# ---------------------------------------------------------------- headline benchmarks
+begin headline "benchmarks, phase headline (whole model fp16 at batches 256 and 1, then the 17 blocks)" &&
+    bench_step headline
+begin summary "bench/summarize.py (headline)" && summary_step
+
+# ---------------------------------------------------------------- tests
+if begin tests "every test that can use a GPU: pytest tests"; then
+    args=(tests -q -p no:cacheprovider --ignore=tests/test_static_resources.py --ignore=tests/test_packaging.py
+          --ignore=tests/test_gpu_run.py)
+    note=""
+    if "$PY" -c 'import xdist' 2>/dev/null; then
+        # test_gpu.py's large tensors stay on one worker (xdist_group), the rest spread out.
+        args+=(-n "$WORKERS" --dist loadgroup)
+        note="$WORKERS workers"
+    else
+        note="serially: pytest-xdist is not installed"
+    fi
+    if ((DRY_RUN)); then
+        args+=(--collect-only -qq)
+        note="dry run: collected only, $note"
+    fi
+    limited "$PY" -m pytest "${args[@]}" 2>&1 | tee "$RAW/tests.log"
+    rc=${PIPESTATUS[0]}
+    if ((DRY_RUN)); then
+        counts="$(awk -F': ' '/^tests\/.*: [0-9]+$/ {n += $2} END {print n + 0}' "$RAW/tests.log") tests"
+    else
+        counts=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected)' "$RAW/tests.log" | tail -n 1 | tr -d '=')
+    fi
+    finish "$rc" "$note${counts:+; $(echo $counts)}"
+    rm -f "$RAW/tests.log"
 fi
 
-# ---------------------------------------------------------------- 3. benchmarks
-banner "3. benchmarks: pytest bench"
-lim=$(limit "$BUDGET" "$RESERVE")
-export MNV2_BENCH_DEADLINE=$(($(date +%s) + lim - MARGIN_S))
-rm -f "$OUT/bench.json"
-run "benchmarks" "$lim" "$PY" -m pytest bench -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
-    --benchmark-columns=median,rounds --benchmark-sort=name
-bench_rc=$?
-if ((bench_rc != 0)); then
-    [[ -s $OUT/bench.json ]] || die "benchmarks (no bench.json written)" "$bench_rc"
-    echo "benchmarks failed or were cut short (exit $bench_rc): summarising what was measured"
+# ---------------------------------------------------------------- the rest, torch.compile last
+begin rest "benchmarks, phase rest (the matrix but torch.compile)" && bench_step rest
+if begin compile "benchmarks, phase compile (torch.compile, each when it still fits)"; then
+    need=$( ((DRY_RUN)) && echo 25 || echo 50)  # a block's compile (40 s) and pytest's start
+    if ((STEP_LIMIT < need)); then
+        skip "${STEP_LIMIT} s left: not enough for one torch.compile case (~${need} s)"
+    else
+        bench_step compile
+    fi
 fi
 
-# ---------------------------------------------------------------- 4. summary
-banner "4. summary: bench/summarize.py"
-run "summary" "$(limit "$SUMMARY_S" 0)" "$PY" bench/summarize.py "$OUT/bench.json" "$OUT" || die "summary"
+# ---------------------------------------------------------------- compute-sanitizer
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+# application-only: not the compiler processes Triton starts; a print limit keeps one bad
+# config from flooding the log.  Without PyTorch's caching allocator every tensor is its own
+# allocation, so an access past a tensor's end lands outside any allocation, where it shows.
+SANITIZE=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --target-processes application-only --print-limit 20
+          --error-exitcode 1)
+no_sanitizer_reason() {
+    if [[ ${MNV2_GPU_SANITIZE:-1} == 0 ]]; then
+        echo "MNV2_GPU_SANITIZE=0: this run has NO compute-sanitizer check"
+    elif ((!DRY_RUN)) && [[ -z $SANITIZER ]]; then
+        echo "compute-sanitizer is not on PATH nor in /usr/local/cuda*/bin"
+    fi
+}
+sanitizer_note() {  # LOG: what a failed sanitizer run says
+    grep -q "Device not supported" "$1" && echo "compute-sanitizer cannot attach to this GPU here"
+    grep -m 1 -E "ERROR SUMMARY: [1-9]|RACECHECK SUMMARY: [1-9]|Hazard" "$1"
+}
 
-((bench_rc == 0)) || die "benchmarks (exit $bench_rc; the summary covers what was measured)" "$bench_rc"
-banner "done in $(used) s of the ${BUDGET} s budget"
+if begin sanitizer_warm "every shipped launch config once, no instrumentation, $WORKERS processes"; then
+    if [[ ${MNV2_GPU_SANITIZE:-1} == 0 ]]; then
+        skip "$(no_sanitizer_reason)"
+    else
+        "$PY" -m mnv2_fast.tools.sanitize --list >"$RAW/sanitizer_list.log" 2>&1 &  # the whole list, meanwhile
+        list_pid=$!
+        if ((DRY_RUN)); then
+            shards "$WORKERS" "$RAW/sanitizer_warm.log" "$PY" -m mnv2_fast.tools.sanitize --list
+        else
+            shards "$WORKERS" "$RAW/sanitizer_warm.log" "$PY" -m mnv2_fast.tools.sanitize
+        fi
+        rc=$?
+        wait "$list_pid"
+        total=$(launch_total "$RAW/sanitizer_list.log")
+        covered=$(launch_total "$RAW/sanitizer_warm.log")
+        note="${covered:-0} of ${total:-?} launches in $WORKERS shards"
+        ((DRY_RUN)) && note="dry run: listed only, $note"
+        if ((rc == 0)) && [[ ${covered:-0} != "${total:-x}" ]]; then rc=1 note+=" (shards do not cover the list)"; fi
+        finish "$rc" "$note"
+        rm -f "$RAW/sanitizer_warm.log" "$RAW/sanitizer_list.log"
+    fi
+fi
+
+if begin memcheck "compute-sanitizer memcheck, every shipped launch config, $MEMCHECK_SHARDS processes"; then
+    if [[ -n $(no_sanitizer_reason) ]]; then
+        skip "$(no_sanitizer_reason)"
+    elif ((DRY_RUN)); then
+        # No GPU to sanitise: the runner must say so (exit 2) instead of passing.
+        limited "$PY" -m mnv2_fast.tools.sanitize
+        rc=$?
+        if ((rc == 2)); then
+            skip "dry run: no GPU (the runner exits 2 without one, as it should)"
+        else
+            finish $((rc == 0 ? 1 : rc)) "without a GPU the runner exited $rc, expected 2"
+        fi
+    else
+        shards "$MEMCHECK_SHARDS" "$RAW/memcheck.log" "${SANITIZE[@]}" --tool memcheck "$PY" -m mnv2_fast.tools.sanitize
+        rc=$?
+        finish "$rc" "$(launch_total "$RAW/memcheck.log") launches; $(sanitizer_note "$RAW/memcheck.log" | head -n 2 | tr '\n' ' ')"
+        rm -f "$RAW/memcheck.log"
+    fi
+fi
+
+for tool in racecheck initcheck; do
+    if begin "$tool" "compute-sanitizer $tool, one config of each stencil staging"; then
+        if [[ -n $(no_sanitizer_reason) ]]; then
+            skip "$(no_sanitizer_reason)"
+        elif ((DRY_RUN)); then
+            picked=$("$PY" -m mnv2_fast.tools.sanitize --list --one-per-staging | grep -v '^sanitize:' | cut -d: -f1 | paste -sd';' -)
+            skip "dry run: no GPU; would check ${picked:-nothing}"
+        else
+            limited "${SANITIZE[@]}" --tool "$tool" "$PY" -m mnv2_fast.tools.sanitize --one-per-staging 2>&1 |
+                tee "$RAW/$tool.log"
+            rc=${PIPESTATUS[0]}
+            finish "$rc" "$(launch_total "$RAW/$tool.log") launches; $(sanitizer_note "$RAW/$tool.log" | head -n 2 | tr '\n' ' ')"
+            rm -f "$RAW/$tool.log"
+        fi
+    fi
+done
+
+# ---------------------------------------------------------------- final summary
+begin final_summary "bench/summarize.py (everything, every step's status)" && summary_step
+
+# Few files at the top of OUT: the raw ones go into one archive.
+tar -czf "$OUT/raw.tar.gz" -C "$OUT" raw && [[ ${MNV2_GPU_KEEP_RAW:-0} == 0 ]] && rm -rf "$RAW"
+banner "done in $(used) s of the ${BUDGET} s budget$( ((FAILED)) && echo ': SOME STEPS FAILED OR TIMED OUT (see summary.md)')"
 ls -l "$OUT"
+exit "$FAILED"

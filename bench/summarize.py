@@ -1,9 +1,16 @@
-"""Summarise a pytest-benchmark JSON written by the bench/ suites.
+"""Summarise the pytest-benchmark JSON files written by the bench/ suites.
 
-    python bench/summarize.py BENCH_JSON OUT_DIR
+    python bench/summarize.py BENCH_JSON [BENCH_JSON ...] OUT_DIR
 
-writes OUT_DIR/summary.json (run facts and one record per measurement), OUT_DIR/summary.md
-(ratio tables) and OUT_DIR/summary.png (per-block bars, whole-model throughput).
+writes OUT_DIR/summary.json (run facts, the run's steps, one record per measurement),
+OUT_DIR/summary.md (steps and ratio tables) and OUT_DIR/summary.png (per-block bars,
+whole-model throughput).  A BENCH_JSON that is missing (its run was killed before pytest
+wrote it) is replaced by the JSONL beside it (same name, suffix .jsonl: one line per case
+that finished).  From the folder of the first BENCH_JSON it also reads, when present,
+facts.json (bench/facts.py), steps.jsonl (bench/gpu_run.sh) and cold_start.json.
+
+A headline case measured several times (interleaved repeats) becomes one record: the median
+of its repeats, which are kept in ms_repeats.
 
 The times are the suites' CUDA-event medians (extra_info["ms"]), not pytest-benchmark's own
 statistics, which time a synchronised call from the host.  A smoke run has no times: its
@@ -13,6 +20,7 @@ tables show dashes and its plot says so.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -20,6 +28,7 @@ from mnv2_fast.tools.providers import MODEL_PROVIDERS
 
 # What summary.json says about where it was measured (from mnv2_fast.tools.timing.run_facts()).
 FACT_KEYS = ("gpu", "sm_count", "driver", "cuda", "torch", "triton", "cudnn", "commit")
+STEP_KEYS = ("step", "status", "rc", "seconds", "limit_s", "note")
 BASELINES = ("eager_cl", "eager_cl_folded", "compile")
 DTYPE_ORDER = ("float16", "bfloat16", "float32")
 PLOT_BLOCKS_AT = ("float16", 256)
@@ -31,38 +40,118 @@ def color(provider: str) -> str:
     return f"C{MODEL_PROVIDERS.index(provider)}"
 
 
-def load(bench_json: Path) -> dict:
-    """The summary record of one run: facts, then `model` and `blocks` measurements."""
-    data = json.loads(Path(bench_json).read_text())
-    facts = data.get("machine_info", {}).get("mnv2_fast")
-    if facts is None:
-        raise SystemExit(f"error: {bench_json} has no machine_info.mnv2_fast: not written by the bench/ suites")
+def read_run(bench_json: Path) -> dict | None:
+    """{"machine_info", "datetime", "benchmarks", "source"} of one pytest session: its JSON,
+    else the JSONL beside it; None when neither exists."""
+    bench_json = Path(bench_json)
+    if bench_json.is_file():
+        data = json.loads(bench_json.read_text())
+        data["source"] = bench_json.name
+        return data
+    jsonl = bench_json.with_suffix(".jsonl")
+    if not jsonl.is_file():
+        return None
+    data = {"machine_info": {}, "datetime": None, "benchmarks": [], "source": jsonl.name + " (no JSON written)"}
+    for line in jsonl.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if "machine_info" in entry:
+            data["machine_info"], data["datetime"] = entry["machine_info"], entry.get("datetime")
+        elif "session" in entry:
+            data["machine_info"].setdefault("mnv2_fast", {})["skipped_for_time"] = entry["session"].get(
+                "skipped_for_time", 0)
+        elif "extra_info" in entry:
+            data["benchmarks"].append(entry)
+    return data
+
+
+def _record(e: dict) -> tuple[str, dict] | None:
+    """(kind, summary record) of one benchmark's extra_info."""
+    record = {"provider": e["provider"], "dtype": e["dtype"], "batch": e["batch"], "ms": e.get("ms"),
+              "cudnn_benchmark": e.get("cudnn_benchmark")}
+    if e.get("kind") == "model":
+        record.update(peak_mem_mb=e.get("peak_mem_mb"), first_call_s=e.get("first_call_s"),
+                      width=e.get("width"), resolution=e.get("resolution"))
+        return "model", record
+    if e.get("kind") == "block":
+        record = {"block": e["block"], **record}
+        record.update({k: e.get(k) for k in ("cin", "hidden", "cout", "stride", "size", "bytes", "flops",
+                                              "peak_mem_mb", "first_call_s", "staging")})
+        return "blocks", record
+    return None
+
+
+def merge_repeats(records: list[dict]) -> list[dict]:
+    """One record per case: repeats of a case (same block, provider, dtype, batch and
+    cudnn.benchmark) become the first of them with the median time, all times in ms_repeats."""
+    groups: dict = {}
+    for r in records:
+        key = (r.get("block"), r["provider"], r["dtype"], r["batch"], r.get("cudnn_benchmark"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for group in groups.values():
+        record = dict(group[0])
+        if len(group) > 1:
+            times = [r["ms"] for r in group if r.get("ms") is not None]
+            record["ms"] = statistics.median(times) if times else None
+            record["ms_repeats"] = times
+        record["repeats"] = len(group)
+        out.append(record)
+    return out
+
+
+def load(*bench_jsons: Path) -> dict:
+    """The summary record of one run: facts, steps, then `model` and `blocks` measurements,
+    from every bench JSON (or its JSONL) given, and the run files beside the first."""
+    folder = Path(bench_jsons[0]).parent
+    facts_file = folder / "facts.json"
+    facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
+    runs = [(Path(b).stem, read_run(b)) for b in bench_jsons]
+    bench_facts = [r["machine_info"].get("mnv2_fast") for _, r in runs if r and r["machine_info"].get("mnv2_fast")]
+    if not facts and not bench_facts and any(r for _, r in runs):
+        raise SystemExit(f"error: {bench_jsons[0]} has no machine_info.mnv2_fast: not written by the bench/ suites")
+    for f in reversed(bench_facts):  # the first session's facts win (its copy bandwidth: an idle GPU)
+        facts.update({k: v for k, v in f.items() if v is not None})
     summary = {key: facts.get(key) for key in FACT_KEYS}
+    datetimes = [r["datetime"] for _, r in runs if r and r.get("datetime")]
     summary.update(copy_gbps=facts.get("copy_gbps"), smoke=facts.get("smoke", False),
                    gpu_slug=facts.get("gpu_slug"), allow_tf32=facts.get("allow_tf32"), reps=facts.get("reps"),
-                   skipped_for_time=facts.get("skipped_for_time", 0), datetime=data.get("datetime"),
-                   model=[], blocks=[])
-    for bench in data.get("benchmarks", []):
-        e = bench.get("extra_info", {})
-        record = {"provider": e["provider"], "dtype": e["dtype"], "batch": e["batch"], "ms": e.get("ms")}
-        if e.get("kind") == "model":
-            record.update(peak_mem_mb=e.get("peak_mem_mb"), first_call_s=e.get("first_call_s"),
-                          width=e.get("width"), resolution=e.get("resolution"))
-            summary["model"].append(record)
-        elif e.get("kind") == "block":
-            record = {"block": e["block"], **record}
-            record.update({k: e.get(k) for k in ("cin", "hidden", "cout", "stride", "size", "bytes", "flops",
-                                                  "peak_mem_mb", "first_call_s", "staging")})
-            summary["blocks"].append(record)
+                   skipped_for_time=sum(f.get("skipped_for_time", 0) for f in bench_facts),
+                   datetime=datetimes[0] if datetimes else facts.get("date"),
+                   date=facts.get("date"), cudnn_benchmark=facts.get("cudnn_benchmark"),
+                   warmup_s=facts.get("warmup_s"), repeats=facts.get("repeats"),
+                   sources={name: (r["source"] if r else None) for name, r in runs},
+                   steps=read_steps(folder / "steps.jsonl"), model=[], blocks=[])
+    for _, run in runs:
+        for bench in (run or {}).get("benchmarks", []):
+            kind_record = _record(bench.get("extra_info", {}))
+            if kind_record:
+                summary[kind_record[0]].append(kind_record[1])
+    summary["model"] = merge_repeats(summary["model"])
+    summary["blocks"] = merge_repeats(summary["blocks"])
     return summary
 
 
+def read_steps(path: Path) -> list[dict]:
+    """The steps bench/gpu_run.sh ran so far, one JSON line each."""
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line))
+        except ValueError:
+            continue
+    return steps
+
+
 def ms_of(records: list[dict], **match) -> float | None:
-    """The time of the one record matching all of `match`, or None."""
-    for r in records:
-        if all(r.get(k) == v for k, v in match.items()):
-            return r.get("ms")
-    return None
+    """The best time of the records matching all of `match` (an eager baseline has one with
+    cudnn.benchmark off and one with it on: the faster counts), or None."""
+    times = [r["ms"] for r in records if all(r.get(k) == v for k, v in match.items()) and r.get("ms") is not None]
+    return min(times) if times else None
 
 
 def ratio(num: float | None, den: float | None) -> float | None:
@@ -104,6 +193,26 @@ def model_table(s: dict) -> list[str]:
     return table(header, rows)
 
 
+def cudnn_benchmark_table(s: dict) -> list[str]:
+    """The eager baselines with cuDNN's autotuning off and on (whole model)."""
+    m = s["model"]
+    rows = []
+    for dtype, batch in combos(m):
+        for provider in ("eager_cl", "eager_cl_folded"):
+            at = dict(provider=provider, dtype=dtype, batch=batch)
+            off, on = ms_of(m, cudnn_benchmark=False, **at), ms_of(m, cudnn_benchmark=True, **at)
+            if off is not None or on is not None:
+                rows.append([dtype, str(batch), provider, fmt(off), fmt(on), fmt(ratio(off, on), ".2f", "x")])
+    return table(["dtype", "batch", "baseline", "ms, benchmark off", "ms, benchmark on", "off / on"], rows) if rows else []
+
+
+def steps_table(s: dict) -> list[str]:
+    rows = [[str(st.get("step")), str(st.get("status")) + (f" (rc {st['rc']})" if st.get("status") == "failed" else ""),
+             fmt(st.get("seconds"), ".0f"), fmt(st.get("limit_s"), ".0f"), str(st.get("note") or "")]
+            for st in s.get("steps", [])]
+    return table(["step", "status", "seconds", "limit s", "note"], rows)
+
+
 def block_tables(s: dict) -> list[str]:
     blocks, copy = s["blocks"], s.get("copy_gbps")
     header = ["block", "cin→hidden→cout, stride", "input", "staging", "fused ms"]
@@ -133,18 +242,23 @@ def render_md(s: dict) -> str:
     timed = (f"Times: median of {s.get('reps')} CUDA-event timings of one call, inputs rotated through a pool "
              "larger than L2. ")
     lines = ["# MobileNetV2 fused-kernel benchmarks", ""]
+    if s.get("steps"):
+        lines += ["## Steps of this run (bench/gpu_run.sh)", "",
+                  "Every step before this summary; the summary's own status is in gpu_run.log.", ""]
+        lines += steps_table(s) + [""]
     if s.get("smoke"):
         lines += ["**Smoke run** (tiny sizes, Triton's interpreter on the CPU): the code paths ran, nothing was "
                   "timed, so every time below is a dash.", ""]
         timed = ""
     lines += [f"GPU {s.get('gpu')} ({s.get('sm_count')} SMs), driver {s.get('driver')}, CUDA {s.get('cuda')}; "
               f"torch {s.get('torch')}, Triton {s.get('triton')}, cuDNN {s.get('cudnn')}; commit {s.get('commit')}; "
-              f"TF32 for fp32 convolutions {tf32}.",
+              f"date {s.get('datetime') or s.get('date')}; TF32 for fp32 convolutions {tf32}.",
               f"Device-to-device copy bandwidth (read + write): {fmt(s.get('copy_gbps'), '.0f', ' GB/s')}.",
               "",
               timed + "Ratios: baseline ms / fused ms, so above 1x the fused kernels are faster. Providers: "
               "`fused` (Triton kernels), `fused_graph` (the same as one CUDA graph), `eager_cl` (cuDNN, "
-              "channels_last), `eager_cl_folded` (cuDNN with BN folded), `compile` (torch.compile); "
+              "channels_last), `eager_cl_folded` (cuDNN with BN folded), `compile` (torch.compile); the eager "
+              "baselines are timed with cudnn.benchmark off and on, and the faster counts; "
               "`other staging / fused` is the fused kernel in its non-default stencil staging (tap <-> gather): "
               "above 1x the default staging is the faster one."]
     if s.get("cold_start_s") is not None:
@@ -155,6 +269,15 @@ def render_md(s: dict) -> str:
     if s["model"]:
         r = s["model"][0]
         lines += ["", f"## Whole model (width {r.get('width')}, {r.get('resolution')} px)", ""] + model_table(s)
+        repeated = [r for r in s["model"] if r.get("ms_repeats") and len(r["ms_repeats"]) > 1]
+        if repeated:
+            spread = max(max(r["ms_repeats"]) / min(r["ms_repeats"]) for r in repeated)
+            lines += ["", f"Headline cases ran {max(r['repeats'] for r in repeated)} times, interleaved "
+                          f"(every provider once, then again); times are the median; the widest spread "
+                          f"between repeats of one case was {spread:.2f}x."]
+        cudnn = cudnn_benchmark_table(s)
+        if cudnn:
+            lines += ["", "### cuDNN autotuning (torch.backends.cudnn.benchmark)", ""] + cudnn
     if s["blocks"]:
         lines += ["", "## Blocks of MobileNetV2 1.0", "",
                   "GB/s: the fused floor's bytes (input and output once, weights once) per fused time; "
@@ -218,12 +341,19 @@ def results_folder_name(s: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) < 2:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
-    bench_json, out = Path(argv[0]), Path(argv[1])
-    s = load(bench_json)
-    cold = bench_json.with_name("cold_start.json")  # bench/cold_start.py, run by gpu_run.sh
+    bench_jsons, out = [Path(a) for a in argv[:-1]], Path(argv[-1])
+    s = load(*bench_jsons)
+    if not any(s["sources"].values()) and not s["steps"] and s.get("gpu") is None:
+        print(f"summarize: nothing to summarise: none of {', '.join(map(str, bench_jsons))} (nor their .jsonl) "
+              "exists, and no facts.json or steps.jsonl beside them", file=sys.stderr)
+        return 1
+    for name, source in s["sources"].items():
+        if source is None or not source.endswith(".json"):
+            print(f"summarize: {name}: {source or 'no results'}", file=sys.stderr)
+    cold = bench_jsons[0].with_name("cold_start.json")  # bench/cold_start.py, run by gpu_run.sh
     s["cold_start_s"] = json.loads(cold.read_text())["cold_start_s"] if cold.is_file() else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
@@ -232,6 +362,8 @@ def main(argv: list[str]) -> int:
     wrote = ["summary.json", "summary.md"] + (["summary.png"] if plot(s, out / "summary.png") else [])
     print(f"summarize: {len(s['model'])} model and {len(s['blocks'])} block measurements; wrote "
           f"{', '.join(str(out / w) for w in wrote)}")
+    if s["steps"]:
+        print("\n".join(steps_table(s)))
     if s["model"]:
         print("\n".join(model_table(s)))
     if not s.get("smoke"):

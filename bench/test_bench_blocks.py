@@ -1,7 +1,8 @@
 """The 17 inverted-residual blocks of MobileNetV2 1.0, each at its input size in a 224-px
 network: the fused kernel against cuDNN (channels_last, with and without BN folded) and
 torch.compile; and, as the experiment that picks the stencil staging per block, the fused
-kernel in its other staging (provider fused_alt, float16 batch 256).
+kernel in its other staging (provider fused_alt, float16 batch 256).  The eager baselines
+run with cudnn.benchmark off and on.
 
 Matrix: MNV2_BENCH_DTYPES x MNV2_BENCH_BATCHES x MNV2_BENCH_BLOCKS x providers (see
 benchlib).  torch.compile is measured at float16 batch 256 only: one compile per block is
@@ -45,13 +46,14 @@ def pytest_generate_tests(metafunc):
     s = benchlib.settings(metafunc.config)
     providers = [p for p in s.providers if p in BLOCK_PROVIDERS]
     params = [
-        pytest.param(block, provider, dtype, batch, id=f"b{block:02d}-{provider}-{dtype}-bs{batch}",
-                     marks=() if _measured(block, provider, dtype, batch, s.smoke) else benchlib.DESELECT)
+        pytest.param(block, provider, dtype, batch, cudnn_bm,
+                     id=f"b{block:02d}-" + benchlib.case_id(provider, dtype, batch, cudnn_bm),
+                     marks=benchlib.case_marks(s, _measured(block, provider, dtype, batch, s.smoke),
+                                               benchlib.phase_of(s, provider, dtype, batch, block)))
         for dtype in s.dtypes for batch in s.batches for block in s.blocks for provider in providers
+        for cudnn_bm in benchlib.cudnn_benchmark_modes(provider)
     ]
-    # Compiled cases last: each costs a compilation, so a run cut short by its deadline loses them first.
-    params.sort(key=lambda p: p.values[1] == "compile")
-    metafunc.parametrize("block,provider,dtype,batch", params)
+    metafunc.parametrize("block,provider,dtype,batch,cudnn_benchmark", params)
 
 
 def make_block(index: int) -> InvertedResidual:
@@ -62,7 +64,7 @@ def make_block(index: int) -> InvertedResidual:
     return randomize_bn(block, torch.Generator().manual_seed(index)).eval()
 
 
-def test_block(benchmark, settings, block, provider, dtype, batch):
+def test_block(benchmark, settings, block, provider, dtype, batch, cudnn_benchmark):
     spec = SPECS[block - 1]
     if settings.smoke:
         spec = spec.at(smoke_size(spec.h), smoke_size(spec.w))
@@ -70,8 +72,10 @@ def test_block(benchmark, settings, block, provider, dtype, batch):
     dt = getattr(torch, dtype)
     inputs = nhwc_input_pool((batch, spec.cin, size, size), dt, settings.device)
     module = make_block(block)
-    fn, first_s = first_call(lambda: make_block_provider(provider, module, batch, dt, settings.device), inputs[0])
-    info = benchlib.measure(benchmark, fn, inputs, settings)
+    with benchlib.cudnn_benchmark(cudnn_benchmark):
+        fn, first_s = first_call(lambda: make_block_provider(provider, module, batch, dt, settings.device),
+                                 inputs[0])
+        info = benchlib.measure(benchmark, fn, inputs, settings)
     if provider.startswith("fused"):
         default, alt = staging_configs(spec, dt.itemsize)
         info["staging"] = "gather" if (alt if provider == "fused_alt" else default).gather else "tap"

@@ -3,8 +3,10 @@ cuDNN (channels_last, with and without BN folded) and torch.compile.  Besides th
 records the peak memory of one call and the first call's time (compile or capture included).
 
 Matrix: MNV2_BENCH_DTYPES x MNV2_BENCH_BATCHES x providers (see benchlib), where
-fused_graph runs at batches 1 and 32 (a latency tool) and torch.compile at float16 batches
-1 and 256 and float32 batch 256 (its compile time is what the GPU budget allows).
+fused_graph runs at batches 1 and 32 (a latency tool), torch.compile at float16 batches
+1 and 256 and float32 batch 256 (its compile time is what the GPU budget allows), and the
+eager baselines with cudnn.benchmark off and on.  The headline cases (float16, batches 256
+and 1) run MNV2_BENCH_REPEATS times, interleaved; bench/summarize.py takes their median.
 Smoke: width 0.35 at 32 px, batch 1, providers fused, eager_cl and eager_cl_folded.
 """
 
@@ -37,12 +39,17 @@ def _measured(provider: str, dtype: str, batch: int, smoke: bool) -> bool:
 def pytest_generate_tests(metafunc):
     s = benchlib.settings(metafunc.config)
     providers = [p for p in s.providers if p in MODEL_PROVIDERS]
-    params = [
-        pytest.param(provider, dtype, batch, id=f"{provider}-{dtype}-bs{batch}",
-                     marks=() if _measured(provider, dtype, batch, s.smoke) else benchlib.DESELECT)
-        for dtype in s.dtypes for batch in s.batches for provider in providers
-    ]
-    metafunc.parametrize("provider,dtype,batch", params)
+    params = []
+    for dtype in s.dtypes:
+        for batch in s.batches:
+            for provider in providers:
+                phase = benchlib.phase_of(s, provider, dtype, batch)
+                marks = benchlib.case_marks(s, _measured(provider, dtype, batch, s.smoke), phase)
+                for repeat in range(s.repeats if phase == "headline" else 1):
+                    params += [pytest.param(provider, dtype, batch, cudnn_bm, repeat, marks=marks,
+                                            id=benchlib.case_id(provider, dtype, batch, cudnn_bm, repeat))
+                               for cudnn_bm in benchlib.cudnn_benchmark_modes(provider)]
+    metafunc.parametrize("provider,dtype,batch,cudnn_benchmark,repeat", params)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +61,12 @@ def model(settings):
     return randomize_bn(net, torch.Generator().manual_seed(0)).eval()
 
 
-def test_model(benchmark, settings, model, provider, dtype, batch):
+def test_model(benchmark, settings, model, provider, dtype, batch, cudnn_benchmark, repeat):
     resolution = SMOKE_RESOLUTION if settings.smoke else RESOLUTION
     dt = getattr(torch, dtype)
     inputs = nhwc_input_pool((batch, 3, resolution, resolution), dt, settings.device)
-    fn, first_s = first_call(lambda: make_model_provider(provider, model, batch, dt, settings.device), inputs[0])
-    info = benchlib.measure(benchmark, fn, inputs, settings)
+    with benchlib.cudnn_benchmark(cudnn_benchmark):
+        fn, first_s = first_call(lambda: make_model_provider(provider, model, batch, dt, settings.device), inputs[0])
+        info = benchlib.measure(benchmark, fn, inputs, settings)
     benchmark.extra_info.update(kind="model", provider=provider, dtype=dtype, batch=batch, width=model.width_mult,
-                                resolution=resolution, first_call_s=first_s, **info)
+                                resolution=resolution, first_call_s=first_s, repeat=repeat, **info)

@@ -17,6 +17,12 @@ import pytest  # noqa: E402
 from helpers import DEVICE  # noqa: E402,F401
 
 
+def pytest_configure(config):
+    # bench/gpu_run.sh runs the suite with pytest-xdist (--dist loadgroup), which defines this
+    # marker; without xdist it must still be known.
+    config.addinivalue_line("markers", "xdist_group(name): tests that share one xdist worker")
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
         return
@@ -34,9 +40,11 @@ def _seed(request):
     yield
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def strict_fp32():
-    """fp32 products in IEEE fp32 (no TF32), on the GPU as in the reference."""
+    """Every test: fp32 products in IEEE fp32 (no TF32), as the float64 reference and the fp32
+    tolerance assume.  PyTorch's default (cudnn.allow_tf32 = True), which the fused kernels
+    follow, would put every fp32 test on TF32 on a GPU; a test about TF32 switches it on itself."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield

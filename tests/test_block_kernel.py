@@ -119,7 +119,7 @@ def test_block_tilings(tiling, stride):
 
 # Large-batch configs for every block shape; the small-batch (<= 8) ones, which split tiles
 # and output channels finely (many programs: slow in the interpreter), for one block per
-# gather shape class.  On the GPU, mnv2_fast.sanitize runs every shipped config.
+# gather shape class.  On the GPU, mnv2_fast.tools.sanitize runs every shipped config.
 @pytest.mark.parametrize("index,batch_class", [(b.index, 256) for b in _unique_specs(1.0)]
                          + [(8, 1), (14, 1), (16, 1)])
 def test_default_gpu_configs_compute_the_block(index, batch_class):

@@ -3,6 +3,10 @@
 Meant to run under compute-sanitizer (bench/gpu_run.sh does):
 
     compute-sanitizer --tool memcheck python -m mnv2_fast.tools.sanitize
+    compute-sanitizer --tool racecheck python -m mnv2_fast.tools.sanitize --one-per-staging
+
+--shard I/N takes every N-th launch from the I-th, so N processes share the work (warming
+Triton's cache, or under the sanitizer); --list prints the selection and needs no GPU.
 
 Triton has generated out-of-bounds shared-memory reads for some configurations; memcheck
 reports those, and this exits non-zero when any launch fails or disagrees with PyTorch.
@@ -22,13 +26,33 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mnv2_fast.tools.sanitize", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--kind", action="append", choices=["block", "stem", "head", "linear"], help="only these kinds")
+    p.add_argument("--one-per-staging", action="store_true",
+                   help="only the first fp16 block config of each stencil staging (tap, gather)")
+    p.add_argument("--shard", default="0/1", metavar="I/N", help="every N-th launch, from the I-th (default 0/1)")
+    p.add_argument("--list", action="store_true", help="print the selected launches and exit (no GPU needed)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
+    index, _, count = args.shard.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        p.error(f"--shard {args.shard!r}: expected I/N with 0 <= I < N")
+    index, count = int(index), int(count)
+    if not args.list and not torch.cuda.is_available():
         print("sanitize: no CUDA device; nothing to check", file=sys.stderr)
         return 2
     from .inventory import run_once, shipped_launches
 
     launches = [launch for launch in shipped_launches() if not args.kind or launch.kind in args.kind]
+    if args.one_per_staging:
+        firsts: dict = {}
+        blocks = [b for b in launches if b.kind == "block" and b.dtype == torch.float16 and b.shape.has_expand]
+        for launch in sorted(blocks, key=lambda b: not b.label.startswith("w1.0 ")):  # width 1.0 first
+            firsts.setdefault(launch.config.gather, launch)
+        launches = [firsts[g] for g in sorted(firsts)]
+    launches = launches[index::count]
+    if args.list:
+        for launch in launches:
+            print(f"{launch.label} {str(launch.dtype)[6:]}: {launch.config}")
+        print(f"sanitize: {len(launches)} launches selected (shard {index}/{count})")
+        return 0
     failed = []
     t0 = time.time()
     for i, launch in enumerate(launches):

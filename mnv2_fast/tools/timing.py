@@ -55,12 +55,34 @@ def first_call(build: Callable[[], Callable], x: torch.Tensor) -> tuple[Callable
     return fn, time.perf_counter() - start
 
 
+def warm_up(fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor], *, calls: int = 1,
+            seconds: float = 0.0) -> int:
+    """Call fn at least `calls` times and for at least `seconds` of GPU time (clocks ramp up,
+    caches and autotuners settle); return the number of calls.  The calls go in batches
+    sized from the time of the last batch, so a fast kernel is not synchronised per call."""
+    done, batch, elapsed_ms = 0, max(1, calls), 0.0
+    while True:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(batch):
+            fn(inputs[done % len(inputs)])
+            done += 1
+        end.record()
+        end.synchronize()
+        batch_ms = start.elapsed_time(end)
+        elapsed_ms += batch_ms
+        left_ms = seconds * 1e3 - elapsed_ms
+        if done >= calls and left_ms <= 0:
+            return done
+        per_call = max(batch_ms / batch, 1e-3)
+        batch = max(1, min(int(left_ms / per_call) + 1, 4 * batch, 100_000), calls - done)
+
+
 def time_cuda(fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor], *, warmup: int = 10,
-              reps: int = 50) -> Timing:
-    """Median device time of fn(x) in ms, CUDA events around each call, inputs rotated."""
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    torch.cuda.synchronize()
+              reps: int = 50, warmup_s: float = 0.0) -> Timing:
+    """Median device time of fn(x) in ms, CUDA events around each call, inputs rotated, after
+    a warm-up of at least `warmup` calls and `warmup_s` seconds of GPU time."""
+    warm_up(fn, inputs, calls=warmup, seconds=warmup_s)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for i in range(reps):
@@ -92,9 +114,10 @@ def copy_bandwidth_gbps(nbytes: int = 1 << 30, reps: int = 20) -> float:
 
 
 def git_commit() -> str:
-    """The checkout's commit (or MNV2_FAST_COMMIT where the tree is not a git checkout)."""
-    if os.environ.get("MNV2_FAST_COMMIT"):
-        return os.environ["MNV2_FAST_COMMIT"]
+    """MNV2_COMMIT when set (bench/gpu_run.sh sets it: a copy of the tree on a GPU machine may
+    have no .git), else the checkout's commit, else "unknown"."""
+    if os.environ.get("MNV2_COMMIT"):
+        return os.environ["MNV2_COMMIT"]
     try:
         root = Path(__file__).resolve().parent  # anywhere inside the checkout
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -127,6 +150,7 @@ def run_facts() -> dict:
         "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none",
         "commit": git_commit(),
         "allow_tf32": torch.backends.cudnn.allow_tf32,  # fp32 convs and the fused kernels follow it
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,  # cuDNN's algorithm autotuning, off by default
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

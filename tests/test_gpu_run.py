@@ -1,0 +1,59 @@
+"""bench/gpu_run.sh when a benchmark step is stopped by its time limit in the middle of
+pytest-benchmark's rounds: the run goes on, the step is marked timed out, and the cases it
+finished before are in the summary, from pytest-benchmark's JSON or, when that was never
+written, from the JSONL the bench harness appends to after every case."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FINISHED = ["test_model[eager_cl-float16-bs1]", "test_model[eager_cl-float16-bs1-cudnn_benchmark]"]
+
+
+def _summarize():
+    spec = importlib.util.spec_from_file_location("summarize", ROOT / "bench" / "summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_step_killed_mid_round_is_summarised(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, MNV2_GPU_STEPS="headline", MNV2_GPU_KEEP_RAW="1",
+               MNV2_GPU_KILL_S="30", MNV2_BENCH_PROVIDERS="eager_cl,eager_cl_folded",  # the fast ones
+               PYTEST_ADDOPTS="-p kill_mid_round", MNV2_TEST_KILL_AFTER=str(len(FINISHED)),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "plugins"), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_run.sh"), "--dry-run", str(out)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    log = r.stdout + r.stderr
+    assert r.returncode == 1, log[-3000:]  # a step timed out; the run itself went to the end
+
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert steps["environment"]["status"] == "ok", steps
+    assert steps["headline"]["status"] == "timed out" and steps["headline"]["rc"] == 124, steps
+    assert steps["tests"]["status"] == "skipped" and "not selected" in steps["tests"]["note"], steps
+    assert [(m["provider"], m["cudnn_benchmark"]) for m in summary["model"]] == [("eager_cl", False),
+                                                                                ("eager_cl", True)]
+    assert "| headline | timed out |" in (out / "summary.md").read_text()
+    assert (out / "raw.tar.gz").is_file()
+
+    # pytest-benchmark wrote its JSON without the case cut short (no "min() arg is an empty sequence").
+    raw = out / "raw"
+    bench = json.loads((raw / "bench-headline.json").read_text())
+    assert [b["name"] for b in bench["benchmarks"]] == FINISHED
+    assert "dropped 1 unfinished measurement" in log
+
+    # Killed before any JSON is written (SIGKILL): the JSONL holds the same cases.
+    (raw / "bench-headline.json").unlink()
+    again = tmp_path / "again"
+    assert _summarize().main([str(raw / "bench-headline.json"), str(again)]) == 0
+    from_jsonl = json.loads((again / "summary.json").read_text())
+    assert from_jsonl["model"] == summary["model"]
+    assert from_jsonl["sources"]["bench-headline"] == "bench-headline.jsonl (no JSON written)"
+    assert from_jsonl["commit"] == summary["commit"]
+    assert from_jsonl["steps"][:len(summary["steps"])] == summary["steps"]  # and the final summary's own
