@@ -1,8 +1,9 @@
-"""What every launcher shares: input checks, the output buffer, the launch arguments; and
-the small Triton helpers the kernels share."""
+"""What every launcher shares: input checks, the output buffer, the launch arguments, the
+launch itself (on the input's device); and the small Triton helpers the kernels share."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -19,6 +20,7 @@ def interpreting(device: torch.device | None = None) -> bool:
     if device is not None and device.type != "cpu":
         return False
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
 
 
 def next_pow2(n: int) -> int:
@@ -50,7 +52,7 @@ def check_activation(name: str, x: torch.Tensor, layout: str = "NHWC") -> None:
                          f"got shape {tuple(x.shape)}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} has dtype {x.dtype}; supported: float16, bfloat16, float32")
-    if min(x.shape) < 1:
+    if min(x.shape[1:]) < 1:  # a batch of 0 is fine: an empty output, no launch (see `launch`)
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     if layout == "NHWC" and (x.stride(1) != 1 or not x.is_contiguous(memory_format=torch.channels_last)):
         raise ValueError(
@@ -111,6 +113,21 @@ def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> 
         raise ValueError("out must be in channels_last memory")
     if len(shape) == 2 and not out.is_contiguous():
         raise ValueError("out must be contiguous")
+
+
+def device_guard(device: torch.device):
+    """Make `device` the current CUDA device for a launch: Triton launches (and compiles for) the
+    current device, which need not be the input's (an input on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def launch(kernel, grid: tuple[int, ...], x: torch.Tensor, *args, **kwargs) -> None:
+    """kernel[grid](x, *args, **kwargs) on x's device, the one call every launcher ends with.
+    An empty grid (a batch of 0) launches nothing: the output is empty already."""
+    if 0 in grid:
+        return
+    with device_guard(x.device):
+        kernel[grid](x, *args, **kwargs)
 
 
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:

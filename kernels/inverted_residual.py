@@ -32,6 +32,7 @@ from ._common import (
     _relu6,
     check_activation,
     check_param,
+    launch,
     launch_args,
     next_pow2,
     output,
@@ -265,8 +266,8 @@ def inverted_residual(
     cfg.validate(shape)
     out = output(out, (n, cout, shape.ho, shape.wo), x)
     dummy = w_dw  # never read when HAS_EXPAND is off
-    _inverted_residual_kernel[shape.grid(cfg, n)](
-        x,
+    launch(
+        _inverted_residual_kernel, shape.grid(cfg, n), x,
         w_exp if has_expand else dummy,
         b_exp if has_expand else dummy,
         w_dw,

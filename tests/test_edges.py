@@ -1,0 +1,149 @@
+"""Hard edges a new user runs into: each bad input gets a clear error or the right (empty)
+result, never a silent wrong answer (issue 13; the table is in tests/README.md).  Numbered
+as the items of the issue."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import pytest
+import torch
+
+from helpers import DEVICE, INTERPRETER, nhwc
+from mnv2_fast.kernels import _common, head_pool, inverted_residual, linear, stem_conv
+
+
+def _block_args(cin=16, hidden=96, cout=16, dtype=torch.float32, device=DEVICE):
+    return dict(
+        w_exp=torch.randn(cin, hidden, device=device, dtype=dtype), b_exp=torch.randn(hidden, device=device),
+        w_dw=torch.randn(9, hidden, device=device), b_dw=torch.randn(hidden, device=device),
+        w_proj=torch.randn(hidden, cout, device=device, dtype=dtype), b_proj=torch.randn(cout, device=device),
+    )
+
+
+def _launches(n=1, dtype=torch.float32, device=DEVICE):
+    """One call of every launcher at batch n: (kernel module, kernel name, input, thunk, output shape)."""
+    x = nhwc(torch.randn(n, 16, 5, 5, device=device, dtype=dtype))
+    img = torch.randn(n, 3, 9, 9, device=device, dtype=dtype)
+    w27, w16 = torch.randn(27, 16, device=device, dtype=dtype), torch.randn(16, 32, device=device, dtype=dtype)
+    a, wl = torch.randn(n, 16, device=device, dtype=dtype), torch.randn(16, 8, device=device, dtype=dtype)
+    b16, b32, b8 = (torch.randn(c, device=device) for c in (16, 32, 8))
+    block = _block_args(dtype=dtype, device=device)
+    return [
+        ("inverted_residual", "_inverted_residual_kernel", x,
+         lambda: inverted_residual(x, **block, stride=1, residual=True), (n, 16, 5, 5)),
+        ("stem", "_stem_kernel", img, lambda: stem_conv(img, w27, b16), (n, 16, 5, 5)),
+        ("head", "_head_pool_kernel", x, lambda: head_pool(x, w16, b32), (n, 32)),
+        ("head", "_linear_kernel", a, lambda: linear(a, wl, b8), (n, 8)),
+    ]
+
+
+LAUNCHERS = [pytest.param(i, id=name) for i, name in enumerate(["block", "stem", "head_pool", "linear"])]
+
+
+# ---- 8. a batch of 0: the empty result, no kernel launched
+
+class _Kernel:
+    """Stands in for a @triton.jit kernel: records each launch and where it happened."""
+
+    def __init__(self, spy=None):
+        self.spy, self.launches = spy, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((grid, self.spy.inside if self.spy else None))
+
+
+@pytest.mark.parametrize("index", LAUNCHERS)
+def test_8_launchers_return_an_empty_batch_without_launching(index, monkeypatch):
+    module, kernel_name, x, call, shape = _launches(n=0)[index]
+    kernel = _Kernel()
+    monkeypatch.setattr(importlib.import_module(f"mnv2_fast.kernels.{module}"), kernel_name, kernel)
+    y = call()
+    assert tuple(y.shape) == shape and y.device == x.device and y.dtype == x.dtype
+    assert kernel.launches == [], "a kernel was launched for an empty batch"
+
+
+# ---- 12. every launch runs on the input's device, not on the current one
+
+class _GuardSpy:
+    """Stands in for `_common.device_guard` (wrapping `real`, if given): records each device
+    guarded, and whether the guard is entered now."""
+
+    def __init__(self, real=None):
+        self.real, self.devices, self.inside = real, [], False
+
+    def __call__(self, device):
+        self.devices.append(device)
+        return self._guard(self.real(device) if self.real else contextlib.nullcontext())
+
+    @contextlib.contextmanager
+    def _guard(self, inner):
+        with inner:
+            self.inside = True
+            try:
+                yield
+            finally:
+                self.inside = False
+
+
+@pytest.mark.parametrize("index", LAUNCHERS)
+def test_12_every_launcher_launches_inside_a_guard_for_the_input_device(index, monkeypatch):
+    spy = _GuardSpy()
+    monkeypatch.setattr(_common, "device_guard", spy)
+    module, kernel_name, x, call, _ = _launches()[index]
+    kernel = _Kernel(spy)
+    monkeypatch.setattr(importlib.import_module(f"mnv2_fast.kernels.{module}"), kernel_name, kernel)
+    call()
+    assert spy.devices == [x.device]
+    assert [inside for _, inside in kernel.launches] == [True], "the kernel was not launched inside the guard"
+
+
+def test_12_the_guard_makes_the_input_device_current(monkeypatch):
+    """With a mock of torch.cuda.device, no GPU needed: an input on cuda:1 enters cuda:1."""
+    entered = []
+
+    class FakeDevice:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.append("exit")
+
+    monkeypatch.setattr(torch.cuda, "device", FakeDevice)
+    with _common.device_guard(torch.device("cuda", 1)):
+        assert entered == [torch.device("cuda", 1)]
+    assert entered == [torch.device("cuda", 1), "exit"]
+    with _common.device_guard(torch.device("cpu")):  # nothing to switch for CPU tensors
+        pass
+    assert len(entered) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("index", LAUNCHERS)
+def test_12_gpu_launches_enter_the_input_device(index, monkeypatch):
+    spy = _GuardSpy(real=_common.device_guard)
+    monkeypatch.setattr(_common, "device_guard", spy)
+    *_, x, call, _ = _launches(device=torch.device("cuda", torch.cuda.device_count() - 1))[index]
+    call()
+    torch.cuda.synchronize()
+    assert spy.devices == [x.device]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_12_input_on_the_second_gpu_while_the_first_is_current():
+    from mnv2_fast.kernels import reference
+
+    second = torch.device("cuda", 1)
+    x = nhwc(torch.randn(2, 16, 7, 7, device=second))
+    args = _block_args(device=second)
+    with torch.cuda.device(0):
+        y = inverted_residual(x, **args, stride=1, residual=True)
+        torch.cuda.synchronize(second)
+    ref = reference.inverted_residual(*(t.double() for t in (x, *args.values())), stride=1, residual=True)
+    assert y.device == second
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-3)
