@@ -93,14 +93,38 @@ def check_weight(weight: torch.Tensor, bias: torch.Tensor, rows: int, like: torc
     return cols
 
 
-def output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """The launch's output: the caller's `out`, checked, or a new tensor of `like`'s dtype and
-    device (channels_last memory for rank 4)."""
+def output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor,
+           reads: tuple[torch.Tensor | None, ...] = ()) -> torch.Tensor:
+    """The launch's output: the caller's `out`, checked (it may not overlap `like` or the other
+    tensors the kernel `reads`), or a new tensor of `like`'s dtype and device (channels_last
+    memory for rank 4)."""
     if out is None:
         memory_format = torch.channels_last if len(shape) == 4 else torch.contiguous_format
         return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
     check_out(out, shape, like)
+    for t in (like, *reads):
+        if t is not None and overlaps(out, t):
+            what = "the input" if t is like else "a weight or bias"
+            raise ValueError(f"out overlaps {what} in memory: the kernel's programs would read what others"
+                             " have already overwritten (a race); pass a separate output tensor")
     return out
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) byte address `t`'s elements can occupy."""
+    low = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
+    high = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
+    size = t.element_size()
+    return t.data_ptr() + low * size, t.data_ptr() + (high + 1) * size
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share memory: same device and intersecting byte ranges.
+    Conservative: interleaved views that touch no common element still count."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
+    return a0 < b1 and b0 < a1
 
 
 def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> None:

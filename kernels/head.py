@@ -110,7 +110,7 @@ def head_pool(
     n, cin, h, w = x.shape
     cout = check_weight(weight, bias, cin, x)
     cfg = config or choose_head_config(cin, cout, h * w, x.device, x.dtype.itemsize)
-    out = output(out, (n, cout), x)
+    out = output(out, (n, cout), x, reads=(weight, bias))
     grid = (n, triton.cdiv(cout, cfg.block_n))
     launch(_head_pool_kernel, grid, x, weight, bias, out,
            **head_kernel_args(cin, cout, h * w, cfg, x.dtype, tf32(allow_tf32)))
@@ -136,7 +136,7 @@ def linear(
     m, k = a.shape
     nout = check_weight(weight, bias, k, a, "K, NOUT")
     cfg = config or choose_linear_config(m, k, nout, a.device)
-    out = output(out, (m, nout), a)
+    out = output(out, (m, nout), a, reads=(weight, bias))
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(nout, cfg.block_n))

@@ -82,7 +82,7 @@ def stem_conv(
     cout = check_weight(weight, bias, cin * 9, x, f"{cin}*9, COUT")
     cfg = config or choose_stem_config(cout, x.device)
     ho, wo = output_size(h, stride), output_size(w, stride)
-    out = output(out, (n, cout, ho, wo), x)
+    out = output(out, (n, cout, ho, wo), x, reads=(weight, bias))
     grid = (triton.cdiv(n * ho * wo, cfg.block_p), triton.cdiv(cout, cfg.block_co))
     launch(
         _stem_kernel, grid, x, weight, bias, out,

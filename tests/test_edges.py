@@ -147,3 +147,36 @@ def test_12_input_on_the_second_gpu_while_the_first_is_current():
     ref = reference.inverted_residual(*(t.double() for t in (x, *args.values())), stride=1, residual=True)
     assert y.device == second
     torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-3)
+
+
+# ---- 13. an `out` that overlaps what the kernel reads would race: refused
+
+def test_13_out_overlapping_the_input_or_a_weight_is_refused():
+    x = nhwc(torch.randn(2, 16, 5, 5, device=DEVICE))
+    args = _block_args()
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        inverted_residual(x, **args, stride=1, residual=True, out=x)
+    buf = torch.empty(3, 5, 5, 16, device=DEVICE)
+    inp, shifted = buf[:2].permute(0, 3, 1, 2), buf[1:].permute(0, 3, 1, 2)  # share image 1
+    inp.copy_(x)
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        inverted_residual(inp, **args, stride=1, residual=True, out=shifted)
+    a, w, b = torch.randn(4, 8, device=DEVICE), torch.randn(8, 8, device=DEVICE), torch.randn(8, device=DEVICE)
+    with pytest.raises(ValueError, match="out overlaps the input"):
+        linear(a, w, b, out=a)
+    with pytest.raises(ValueError, match="out overlaps a weight or bias"):
+        linear(a, w, b, out=w[:4])
+
+
+def test_13_separate_parts_of_one_buffer_are_fine():
+    buf = torch.empty(2, 16 * 5 * 5, device=DEVICE)
+    x = buf[0].view(1, 5, 5, 16).permute(0, 3, 1, 2)
+    out = buf[1].view(1, 5, 5, 16).permute(0, 3, 1, 2)
+    x.copy_(torch.randn(1, 16, 5, 5))
+    args = _block_args()
+    from mnv2_fast.kernels import reference
+
+    y = inverted_residual(x, **args, stride=1, residual=True, out=out)
+    assert y is out
+    torch.testing.assert_close(y, reference.inverted_residual(x, **args, stride=1, residual=True),
+                               rtol=1e-4, atol=1e-4)
