@@ -22,6 +22,13 @@ def interpreting(device: torch.device | None = None) -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# Triton's interpreter computes bf16 tl.dot wrongly (values off by ~1e11; Triton 3.6 and 3.8):
+# a bf16 launch there is refused rather than returned.
+BF16_INTERPRETER = (
+    "bfloat16 Triton kernels under Triton's interpreter (TRITON_INTERPRET=1, CPU tensors) are known to "
+    "compute wrong results; run bfloat16 on a GPU, use float16 or float32 here, or the 'torch' backend"
+)
+
 
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
@@ -62,6 +69,8 @@ def check_activation(name: str, x: torch.Tensor, layout: str = "NHWC") -> None:
     if layout == "MK" and not x.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
     check_device(name, x)
+    if x.dtype == torch.bfloat16 and interpreting(x.device):
+        raise RuntimeError(BF16_INTERPRETER)
 
 
 def check_param(name: str, t: torch.Tensor, shape: tuple[int, ...], device: torch.device, dtype=None) -> None:

@@ -42,6 +42,16 @@ def _launches(n=1, dtype=torch.float32, device=DEVICE):
 LAUNCHERS = [pytest.param(i, id=name) for i, name in enumerate(["block", "stem", "head_pool", "linear"])]
 
 
+# ---- 1. bf16 through Triton's interpreter computes wrong values: refused, with the reason
+
+@pytest.mark.skipif(not INTERPRETER, reason="the interpreter's bf16 refusal (CPU only)")
+@pytest.mark.parametrize("index", LAUNCHERS)
+def test_1_bf16_under_the_interpreter_is_refused_by_every_launcher(index):
+    *_, call, _ = _launches(dtype=torch.bfloat16)[index]
+    with pytest.raises(RuntimeError, match="bfloat16 .*interpreter.* known to compute wrong results"):
+        call()
+
+
 # ---- 8. a batch of 0: the empty result, no kernel launched
 
 class _Kernel:
