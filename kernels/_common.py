@@ -22,6 +22,31 @@ def interpreting(device: torch.device | None = None) -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def triton_interpreting() -> bool:
+    """Whether Triton's own library kernels (tl.cdiv, tl.sum, ...) run through its interpreter:
+    fixed when triton was imported, as ours are when this package is."""
+    import triton.language.standard as standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(standard.cdiv, InterpretedFunction)
+
+
+def check_interpreter_switch() -> None:
+    """Refuse kernels decorated one way (TRITON_INTERPRET now) on a Triton imported the other
+    way: every launch would fail deep in Triton ("Cannot call @triton.jit'd outside of the
+    scope of a kernel")."""
+    ours, theirs = interpreting(), triton_interpreting()
+    if ours and not theirs:
+        raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported (torchvision imports it), so "
+                           "Triton's interpreter cannot run the kernels: set TRITON_INTERPRET=1 before importing "
+                           "torch/torchvision/triton (e.g. in the shell: TRITON_INTERPRET=1 python ...)")
+    if theirs and not ours:
+        raise RuntimeError("TRITON_INTERPRET was unset after triton was imported with it on, so the kernels "
+                           "cannot be compiled: set or unset TRITON_INTERPRET before importing torch/torchvision/triton")
+
+
+check_interpreter_switch()  # when the kernels are imported, before any is decorated
+
 # Triton's interpreter computes bf16 tl.dot wrongly (values off by ~1e11; Triton 3.6 and 3.8):
 # a bf16 launch there is refused rather than returned.
 BF16_INTERPRETER = (

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -190,3 +193,40 @@ def test_13_separate_parts_of_one_buffer_are_fine():
     assert y is out
     torch.testing.assert_close(y, reference.inverted_residual(x, **args, stride=1, residual=True),
                                rtol=1e-4, atol=1e-4)
+
+
+# ---- 4. TRITON_INTERPRET=1 set after triton was imported: named, not a failure deep in Triton
+
+LATE_SWITCH = """
+import os, sys
+import torch, triton  # as `import torchvision` does
+os.environ["TRITON_INTERPRET"] = "1"
+from mnv2_fast.tools.interpreter import use_interpreter
+try:
+    use_interpreter()
+except RuntimeError as err:
+    print("use_interpreter:", err)
+import mnv2_fast
+block = mnv2_fast.model.InvertedResidual(8, 8, 1, 6).eval()
+try:
+    mnv2_fast.fuse_block(block, backend="triton")(torch.randn(1, 8, 4, 4))
+except RuntimeError as err:
+    print("fuse_block:", err)
+"""
+
+
+def test_4_interpreter_switched_on_after_triton_was_imported_is_named():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", LATE_SWITCH], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hint = "set TRITON_INTERPRET=1 before importing torch/torchvision/triton"
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("use_interpreter:") and hint in lines[0], r.stdout
+    assert lines[1].startswith("fuse_block:") and hint in lines[1], r.stdout
+
+
+def test_4_the_package_docstring_no_longer_calls_a_late_switch_safe():
+    import mnv2_fast
+
+    assert "can still be set after" not in mnv2_fast.__doc__
+    assert "before importing torch/torchvision/triton" in mnv2_fast.__doc__
