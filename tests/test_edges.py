@@ -13,7 +13,9 @@ import sys
 import pytest
 import torch
 
-from helpers import DEVICE, INTERPRETER, nhwc
+import mnv2_fast
+from helpers import DEVICE, INTERPRETER, make_block, nhwc, randomize_bn
+from mnv2_fast import fuse_block, optimize
 from mnv2_fast.kernels import _common, head_pool, inverted_residual, linear, stem_conv
 
 
@@ -230,3 +232,87 @@ def test_4_the_package_docstring_no_longer_calls_a_late_switch_safe():
 
     assert "can still be set after" not in mnv2_fast.__doc__
     assert "before importing torch/torchvision/triton" in mnv2_fast.__doc__
+
+
+# ---- module and model level
+
+def _small(k=10):
+    return randomize_bn(mnv2_fast.mobilenet_v2(width_mult=0.35, num_classes=k)).eval()
+
+
+# ---- 2. train() after optimize(): an error in forward, not dropout coming back
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_2_forward_in_training_mode_raises(backend):
+    fast = optimize(_small(), backend=backend).to(DEVICE)
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    fast.train()
+    with pytest.raises(RuntimeError, match=r"FusedStem is in training mode .*inference only.*call \.eval\(\)"):
+        fast(x)
+    block = fuse_block(make_block(16, 16, 1, 6), backend=backend).to(DEVICE)
+    assert not block.training  # built in eval mode
+    with pytest.raises(RuntimeError, match="training mode"):
+        block.train()(torch.randn(1, 16, 4, 4, device=DEVICE))
+    with torch.no_grad():
+        assert torch.equal(fast.eval()(x), fast(x))
+
+
+# ---- 3. autograd: refused on both backends alike, at no cost under no_grad
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_3_inference_only_when_grad_is_wanted(backend):
+    fused = fuse_block(make_block(16, 24, 2, 6), backend=backend).to(DEVICE)
+    x = torch.randn(1, 16, 6, 6, device=DEVICE)
+    y = fused(x)  # grad mode on, nothing requires grad: fine
+    assert not y.requires_grad
+    msg = r"inference only: wrap the call in torch.no_grad\(\) or torch.inference_mode\(\)"
+    with pytest.raises(RuntimeError, match=msg):
+        fused(x.clone().requires_grad_())
+    with torch.no_grad():
+        assert torch.equal(fused(x.clone().requires_grad_()), y)
+    with torch.inference_mode():
+        assert torch.equal(fused(x), y)
+    fused.w_dw.requires_grad_()
+    with pytest.raises(RuntimeError, match=msg):
+        fused(x)
+    with pytest.raises(RuntimeError, match=msg):  # the whole model: the stem sees the input first
+        optimize(_small(), backend=backend).to(DEVICE)(torch.randn(1, 3, 32, 32, device=DEVICE, requires_grad=True))
+
+
+# ---- 8. a batch of 0: the empty result, as torchvision gives, with no kernel launched
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
+def test_8_empty_batch_gives_an_empty_result(backend, monkeypatch):
+    def no_launch(device):
+        raise AssertionError("a kernel was launched for an empty batch")
+
+    monkeypatch.setattr(_common, "device_guard", no_launch)
+    model = _small(k=7)
+    x = torch.randn(0, 3, 32, 32, device=DEVICE)
+    y = optimize(model, backend=backend).to(DEVICE)(x)
+    assert y.shape == (0, 7) and y.shape == model.to(DEVICE)(x).shape
+    block = fuse_block(make_block(16, 24, 2, 6), backend=backend).to(DEVICE)
+    assert block(torch.randn(0, 16, 9, 9, device=DEVICE)).shape == (0, 24, 5, 5)
+    with pytest.raises(ValueError, match="empty input"):
+        optimize(model, backend=backend).to(DEVICE)(torch.randn(1, 3, 0, 32, device=DEVICE))
+
+
+# ---- 14. load_state_dict of unfused weights into a fused model: one line that says what to do
+
+def test_14_unfused_state_dict_into_a_fused_model_says_load_before_optimize():
+    tv = pytest.importorskip("torchvision")
+    fast = optimize(_small())
+    unfused = tv.models.mobilenet_v2(width_mult=0.35, num_classes=10).state_dict()
+    with pytest.raises(RuntimeError, match=r"features\.0 is a fused FusedStem.*Load weights before optimize\(\)") as err:
+        fast.load_state_dict(unfused)
+    assert len(str(err.value)) < 500 and "\n" not in str(err.value)
+    with pytest.raises(RuntimeError, match="Load weights before optimize"):
+        fast.load_state_dict(unfused, strict=False)  # would leave the fused weights as they were
+    block = fuse_block(make_block(16, 16, 1, 6))
+    with pytest.raises(RuntimeError, match=r"FusedInvertedResidual is a fused .*conv\.0\.0\.weight"):
+        block.load_state_dict(make_block(16, 16, 1, 6).state_dict())
+    other = optimize(_small())  # a fused model's own state_dict loads
+    other.load_state_dict(fast.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(other(x), fast(x))
