@@ -15,8 +15,9 @@ import torch
 
 import mnv2_fast
 from helpers import DEVICE, INTERPRETER, make_block, nhwc, randomize_bn
-from mnv2_fast import fuse_block, optimize
+from mnv2_fast import CUDAGraphRunner, fuse_block, fusion_report, optimize
 from mnv2_fast.kernels import _common, head_pool, inverted_residual, linear, stem_conv
+from mnv2_fast.optimize import FusionEntry
 
 
 def _block_args(cin=16, hidden=96, cout=16, dtype=torch.float32, device=DEVICE):
@@ -279,6 +280,19 @@ def test_3_inference_only_when_grad_is_wanted(backend):
         optimize(_small(), backend=backend).to(DEVICE)(torch.randn(1, 3, 32, 32, device=DEVICE, requires_grad=True))
 
 
+# ---- 7. optimize() on an optimized model
+
+def test_7_optimizing_twice_is_an_error():
+    fast = optimize(_small())
+    for backend in ("auto", "triton"):
+        with pytest.raises(ValueError, match=r"already optimized: it holds fused modules \(features\.0 \(FusedStem\)"):
+            optimize(fast, backend=backend)
+    with pytest.raises(ValueError, match="already optimized"):
+        optimize(CUDAGraphRunner(fast))
+    with pytest.raises(ValueError, match=r"already optimized.*FusedInvertedResidual"):
+        optimize(torch.nn.Sequential(fuse_block(make_block(16, 16, 1, 6))))
+
+
 # ---- 8. a batch of 0: the empty result, as torchvision gives, with no kernel launched
 
 @pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
@@ -295,6 +309,48 @@ def test_8_empty_batch_gives_an_empty_result(backend, monkeypatch):
     assert block(torch.randn(0, 16, 9, 9, device=DEVICE)).shape == (0, 24, 5, 5)
     with pytest.raises(ValueError, match="empty input"):
         optimize(model, backend=backend).to(DEVICE)(torch.randn(1, 3, 0, 32, device=DEVICE))
+
+
+# ---- 9. a model with other kinds of blocks: which ones, and that they are not supported yet
+
+def test_9_other_block_types_are_named():
+    tv = pytest.importorskip("torchvision")
+    with pytest.raises(ValueError, match=r"no MobileNetV2 InvertedResidual blocks .* it has 11 x "
+                                         r"torchvision\.models\.mobilenetv3\.InvertedResidual.*not supported yet"):
+        optimize(tv.models.mobilenet_v3_small().eval())
+    with pytest.raises(ValueError, match="contains no InvertedResidual blocks: nothing to fuse"):
+        optimize(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)).eval())
+
+
+# ---- 10. the report says what runs: kernels or folded PyTorch, and dropout as nothing
+
+def test_10_report_says_what_runs():
+    model = _small()
+    auto = optimize(model)  # weights on the CPU: folded PyTorch runs
+    report = fusion_report(auto)
+    fused = [e for e in report.entries if e.fused]
+    assert len(fused) == 20 and all(e.detail.startswith("folded PyTorch ops on cpu") for e in fused), fused
+    assert "one Triton kernel on CUDA, folded PyTorch ops elsewhere" in auto.fusion_report.entries[0].detail
+    dropout = [e for e in report.entries if e.name == "classifier.0"]
+    assert dropout == [FusionEntry("classifier.0", "identity", False, "Dropout: nothing runs (the identity in eval mode)")]
+    assert "20 of 20 parts fused" in str(report) and not report.not_fused
+    assert all(e.detail.startswith("folded PyTorch ops:") for e in fusion_report(optimize(model, backend="torch")).fused)
+    assert all(e.detail.startswith("one Triton kernel:") for e in fusion_report(optimize(model, backend="triton")).fused)
+    assert "folded PyTorch ops on cpu" in repr(auto.features[1])
+
+
+@pytest.mark.gpu
+def test_10_report_after_cuda_says_kernels():
+    fast = optimize(_small()).cuda()
+    assert all(e.detail.startswith("one Triton kernel:") for e in fusion_report(fast).fused)
+
+
+# ---- 11. cuda_graph=True without CUDA: refused by optimize(), not at the first forward
+
+def test_11_cuda_graph_without_cuda_fails_in_optimize(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"cuda_graph=True needs CUDA"):
+        optimize(_small(), cuda_graph=True)
 
 
 # ---- 14. load_state_dict of unfused weights into a fused model: one line that says what to do
