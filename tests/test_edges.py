@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from helpers import DEVICE, INTERPRETER, make_block, nhwc, randomize_bn
 from mnv2_fast import CUDAGraphRunner, fuse_block, fusion_report, optimize
 from mnv2_fast.kernels import _common, head_pool, inverted_residual, linear, stem_conv
 from mnv2_fast.optimize import FusionEntry
+from mnv2_fast.tools import cli
 
 
 def _block_args(cin=16, hidden=96, cout=16, dtype=torch.float32, device=DEVICE):
@@ -372,3 +375,93 @@ def test_14_unfused_state_dict_into_a_fused_model_says_load_before_optimize():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(other(x), fast(x))
+
+
+# ---- the command line (CPU: the interpreter path)
+
+cpu_cli = pytest.mark.skipif(DEVICE.type != "cpu", reason="the CLI without a GPU")
+
+
+@cpu_cli
+@pytest.mark.parametrize("argv", [["check", "--dtype", "bfloat16"], ["bench", "--dtype", "bfloat16"]])
+def test_1_cli_refuses_bf16_without_a_gpu_and_says_why(argv):
+    with pytest.raises(SystemExit, match="bfloat16 needs a GPU: .*Triton's interpreter, which computes bfloat16 wrongly"):
+        cli.main(argv)
+
+
+@cpu_cli
+def test_1_cli_bf16_with_the_torch_backend_runs(capsys):
+    assert cli.main(["check", "--dtype", "bfloat16", "--backend", "torch", "--width", "0.35", "--resolution", "32"]) == 0
+    assert "21 of 21 parts agree" in capsys.readouterr().out
+
+
+@cpu_cli
+def test_5_unreadable_weights_files_get_one_clear_message(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("not a weights file\n")
+    (tmp_path / "words.pth").write_text("hello\n")
+    torch.save(tv.models.mobilenet_v2(width_mult=0.35), tmp_path / "model.pth")  # a whole model, pickled
+    expected = r"expected a state_dict: a dict of tensors saved with torch\.save\(model\.state_dict\(\), path\)"
+    for name, what in [("empty", "is empty"), ("text", "is not a file torch.save wrote"),
+                       ("words", "is not a file torch.save wrote"),
+                       ("model", r"holds pickled Python objects.*a whole model saved with torch\.save\(model\)")]:
+        with pytest.raises(SystemExit, match=f"{what}.*{expected}") as err:
+            cli.main(["check", "--width", "0.35", "--weights", str(tmp_path / f"{name}.pth")])
+        message = str(err.value)
+        assert "\n" not in message and "\x1b[" not in message and "weights_only=False" not in message, message
+
+
+@cpu_cli
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--width", "0"], "argument --width: must be a positive number"),
+    (["bench", "--width", "-1"], "argument --width: must be a positive number"),
+    (["check", "--width", "nan"], "argument --width: must be a positive number"),
+    (["check", "--classes", "0"], "argument --classes: must be at least 1"),
+    (["check", "--resolution", "0"], "argument --resolution: must be at least 1"),
+    (["bench", "--reps", "0"], "argument --reps: must be at least 1"),
+    (["bench", "--providers", "fused,fast"], r"argument --providers: unknown providers \['fast'\]"),
+    (["tune", "--reps", "0"], "argument --reps: must be at least 1"),
+])
+def test_6_bad_arguments_are_refused_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.main(argv)
+    assert err.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@cpu_cli
+def test_6_unwritable_out_is_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as err:
+        cli.main(["bench", "--out", str(blocker / "results")])
+    assert err.value.code == 2 and "is not a writable folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "--out", str(tmp_path)])  # a folder where the table file goes
+    assert "is a folder, not a file" in capsys.readouterr().err
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # the check passed, the folder still cannot be made
+    assert cli.main(["bench", "--out", str(tmp_path / "new"), "--width", "0.35"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mnv2-fast bench: error: [Errno 13] Permission denied") and err.count("\n") == 1, err
+
+
+@cpu_cli
+def test_6_value_errors_past_the_parser_are_one_line_with_exit_code_2(capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("something about\nthe input")
+
+    monkeypatch.setattr(cli, "build_model", broken)
+    assert cli.main(["check", "--width", "0.35"]) == 2
+    assert capsys.readouterr().err == "mnv2-fast check: error: something about the input\n"
+
+
+@cpu_cli
+def test_10_check_with_the_torch_backend_says_folded_pytorch(capsys):
+    assert cli.main(["check", "--backend", "torch", "--width", "0.35", "--resolution", "32"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("backend torch, on CPU, folded PyTorch ops") and "interpreter" not in header, header
