@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import mnv2_fast
-from helpers import DEVICE, INTERPRETER, make_block, nhwc, randomize_bn
+from helpers import DEVICE, INTERPRETER, MODEL_TOLERANCE_FACTOR, assert_close, make_block, nhwc, randomize_bn, reference64
 from mnv2_fast import CUDAGraphRunner, fuse_block, fusion_report, optimize
 from mnv2_fast.kernels import _common, head_pool, inverted_residual, linear, stem_conv
 from mnv2_fast.optimize import FusionEntry
@@ -239,6 +239,17 @@ def test_4_the_package_docstring_no_longer_calls_a_late_switch_safe():
 
 
 # ---- module and model level
+
+@pytest.mark.skipif(not INTERPRETER, reason="the interpreter's bf16 refusal (CPU only)")
+def test_1_bf16_model_on_the_interpreter_is_refused_and_auto_runs_pytorch():
+    model = _small()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="known to compute wrong results"):
+        optimize(model, backend="triton").to(dtype=torch.bfloat16)(x)
+    with torch.no_grad():  # "auto" runs CPU tensors as folded PyTorch: right, bf16 included
+        y = optimize(model).to(dtype=torch.bfloat16)(x)
+    assert_close(y, reference64(model, x), torch.bfloat16, "auto bf16", factor=MODEL_TOLERANCE_FACTOR)
+
 
 def _small(k=10):
     return randomize_bn(mnv2_fast.mobilenet_v2(width_mult=0.35, num_classes=k)).eval()
