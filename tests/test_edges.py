@@ -425,14 +425,14 @@ def test_5_unreadable_weights_files_get_one_clear_message(tmp_path):
 
 @cpu_cli
 @pytest.mark.parametrize("argv,message", [
-    (["bench", "--width", "0"], "argument --width: must be a positive number"),
-    (["bench", "--width", "-1"], "argument --width: must be a positive number"),
-    (["check", "--width", "nan"], "argument --width: must be a positive number"),
-    (["check", "--classes", "0"], "argument --classes: must be at least 1"),
-    (["check", "--resolution", "0"], "argument --resolution: must be at least 1"),
-    (["bench", "--reps", "0"], "argument --reps: must be at least 1"),
+    (["bench", "--width", "0"], "argument --width: must be positive"),
+    (["bench", "--width", "-1"], "argument --width: must be positive"),
+    (["check", "--width", "nan"], "argument --width: must be positive"),
+    (["check", "--classes", "0"], "argument --classes: must be positive"),
+    (["check", "--resolution", "0"], "argument --resolution: must be positive"),
+    (["bench", "--reps", "0"], "argument --reps: must be positive"),
     (["bench", "--providers", "fused,fast"], r"argument --providers: unknown providers \['fast'\]"),
-    (["tune", "--reps", "0"], "argument --reps: must be at least 1"),
+    (["tune", "--reps", "0"], "argument --reps: must be positive"),
 ])
 def test_6_bad_arguments_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as err:

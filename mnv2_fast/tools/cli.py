@@ -43,24 +43,19 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _positive(kind: type):
+    """An argparse type: a positive (finite) int or float."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
 
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    return parse
 
 
 def _providers(text: str) -> str:
@@ -101,19 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_opts(sp, batch_help):
-        sp.add_argument("--width", type=_positive_float, default=1.0, help="width multiplier (default 1.0)")
-        sp.add_argument("--resolution", type=_positive_int, help="input side in pixels (default: 224 on a GPU, 64 without)")
+        sp.add_argument("--width", type=_positive(float), default=1.0, help="width multiplier (default 1.0)")
+        sp.add_argument("--resolution", type=_positive(int), help="input side in pixels (default: 224 on a GPU, 64 without)")
         sp.add_argument("--batch", type=_ints, help=batch_help)
         sp.add_argument("--dtype", choices=sorted(DTYPES),
                         help="default: float16 on a GPU, float32 without (bfloat16 needs a GPU)")
-        sp.add_argument("--classes", type=_positive_int, help="number of classes k (default: from --weights, else 1000)")
+        sp.add_argument("--classes", type=_positive(int), help="number of classes k (default: from --weights, else 1000)")
         sp.add_argument("--weights", type=Path, help="a torchvision mobilenet_v2 state_dict file (.pth)")
         sp.add_argument("--seed", type=int, default=0)
 
     b = sub.add_parser("bench", help="fused vs eager cuDNN vs torch.compile")
     model_opts(b, "comma-separated batch sizes (default: 1,32,256 on a GPU, 1 without)")
     b.add_argument("--out", type=_out_folder, default=Path("mnv2-fast-bench"), help="folder for bench.json and bench.png")
-    b.add_argument("--reps", type=_positive_int, default=50, help="timed repeats per measurement (median reported)")
+    b.add_argument("--reps", type=_positive(int), default=50, help="timed repeats per measurement (median reported)")
     b.add_argument("--providers", type=_providers, default="fused,fused_graph,eager_cl,eager_cl_folded,compile",
                    help="comma-separated subset of fused,fused_graph,eager_cl,eager_cl_folded,compile")
 
@@ -122,11 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", choices=["triton", "torch"], default="triton")
 
     t = sub.add_parser("tune", help="time candidate launch configs per block (GPU); write the tuned table")
-    t.add_argument("--width", type=_positive_float, action="append", help="width multiplier(s) to tune (default 1.0)")
-    t.add_argument("--resolution", type=_positive_int, default=224)
+    t.add_argument("--width", type=_positive(float), action="append", help="width multiplier(s) to tune (default 1.0)")
+    t.add_argument("--resolution", type=_positive(int), default=224)
     t.add_argument("--batch", type=_ints, default=[1, 256], help="batch sizes (each covers a range, default 1,256)")
     t.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="default float16")
-    t.add_argument("--reps", type=_positive_int, default=20)
+    t.add_argument("--reps", type=_positive(int), default=20)
     t.add_argument("--out", type=_out_file, help="table path (default: <gpu>.json in $MNV2_FAST_TUNED_DIR, "
                    "else $XDG_CACHE_HOME/mnv2-fast/tuned, else ~/.cache/mnv2-fast/tuned)")
 
