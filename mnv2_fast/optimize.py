@@ -132,7 +132,7 @@ def _check_not_optimized(model: nn.Module) -> None:
                          "the unfused model; use this one as it is, or optimize the original for another backend")
 
 
-_BLOCK_WORDS = ("invertedresidual", "residual", "bottleneck", "block")
+_BLOCK_WORDS = ("residual", "bottleneck", "block")  # class names that say "a block"
 
 
 def _no_blocks_error(model: nn.Module) -> ValueError:
