@@ -32,6 +32,7 @@ from ._common import (
     _relu6,
     check_activation,
     check_param,
+    launch,
     launch_args,
     next_pow2,
     output,
@@ -263,10 +264,10 @@ def inverted_residual(
     shape = BlockShape(cin, hidden, cout, stride, h, w, has_expand, residual)
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
-    out = output(out, (n, cout, shape.ho, shape.wo), x)
+    out = output(out, (n, cout, shape.ho, shape.wo), x, reads=(w_exp, b_exp, w_dw, b_dw, w_proj, b_proj))
     dummy = w_dw  # never read when HAS_EXPAND is off
-    _inverted_residual_kernel[shape.grid(cfg, n)](
-        x,
+    launch(
+        _inverted_residual_kernel, shape.grid(cfg, n), x,
         w_exp if has_expand else dummy,
         b_exp if has_expand else dummy,
         w_dw,
