@@ -129,7 +129,7 @@ def decode_image(data: bytes, draft: int | None = None) -> np.ndarray:
         if im.mode.startswith("I;16"):  # 16-bit gray: keep the high byte (PIL would clip to 255)
             gray = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
             return np.repeat(gray[:, :, None], 3, axis=2)
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # writable (np.asarray would be a read-only view)
 
 
 def _read(item, kind: str) -> bytes:
@@ -292,6 +292,17 @@ def find_classifier(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def _interpreter_on() -> None:
+    """Triton's interpreter for this process's kernels.  Triton fixes compiled-or-interpreted as
+    it is imported, so it must not be imported yet (a fresh Ray worker has not imported it)."""
+    from .interpreter import use_interpreter
+
+    if os.environ.get("TRITON_INTERPRET") != "1" and "triton" in sys.modules:
+        raise RuntimeError("interpreter=True, but triton was imported in this process without TRITON_INTERPRET=1: "
+                           "set TRITON_INTERPRET=1 before importing torchvision or triton")
+    use_interpreter()
+
+
 class _WithFeatures(nn.Module):
     """[pooled features | logits] as one tensor, so that one CUDA graph holds both."""
 
@@ -350,11 +361,7 @@ class Predictor:
         self.dtype = DTYPES[o.dtype or ("float16" if on_gpu else "float32")]
         backend = "auto"
         if o.interpreter and not on_gpu:
-            from ..kernels import interpreting
-
-            if not interpreting():
-                raise RuntimeError("interpreter=True needs TRITON_INTERPRET=1 in this worker's environment "
-                                   "before triton is imported (predict_dataset sets it through runtime_env)")
+            _interpreter_on()
             if self.dtype == torch.bfloat16:
                 raise ValueError("bfloat16 is computed wrongly by Triton's interpreter: use float32 or float16")
             backend = "triton"
@@ -515,9 +522,6 @@ def predict_dataset(ds, model: ModelSpec | nn.Module, options: InferOptions, *, 
     remote = dict(num_cpus=cpus_per_worker)
     if device == "cuda":
         remote["num_gpus"] = gpus_per_worker
-    if options.interpreter and device == "cpu":
-        # Triton fixes compiled-or-interpreted when it is imported: set it before the worker starts.
-        remote["runtime_env"] = {"env_vars": {"TRITON_INTERPRET": "1"}}
     if isinstance(model, nn.Module):
         # Once through the object store; the actors' arguments hold only the reference, which
         # this driver keeps alive, so a restarted actor finds it again.
