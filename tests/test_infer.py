@@ -4,6 +4,7 @@ optimize(model) run directly, and the whole command on a local Ray cluster with 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import shutil
@@ -172,7 +173,28 @@ def test_predictor_refuses_what_it_cannot_do():
 
 # ---------------------------------------------------------------- the command on a local cluster
 
-ray = pytest.importorskip("ray", reason="the extra mnv2-fast[ray]")
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the extra mnv2-fast[ray]")
+
+
+@needs_ray
+def test_ray_tensor_columns_of_one_size_and_of_many_give_the_same_rows():
+    """What Ray hands the Predictor: a fixed-shape tensor column (one [N, H, W, C] array, no
+    per-row copies) or a variable-shaped one (rows grouped by size, put back in order)."""
+    from ray.data.extensions import ArrowTensorArray, ArrowVariableShapedTensorArray
+
+    model = SPEC.build()
+    p = Predictor(model, InferOptions(batch_size=4, prep=PREP, outputs=("logits",)), device="cpu")
+    same = np.stack(_images(6, seed=1)[:1] * 6)  # 40 x 40 x 3, six times
+    same = same + np.arange(6, dtype=np.uint8)[:, None, None, None]
+    fixed = p(pa.table({"k": pa.array(range(6)), "image": ArrowTensorArray.from_numpy(same)}))
+    mixed_images = [rgb(a) for a in _images(6, seed=2)]  # Ray wants one ndim per column
+    obj = np.empty(6, dtype=object)
+    obj[:] = mixed_images
+    mixed = p(pa.table({"k": pa.array(range(6)), "image": ArrowVariableShapedTensorArray.from_numpy(obj)}))
+    for table, images in ((fixed, list(same)), (mixed, mixed_images)):
+        assert table.column("k").to_pylist() == list(range(6)) and table.column("error").null_count == 6
+        logits, _ = direct(model, reference_inputs([rgb(a) for a in images]))
+        assert error_ratio(torch.tensor(table.column("logits").to_pylist()), logits, FP32, MODEL_TOLERANCE_FACTOR) <= 1
 
 
 def write_image_set(root: Path, n: int) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -243,6 +265,7 @@ def read_output(folder: Path) -> dict[str, dict]:
     return {row["path"]: row for row in pads.dataset(str(folder), format="parquet").to_table().to_pylist()}
 
 
+@needs_ray
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the CPU pipeline; the GPU one is measured in test_infer_gpu.py")
 def test_infer_an_image_folder_on_a_local_cluster(tmp_path):
     """A few hundred files on a 2-CPU local cluster: one row per file, predictions equal to
@@ -291,6 +314,7 @@ def test_an_existing_output_is_refused_unless_overwrite(tmp_path):
         main(["infer", "--input", str(out.parent / "images" / "a.png"), "--output", str(out)])
 
 
+@needs_ray
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="the interpreter runs on the CPU")
 def test_infer_parquet_through_the_interpreter(tmp_path):
     """Parquet of encoded images (one corrupt, an id column kept), the Triton kernels through

@@ -91,10 +91,12 @@ class Preprocess:
         return x[..., top:top + r, left:left + r]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixel values (0..255, float32) -> normalised, in place."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return x.div_(255.0).sub_(mean).div_(std)
+        """[N, C, H, W] pixel values (0..255, float32) -> normalised, in place.  Scalars per
+        channel: no host-to-device copy of mean and std, which would wait for the GPU."""
+        x.div_(255.0)
+        for c, (m, s) in enumerate(zip(self.mean, self.std)):
+            x[:, c].sub_(m).div_(s)
+        return x
 
 
 def _as_rgb(t: torch.Tensor) -> torch.Tensor:
@@ -387,6 +389,7 @@ class Predictor:
         self._x = torch.zeros(o.batch_size, 3, r, r, dtype=self.dtype, device=self.device).contiguous(
             memory_format=torch.channels_last)
         self.stats = {"batches": 0, "rows": 0, "padded_rows": 0, "errors": 0}
+        self._pinned = None  # the staging buffer of the uploads (GPU)
         # One forward now: on a GPU it compiles and captures the graph before the first batch
         # arrives; everywhere it gives the output widths (an empty batch still has its columns).
         out = self._forward(1)
@@ -399,27 +402,49 @@ class Predictor:
         with torch.no_grad():
             return self.net(self._x if self.fixed else self._x[:m])[:m]
 
-    def _load(self, images: list[np.ndarray]) -> None:
-        """Upload, resize, crop and normalise images into the first rows of the input buffer,
-        one resize per distinct input size."""
-        groups: dict[tuple, list[int]] = {}
-        for i, a in enumerate(images):
-            groups.setdefault(a.shape, []).append(i)
-        r = self.options.prep.resolution
-        x = torch.empty(len(images), 3, r, r, dtype=torch.float32, device=self.device)
-        for idx in groups.values():
-            t = torch.from_numpy(np.stack([images[i] for i in idx])).to(self.device)  # uint8: 1/4 of the bytes
-            x[torch.tensor(idx, device=self.device)] = self.options.prep.resize_crop(_as_rgb(t))
-        self._x[:len(images)].copy_(self.options.prep.normalize(x))
+    def _upload(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """uint8 arrays -> tensors on the device; on a GPU through one pinned staging buffer
+        (the previous batch's copies are done: its outputs came back to the host since)."""
+        if self.device.type != "cuda":
+            return [torch.from_numpy(a if a.flags.writeable else a.copy()) for a in arrays]
+        total = sum(a.nbytes for a in arrays)
+        if self._pinned is None or self._pinned.numel() < total:
+            self._pinned = torch.empty(total, dtype=torch.uint8, pin_memory=True)
+        out, at = [], 0
+        for a in arrays:
+            staging = self._pinned[at:at + a.nbytes].view(a.shape)
+            staging.numpy()[...] = a
+            out.append(staging.to(self.device, non_blocking=True))
+            at += a.nbytes
+        return out
 
-    def predict(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Valid uint8 image arrays -> {output column: array with one row per image}."""
+    def _load(self, images) -> np.ndarray:
+        """Upload, resize, crop and normalise images (an [N, H, W(, C)] array, or a list of
+        arrays of any sizes) into the first rows of the input buffer, one resize per distinct
+        size.  Returns the input row each buffer row holds (rows grouped by size)."""
+        if isinstance(images, np.ndarray):  # one size (Ray's fixed-shape tensor column)
+            order, groups = np.arange(len(images)), [images]
+        else:
+            by_shape: dict[tuple, list[int]] = {}
+            for i, a in enumerate(images):
+                by_shape.setdefault(a.shape, []).append(i)
+            order = np.concatenate([np.array(idx) for idx in by_shape.values()])
+            groups = [np.stack([images[i] for i in idx]) for idx in by_shape.values()]
+        prep = self.options.prep
+        parts = [prep.resize_crop(_as_rgb(t)) for t in self._upload(groups)]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        self._x[:len(order)].copy_(prep.normalize(x))
+        return order
+
+    def predict(self, images) -> dict[str, np.ndarray]:
+        """Valid uint8 images (an [N, H, W(, C)] array or a list of arrays) -> {output column:
+        array with one row per image}."""
         o = self.options
         chunks: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(images), o.batch_size):
             part = images[start:start + o.batch_size]
             m = len(part)
-            self._load(part)
+            back = np.argsort(self._load(part))  # buffer rows -> input rows
             out = self._forward(m).float()
             self.stats["batches"] += 1
             self.stats["padded_rows"] += (o.batch_size - m) if self.fixed else 0
@@ -434,7 +459,7 @@ class Predictor:
             if self.with_features:
                 cols["features"] = features
             for name, value in cols.items():
-                chunks.setdefault(name, []).append(value.cpu().numpy())
+                chunks.setdefault(name, []).append(value.cpu().numpy()[back])
         return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
     def __call__(self, batch):
@@ -447,7 +472,8 @@ class Predictor:
             if errors[i] is None:
                 errors[i] = _bad_shape(images[i])
         ok = [i for i in range(n) if errors[i] is None]
-        results = self.predict([images[i] for i in ok]) if ok else {}
+        valid = images if len(ok) == n else images[ok] if isinstance(images, np.ndarray) else [images[i] for i in ok]
+        results = self.predict(valid) if ok else {}
         self.stats["rows"] += n
         self.stats["errors"] += n - len(ok)
         out = table.drop_columns([c for c in ("error", "done_s") if c in table.column_names])
@@ -481,18 +507,23 @@ def _fixed_lists(values: np.ndarray, valid: list[int] | None = None):
 
 
 def _split(batch, image_column: str):
-    """A batch (pyarrow Table or dict of numpy arrays) -> (Table of the other columns, a list
-    with one image array per row)."""
+    """A batch (pyarrow Table or dict of numpy arrays) -> (Table of the other columns, the
+    images: one [N, H, W(, C)] array when they share a size, else a list of arrays)."""
     import pyarrow as pa
 
     if isinstance(batch, pa.Table):
-        images = []
-        for chunk in batch[image_column].chunks:  # Ray's tensor extension arrays
-            images.extend(chunk.to_numpy(zero_copy_only=False))
+        # Ray's tensor extension arrays: fixed-shape ones give one array, variable-shaped ones
+        # an object array of arrays.
+        chunks = [c.to_numpy(zero_copy_only=False) for c in batch[image_column].chunks]
+        if chunks and all(c.dtype != object for c in chunks) and len({c.shape[1:] for c in chunks}) == 1:
+            images = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        else:
+            images = [a for c in chunks for a in c]
         return batch.drop_columns([image_column]), images
     if image_column not in batch:
         raise KeyError(f"the batch has no {image_column!r} column (columns: {sorted(batch)})")
-    images = list(batch[image_column])
+    images = batch[image_column]
+    images = list(images) if images.dtype == object else images
     cols = {name: (pa.array(list(v) if v.dtype == object else v) if v.ndim == 1 else _fixed_lists(v))
             for name, v in batch.items() if name != image_column}
     table = pa.table(cols) if cols else pa.table({"_": pa.nulls(len(images))}).drop_columns(["_"])
