@@ -1,6 +1,8 @@
-"""`mnv2-fast infer` on one GPU against a plain PyTorch DataLoader loop with the same fused
-model (MobileNetV2 1.0, 224 px, fp16, one CUDA graph at batch 256), on the same image files
-decoded by the same function: the Ray pipeline may cost at most 10% of the images/s.
+"""The Predictor on a GPU (CUDA graph, padded batches, pinned uploads, features read inside the
+graph) against optimize(model) run directly; and `mnv2-fast infer` on one GPU against a plain
+PyTorch DataLoader loop with the same fused model (MobileNetV2 1.0, 224 px, fp16, one CUDA
+graph at batch 256), on the same image files decoded by the same function: the Ray pipeline
+may cost at most 10% of the images/s.
 
 Both rates are steady-state: rows finished after each side's first batch over the time from
 that batch to the last (start-up, compilation and graph capture left out on both sides; the
@@ -29,6 +31,41 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 256
 IMAGES = BATCH * 80  # 20480: about a second of steady state at the fused model's speed
 MAX_COST = 0.10
+
+
+def test_predictor_on_the_gpu_matches_optimize_run_directly():
+    """fp16 on the GPU: 13 rows (two with errors, several sizes, gray and RGBA) in batches of 8
+    through one CUDA graph; every call padded to 8; logits and pooled features as the fused
+    model gives them for the same preprocessed images."""
+    pytest.importorskip("pyarrow", reason="the extra mnv2-fast[ray]")
+    from test_infer import PREP, SPEC, _images, reference_inputs, rgb
+
+    from mnv2_fast import optimize
+    from mnv2_fast.tools.infer import InferOptions, Predictor
+    from mnv2_fast.tools.testing import MODEL_TOLERANCE_FACTOR, error_ratio
+
+    model = SPEC.build()
+    p = Predictor(model, InferOptions(batch_size=8, prep=PREP, outputs=("topk", "logits", "features"), top_k=3),
+                  device="cuda")
+    assert p.graphed and p.fixed
+    images = _images(13, seed=11)
+    images[5] = np.zeros((3, 0, 3), np.uint8)
+    obj = np.empty(13, dtype=object)
+    obj[:] = images
+    errors = np.array([""] * 12 + ["OSError: unreadable"], dtype=object)
+    out = p({"i": np.arange(13), "image": obj, "error": errors}).to_pylist()
+    assert p.stats == {"batches": 2, "rows": 13, "padded_rows": 5, "errors": 2}
+    assert out[5]["logits"] is None and out[12]["error"] == "OSError: unreadable"
+    ok = [i for i in range(13) if i not in (5, 12)]
+    x = reference_inputs([rgb(images[i]) for i in ok]).cuda().half()
+    fast = optimize(model).cuda().half()
+    kept = {}
+    fast.classifier.register_forward_pre_hook(lambda m, a: kept.setdefault("f", a[0]))
+    with torch.no_grad():
+        logits = fast(x)
+    for name, want in (("logits", logits), ("features", kept["f"])):
+        got = torch.tensor([out[i][name] for i in ok])
+        assert error_ratio(got, want, torch.float16, MODEL_TOLERANCE_FACTOR) <= 1, name
 
 
 def _write_images(root: Path, n: int) -> list[str]:

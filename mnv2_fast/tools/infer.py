@@ -677,8 +677,9 @@ def _progress(msg: str) -> None:
 def cmd_infer(args) -> int:
     ray = require_ray()
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
-    if args.crop > 1:
-        raise SystemExit("error: --crop must be in (0, 1]")
+    if args.interpreter and (args.device == "cuda" or args.dtype == "bfloat16"):
+        raise SystemExit("error: --interpreter runs the kernels on the CPU, in float32 or float16 (Triton's "
+                         "interpreter computes bfloat16 wrongly)")
     try:
         options = InferOptions(batch_size=args.batch, prep=Preprocess(args.resolution, args.crop),
                                outputs=outputs, top_k=args.top_k, dtype=args.dtype, interpreter=args.interpreter,
@@ -712,12 +713,15 @@ def cmd_infer(args) -> int:
     started = not ray.is_initialized()
     t_start = time.perf_counter()
     if started:
-        ray.init(address=address or "local", num_cpus=None if address else args.cpus,
-                 include_dashboard=False if not address else None)
+        try:
+            ray.init(address=address or "local", num_cpus=None if address else args.cpus,
+                     include_dashboard=False if not address else None)
+        except ConnectionError as err:
+            raise SystemExit(f"error: cannot reach the Ray cluster at RAY_ADDRESS={address}: {err}") from None
     try:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0)
-        device = args.device if args.device != "auto" else ("cuda" if gpus else "cpu")
+        device = args.device if args.device != "auto" else ("cuda" if gpus and not args.interpreter else "cpu")
         if device == "cuda" and not gpus:
             raise SystemExit("error: --device cuda, but the cluster has no GPUs")
         if device == "cuda":
@@ -727,7 +731,7 @@ def cmd_infer(args) -> int:
             workers = args.workers or 1
             where = (f"{workers} CPU worker(s) ("
                      + ("the Triton kernels through Triton's interpreter" if args.interpreter else "folded PyTorch")
-                     + ")" + ("" if args.device == "cpu" else ": the cluster has no GPUs"))
+                     + ")" + ("" if args.device == "cpu" or args.interpreter else ": the cluster has no GPUs"))
         fused, total = _fused_parts(model)
         print(f"mnv2-fast infer: {what} -> {args.output}; model {args.model}"
               f"{'' if args.weights else ' (random weights: no --weights)'}, {fused} of {total} parts fused; "
@@ -767,11 +771,13 @@ def _report(args, rows: int, seconds: float, total_s: float, workers: int, devic
     import pyarrow.dataset as pads
 
     data = pads.dataset(str(args.output), format="parquet")
-    columns = ["error"] + (["path"] if "path" in data.schema.names else []) + (["done_s"] if args.timing else [])
-    table = data.to_table(columns=columns)
+    names = data.schema.names
+    # The row's name in the error lines: its path, else the input's first column.
+    key = "path" if "path" in names else names[0] if names[0] != "error" else None
+    table = data.to_table(columns=["error"] + ([key] if key else []) + (["done_s"] if args.timing else []))
     errors = table.filter(table["error"].is_valid())
     for row in errors.slice(0, 5).to_pylist():
-        _progress(f"  error: {row.get('path', '')}: {row['error']}".replace(": :", ":"))
+        _progress(f"  error: {(str(row[key]) + ': ') if key else ''}{row['error']}")
     if errors.num_rows > 5:
         _progress(f"  ... and {errors.num_rows - 5} more errors (the output's error column has them all)")
     steady = ""
@@ -781,8 +787,8 @@ def _report(args, rows: int, seconds: float, total_s: float, workers: int, devic
         if after and done[-1] > done[0]:
             steady = f"; steady {after / (done[-1] - done[0]):,.0f} images/s after the first batch"
     print(f"mnv2-fast infer: {table.num_rows} rows, {errors.num_rows} errors, in {seconds:.1f} s "
-          f"({total_s:.1f} s with the cluster's start): {table.num_rows / seconds:,.0f} images/s on {workers} "
-          f"{device.upper()} worker(s){steady}; wrote {args.output}", flush=True)
+          f"({total_s:.1f} s in all): {table.num_rows / seconds:,.0f} images/s on {workers} "
+          f"{'GPU' if device == 'cuda' else 'CPU'} worker(s){steady}; wrote {args.output}", flush=True)
     if table.num_rows != rows:
         print(f"error: {rows} input rows but {table.num_rows} output rows", file=sys.stderr)
         return 1
