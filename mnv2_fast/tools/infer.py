@@ -532,8 +532,8 @@ def _split(batch, image_column: str):
 
 # ---------------------------------------------------------------- the pipeline
 
-def predict_dataset(ds, model: ModelSpec | nn.Module, options: InferOptions, *, column: str, kind: str, workers: int = 1,
-                    gpus_per_worker: float = 1.0, cpus_per_worker: float = 1.0, device: str = "auto",
+def predict_dataset(ds, model: ModelSpec | nn.Module, options: InferOptions, *, column: str, kind: str,
+                    workers: int = 1, gpus_per_worker: float = 1.0, cpus_per_worker: float = 1.0, device: str = "cuda",
                     draft: int | None = None, resize_on_cpu: bool = False):
     """``ds`` (rows with paths or encoded images in ``column``; kind: "path", "bytes" or
     "struct") -> a Dataset of predictions, one row per input row.
@@ -543,6 +543,8 @@ def predict_dataset(ds, model: ModelSpec | nn.Module, options: InferOptions, *, 
     "cuda": one actor per ``gpus_per_worker`` GPUs; "cpu": actors on ``cpus_per_worker`` CPUs
     each, running folded PyTorch (or the Triton interpreter when options.interpreter)."""
     ray = require_ray()
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be cuda or cpu (the workers' resources follow from it), got {device!r}")
     b = options.batch_size
     ds = ds.map_batches(decode_batch, batch_size=b, batch_format="numpy", num_cpus=1,
                         fn_kwargs=dict(column=column, kind=kind, draft=draft,
@@ -585,8 +587,9 @@ def parquet_column(files: list[str], column: str | None) -> tuple[str, str]:
     schema = pq.read_schema(files[0])
     names = [column] if column else [c for c in ("image", "bytes", "path") if c in schema.names]
     if not names or names[0] not in schema.names:
-        raise SystemExit(f"error: {files[0]} has no {'column ' + repr(column) if column else 'image, bytes or path column'}"
-                         f" (columns: {', '.join(schema.names)}); name one with --column")
+        wanted = f"column {column!r}" if column else "image, bytes or path column"
+        raise SystemExit(f"error: {files[0]} has no {wanted} (columns: {', '.join(schema.names)}); "
+                         "name one with --column")
     t = schema.field(names[0]).type
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return names[0], "bytes"
