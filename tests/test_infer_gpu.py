@@ -152,7 +152,11 @@ def _ray_rate(paths_root: Path, out: Path) -> tuple[float, str]:
 
 
 def test_ray_pipeline_costs_at_most_10_percent_at_batch_256(tmp_path):
+    """Alone on the machine: both sides use every core, so among parallel test workers (as in
+    bench/gpu_run.sh's tests step) the comparison would measure the neighbours."""
     pytest.importorskip("ray", reason="the extra mnv2-fast[ray] is not installed")
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        pytest.skip("a throughput comparison needs the machine to itself: run pytest tests/test_infer_gpu.py alone")
     paths = _write_images(tmp_path / "images", IMAGES)
     workers = max(1, min(16, (os.cpu_count() or 2) - 1))  # as many decoders as Ray gets: all CPUs but the actor's
     loader = _dataloader_rate(paths, workers)
