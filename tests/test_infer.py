@@ -161,6 +161,16 @@ def test_predictor_matches_optimize_and_pads_to_the_fixed_batch():
     assert empty.num_rows == 0 and empty.column_names == out.column_names
 
 
+def test_workers_that_a_cluster_cannot_hold_are_named():
+    from mnv2_fast.tools.infer import shortfall
+
+    assert shortfall(1, 0, 1, gpus=0, cpus=2) is None  # one CPU worker, one CPU decoding
+    assert shortfall(2, 0, 1, gpus=0, cpus=2) == ("2 model worker(s) and the decoding need 0 GPUs and 3 CPUs; "
+                                                  "the cluster has 0 and 2")
+    assert shortfall(4, 0.5, 1, gpus=2, cpus=16) is None
+    assert "need 2 GPUs" in shortfall(2, 1, 1, gpus=1, cpus=16)
+
+
 def test_predictor_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="outputs must be"):
         InferOptions(outputs=("logits", "probabilities"))

@@ -556,6 +556,9 @@ def predict_dataset(ds, model: ModelSpec | nn.Module, options: InferOptions, *, 
     if device == "cuda":
         remote["num_gpus"] = gpus_per_worker
     if isinstance(model, nn.Module):
+        from ..folding import check_eval
+
+        check_eval(model)  # here, not in every actor
         # Once through the object store; the actors' arguments hold only the reference, which
         # this driver keeps alive, so a restarted actor finds it again.
         model = ray.put(model)
@@ -727,6 +730,7 @@ def cmd_infer(args) -> int:
         device = args.device if args.device != "auto" else ("cuda" if gpus and not args.interpreter else "cpu")
         if device == "cuda" and not gpus:
             raise SystemExit("error: --device cuda, but the cluster has no GPUs")
+        cpus = resources.get("CPU", 0)
         if device == "cuda":
             workers = args.workers or max(1, int(gpus / args.gpus_per_worker))
             where = f"{workers} GPU worker(s), {args.gpus_per_worker:g} GPU each, of {gpus:g} GPUs"
@@ -735,10 +739,15 @@ def cmd_infer(args) -> int:
             where = (f"{workers} CPU worker(s) ("
                      + ("the Triton kernels through Triton's interpreter" if args.interpreter else "folded PyTorch")
                      + ")" + ("" if args.device == "cpu" or args.interpreter else ": the cluster has no GPUs"))
+        msg = shortfall(workers, args.gpus_per_worker if device == "cuda" else 0, args.cpus_per_worker, gpus, cpus)
+        if msg:  # Ray would wait for what a fixed cluster never gets
+            if started and not address:
+                raise SystemExit(f"error: {msg} (see --workers, --gpus-per-worker, --cpus-per-worker, --cpus)")
+            _progress(f"warning: {msg} now: waiting for the cluster to grow")
         fused, total = _fused_parts(model)
         print(f"mnv2-fast infer: {what} -> {args.output}; model {args.model}"
               f"{'' if args.weights else ' (random weights: no --weights)'}, {fused} of {total} parts fused; "
-              f"batch {args.batch}, {args.resolution} px; {where}; cluster {resources.get('CPU', 0):g} CPUs",
+              f"batch {args.batch}, {args.resolution} px; {where}; cluster {cpus:g} CPUs",
               flush=True)
         if parquet:
             ds = ray.data.read_parquet(files)
@@ -759,6 +768,16 @@ def cmd_infer(args) -> int:
         if started:
             ray.shutdown()
     return _report(args, rows, seconds, time.perf_counter() - t_start, workers, device)
+
+
+def shortfall(workers: int, gpus_per_worker: float, cpus_per_worker: float, gpus: float, cpus: float) -> str | None:
+    """What the model workers and the decode tasks (one CPU at least) need beyond the
+    cluster's GPUs and CPUs, or None when it fits."""
+    need_gpus, need_cpus = workers * gpus_per_worker, workers * cpus_per_worker + 1
+    if need_gpus <= gpus and need_cpus <= cpus:
+        return None
+    return (f"{workers} model worker(s) and the decoding need {need_gpus:g} GPUs and {need_cpus:g} CPUs; "
+            f"the cluster has {gpus:g} and {cpus:g}")
 
 
 def _fused_parts(model: nn.Module) -> tuple[int, int]:
