@@ -161,6 +161,25 @@ def test_predictor_matches_optimize_and_pads_to_the_fixed_batch():
     assert empty.num_rows == 0 and empty.column_names == out.column_names
 
 
+def test_model_spec_builds_torchvision_and_refuses_what_does_not_fit(tmp_path):
+    """torchvision.NAME with a state_dict (classes read from it), and the errors a user gets."""
+    import torchvision
+
+    tv_model = torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=7)
+    torch.save(tv_model.state_dict(), tmp_path / "tv.pth")
+    built = ModelSpec("torchvision.mobilenet_v2", str(tmp_path / "tv.pth"), width=0.5).build()
+    assert type(built) is type(tv_model) and not built.training
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), tv_model.state_dict().values()))
+    with pytest.raises(SystemExit, match="does not fit the model torchvision.mobilenet_v2"):
+        ModelSpec("torchvision.mobilenet_v2", str(tmp_path / "tv.pth")).build()  # width 1.0
+    with pytest.raises(SystemExit, match="expected mobilenet_v2, torchvision.NAME"):
+        ModelSpec("resnet").build()
+    with pytest.raises(SystemExit, match="model torchvision.no_such_net: ValueError"):
+        ModelSpec("torchvision.no_such_net").build()
+    with pytest.raises(SystemExit, match="model no_such_module:build: ModuleNotFoundError"):
+        ModelSpec("no_such_module:build").build()
+
+
 def test_workers_that_a_cluster_cannot_hold_are_named():
     from mnv2_fast.tools.infer import shortfall
 

@@ -346,12 +346,6 @@ class Predictor:
                  image_column: str = "image"):
         from ..optimize import optimize
 
-        if isinstance(model, ModelSpec):
-            model = model.build()
-        elif type(model).__name__ == "ObjectRef":  # from predict_dataset: fetched once per actor
-            import ray
-
-            model = ray.get(model)
         self.options = o = options or InferOptions()
         self.image_column = image_column
         if device not in ("auto", "cuda", "cpu"):
@@ -363,10 +357,16 @@ class Predictor:
         self.dtype = DTYPES[o.dtype or ("float16" if on_gpu else "float32")]
         backend = "auto"
         if o.interpreter and not on_gpu:
-            _interpreter_on()
             if self.dtype == torch.bfloat16:
                 raise ValueError("bfloat16 is computed wrongly by Triton's interpreter: use float32 or float16")
+            _interpreter_on()  # before the model is built: torchvision imports triton
             backend = "triton"
+        if isinstance(model, ModelSpec):
+            model = model.build()
+        elif type(model).__name__ == "ObjectRef":  # from predict_dataset: fetched once per actor
+            import ray
+
+            model = ray.get(model)
         fast = optimize(model, backend=backend)
         self.parts = (len(fast.fusion_report.fused), len(fast.fusion_report.entries))
         net: nn.Module = fast
