@@ -7,6 +7,7 @@
     mnv2-fast tune           time candidate launch configs per block; write a tuned table (by default
                              <gpu>.json in the user's cache: ~/.cache/mnv2-fast/tuned)
     mnv2-fast static-check   compile every shipped config for Hopper and check its resources
+    mnv2-fast infer          batch inference over an image set on Ray Data (the extra mnv2-fast[ray])
 
 Weights files (torchvision `mobilenet_v2` state_dicts) are read with
 torch.load(..., weights_only=True): tensors only, never arbitrary pickled objects.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import infer
 from .interpreter import use_interpreter
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -126,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
                    "else $XDG_CACHE_HOME/mnv2-fast/tuned, else ~/.cache/mnv2-fast/tuned)")
 
     sub.add_parser("static-check", help="compile every shipped config for sm_90 (no GPU needed)")
+    infer.add_parser(sub)
     return p
 
 
@@ -420,7 +423,8 @@ def cmd_static_check(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"bench": cmd_bench, "check": cmd_check, "tune": cmd_tune, "static-check": cmd_static_check}
+    handler = {"bench": cmd_bench, "check": cmd_check, "tune": cmd_tune, "static-check": cmd_static_check,
+               "infer": infer.cmd_infer}
     try:
         return handler[args.command](args)
     except (ValueError, OSError) as err:  # bad input met past the parser: one line, no traceback
