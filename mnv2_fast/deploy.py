@@ -1,0 +1,224 @@
+"""`export(model, example, path)`: the fused model as an AOTInductor package (.pt2) that runs
+without Python's mnv2_fast, without Triton and without this source: Python loads it with
+``torch._inductor.aoti_load_package``, C++ with ``torch::inductor::AOTIModelPackageLoader``.
+
+The registered ops (mnv2_fast/ops.py) are opaque: a package that called them would need
+mnv2_fast imported wherever it is loaded.  So the package is made from a lowered program:
+`lower_for_package` re-traces the exported program with every op computed by its launcher,
+each Triton launch captured by ``torch.library.wrap_triton`` (a ``triton_kernel_wrapper``
+node holding the kernel, its grid and its constexprs), and AOTInductor compiles those kernels
+into the package as it does Triton kernels of its own.  Nothing is left to chance: an op
+that survives the lowering (in the graph, or in the compiled package) is an error naming it,
+and no file is written.
+
+The launch configurations are chosen for the example's batch and kept for every batch the
+package serves (the tuned table and the heuristic pick by batch; a graph with a symbolic
+batch cannot branch on it).  fp32 products follow torch.backends.cudnn.allow_tf32 as it is
+during the export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import ops
+
+__all__ = ["PackageError", "export", "lower_for_package", "ops_in_graph", "ops_in_package"]
+
+
+class PackageError(RuntimeError):
+    """The package cannot be made self-contained: it would call an op that it does not hold."""
+
+
+def _namespace(target) -> str | None:
+    """The op namespace of an FX node's target (aten, mnv2_fast, ...); None for Python
+    functions (operator.getitem, ...) and higher-order operators."""
+    return target.namespace if isinstance(target, torch._ops.OpOverload) else None
+
+
+def ops_in_graph(ep: torch.export.ExportedProgram) -> list[str]:
+    """Every registered op outside PyTorch's own (aten, prims) that the program calls: what a
+    process loading a package of it would have to have registered."""
+    return sorted({n.target.name() for n in ep.graph_module.graph.nodes
+                   if n.op == "call_function" and _namespace(n.target) not in (None, "aten", "prims")})
+
+
+_OP_NAME = re.compile(rb"mnv2_fast::([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def ops_in_package(path: str | os.PathLike) -> list[str]:
+    """The mnv2_fast ops a package's files name (its wrapper code and extern-kernel tables call
+    custom ops by their qualified names)."""
+    found = set()
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            found.update(m.decode() for m in _OP_NAME.findall(archive.read(name)))
+    return sorted(f"mnv2_fast::{name}" for name in found)
+
+
+@contextlib.contextmanager
+def _traced_launches():
+    """Every launcher's launch goes through wrap_triton while a program is lowered.
+
+    kernels/ launches with `_common.launch(kernel, grid, x, ...)` (which `kernel[grid](...)`
+    cannot be traced); the launcher modules import that name, so it is swapped in each of
+    them and put back afterwards.  Called with real tensors meanwhile (another thread) the
+    traced launch still runs the kernel, through the wrapper's eager path."""
+    kernels = ops.kernels()
+    common = importlib.import_module(kernels.__name__ + "._common")
+    original = common.launch
+
+    def launch(kernel, grid, x, *args, **kwargs):
+        if any(isinstance(g, int) and g == 0 for g in grid):  # a batch of 0 (a concrete one)
+            return
+        torch.library.wrap_triton(kernel)[grid](x, *args, **kwargs)
+
+    prefix = kernels.__name__ + "."
+    modules = [m for name, m in list(sys.modules.items())
+               if name.startswith(prefix) and getattr(m, "launch", None) is original]
+    for m in modules:
+        m.launch = launch
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.launch = original
+
+
+def _lowering(plan_batch: int):
+    """ops.lowering while a package is made: each op by its implementation, the launch configs
+    that depend on the batch (block, classifier) chosen for `plan_batch`."""
+    kernels = ops.kernels()
+    from .kernels.choice import choose_linear_config
+
+    names = {op: name for name, op in ops.OPS.items()}
+
+    def lower(op, *args):
+        name = names[op]
+        try:
+            return lower_one(name, *args)
+        except Exception as err:
+            raise PackageError(f"could not lower mnv2_fast::{name} into its Triton launches for the package: "
+                               f"{type(err).__name__}: {err}") from err
+
+    def lower_one(name, *args):
+        if name == "inverted_residual":
+            x, w_exp, _, w_dw, _, w_proj, _, stride, residual, backend = args
+            config = None
+            if ops.use_triton(backend, x):
+                shape = kernels.BlockShape(x.shape[1], w_dw.shape[1], w_proj.shape[1], stride, x.shape[2], x.shape[3],
+                                           w_exp is not None, residual)
+                config = kernels.choose_block_config(shape, x.dtype, plan_batch, x.device)
+            return ops.inverted_residual(*args, config=config)
+        if name == "linear":
+            a, weight, _, backend = args
+            config = None
+            if ops.use_triton(backend, a):
+                config = choose_linear_config(plan_batch, weight.shape[0], weight.shape[1], a.device)
+            return ops.linear(*args, config=config)
+        return getattr(ops, name)(*args)
+
+    return lower
+
+
+def lower_for_package(ep: torch.export.ExportedProgram, plan_batch: int) -> torch.export.ExportedProgram:
+    """`ep` with every mnv2_fast op replaced by the Triton kernel launches (or, for parts on
+    the "torch" backend, the PyTorch ops) that compute it.  Needs the compiled kernels (not
+    Triton's interpreter: its kernels cannot be captured)."""
+    if ops.kernels().interpreting():
+        raise PackageError("a package holds compiled Triton kernels, and TRITON_INTERPRET=1 makes Triton run them "
+                           "through its interpreter instead: unset TRITON_INTERPRET before importing torch")
+    ops.lowering = _lowering(plan_batch)
+    try:
+        with _traced_launches():
+            return ep.run_decompositions({})
+    finally:
+        ops.lowering = None
+
+
+def _fused_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    from .fused import FusedPart
+    from .graphs import CUDAGraphRunner
+    from .optimize import optimize
+
+    if isinstance(model, CUDAGraphRunner):
+        model = model.module
+    if not any(isinstance(m, FusedPart) for m in model.modules()):
+        return optimize(model, backend="triton").to(example.device, example.dtype)
+    t = next((t for m in model.modules() if isinstance(m, FusedPart) for t in m.buffers()), None)
+    if t is not None and (t.device != example.device or t.dtype != example.dtype):
+        raise ValueError(f"the model's fused weights are {t.dtype} on {t.device} but the example is {example.dtype} on "
+                         f"{example.device}: move one of them (model.to(device, dtype))")
+    if model.training:
+        raise ValueError("the model is in training mode: call .eval() before exporting it")
+    return model
+
+
+def export(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, dynamic_batch: bool = True,
+           max_batch: int = 4096) -> Path:
+    """Write `model`, fused, as an AOTInductor package to `path` (conventionally *.pt2).
+
+    model:   the unfused model (optimized here with backend="triton", on a copy) or what
+             ``optimize`` returned (a CUDAGraphRunner is unwrapped), on example's device and dtype.
+    example: an input on a CUDA device: its shape (but the batch), dtype and memory format
+             are the package's.  Its batch is the one launch configurations are chosen for.
+    dynamic_batch: the package takes any batch from 1 to max_batch (else only example's).
+
+    Returns the path.  Load it with ``torch._inductor.aoti_load_package(path)`` (no mnv2_fast
+    needed).  Raises PackageError, writing nothing, when the package could not be made
+    self-contained (the message names the ops it would call).  Needs CUDA.
+    """
+    if not isinstance(example, torch.Tensor) or example.dim() != 4 or example.shape[0] < 1:
+        raise ValueError(f"example must be a rank-4 input tensor (N, C, H, W) with N >= 1, got "
+                         f"{tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__}")
+    if not torch.cuda.is_available():
+        raise ValueError("an AOTInductor package of the fused model holds Triton kernels compiled for a GPU, "
+                         "and no CUDA device is available here (torch.export.export(optimize(model), ...) works "
+                         "without one)")
+    if not example.is_cuda:
+        raise ValueError(f"example is on {example.device}: the package's kernels are compiled for the example's "
+                         "GPU, so give a CUDA tensor")
+    path = Path(path)
+    fast = _fused_model(model, example)
+    traced = example
+    dynamic_shapes = None
+    if dynamic_batch:
+        if not 2 <= max_batch or example.shape[0] > max_batch:
+            raise ValueError(f"max_batch ({max_batch}) must be at least 2 and at least the example's batch "
+                             f"({example.shape[0]}); for one batch only, dynamic_batch=False")
+        # A batch of 1 would be specialised by the tracer (0 and 1 are kept as constants).
+        traced = example if example.shape[0] > 1 else torch.cat([example, example])
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+    with torch.no_grad():
+        ep = torch.export.export(fast, (traced,), dynamic_shapes=dynamic_shapes)
+        lowered = lower_for_package(ep, plan_batch=example.shape[0])
+    left = ops_in_graph(lowered)
+    if left:
+        raise PackageError(f"cannot make a self-contained package: the program still calls {', '.join(left)}, "
+                           "which a package cannot hold (loading it would need the library that registers them)")
+    from torch._inductor import aoti_compile_and_package
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Compiled beside the destination and moved there only once checked: never a broken file at `path`.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        made = Path(aoti_compile_and_package(lowered, package_path=str(scratch / "model.pt2")))
+        named = ops_in_package(made)
+        if named:
+            raise PackageError(f"the compiled package calls {', '.join(named)}, which it does not hold: it would "
+                               "fail wherever mnv2_fast is not imported, so it was not written")
+        os.replace(made, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path
