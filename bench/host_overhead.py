@@ -19,7 +19,8 @@ and, where the tree has the registered ops (mnv2_fast/ops.py), two ways of calli
                if the modules always called the registered op
 
 To compare with a tree before the op layer, run this same file with that tree first on
-PYTHONPATH; bench/NOTES.md has the numbers.  Medians over rounds, microseconds.
+PYTHONPATH; bench/NOTES.md has the numbers.  Microseconds per forward, of the fastest round
+(the one least disturbed by other processes, as timeit advises), and the median round.
 """
 
 from __future__ import annotations
@@ -105,14 +106,15 @@ def through_dispatcher():
         ops.traced = original
 
 
-def per_forward_us(fast, x, rounds: int, forwards: int) -> float:
+def per_forward_us(fast, x, rounds: int, forwards: int) -> tuple[float, float]:
+    """(fastest, median) round's microseconds per forward."""
     samples = []
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(forwards):
             fast(x)
         samples.append((time.perf_counter() - start) / forwards * 1e6)
-    return statistics.median(samples)
+    return min(samples), statistics.median(samples)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     fast = mnv2_fast.optimize(randomize_bn(mnv2_fast.mobilenet_v2()).eval(), backend="triton")
     x = torch.randn(1, 3, 224, 224)
     print(f"mnv2_fast from {os.path.dirname(mnv2_fast.__file__)}; registered ops: {'yes' if has_ops else 'no'}; "
-          f"torch {torch.__version__}; batch 1, 224 px, 20 fused parts; median of {args.rounds} x {args.forwards}")
+          f"torch {torch.__version__}; batch 1, 224 px, 20 fused parts; {args.rounds} rounds of {args.forwards}")
     calls = [("direct", contextlib.nullcontext)] + ([("dispatch", through_dispatcher)] if has_ops else [])
     with torch.inference_mode():
         for level in ("launch", "launcher"):
@@ -137,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 mock = no_launches() if level == "launch" else no_launchers(fast, x)
                 with mock, ctx():
                     fast(x)  # warm: caches, first-call paths
-                    us = per_forward_us(fast, x, args.rounds, args.forwards)
-                print(f"  {level:<9} mocked, {how:<8}: {us:8.1f} us per forward ({us / 20:5.2f} us per part)")
+                    best, median = per_forward_us(fast, x, args.rounds, args.forwards)
+                print(f"  {level:<9} mocked, {how:<8}: {best:7.1f} us per forward ({best / 20:5.2f} per part), "
+                      f"median round {median:7.1f}")
     return 0
 
 
