@@ -71,8 +71,10 @@ def default_config(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> Bl
         tile_h = max(2, _even(tile_h // 2))
     block_hid = 16 if wide or shape.cin >= 128 else 32
     pairs = imgs * tile_h // 2 * tile_w
+    warps = 8 if pairs >= 64 else 4
+    # More programs than fit is harmless (they wait their turn); fewer would leave SMs idle.
     return BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid, x_resident=shape.cin <= 96,
-                       num_warps=8 if pairs >= 64 else 4, programs_per_sm=1)
+                       num_warps=warps, programs_per_sm=16 // warps)
 
 
 def choose_stem_config(cout: int, device: torch.device) -> StemConfig:

@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     model_opts(c, "batch size (default: 4 on a GPU, 1 without)")
     c.add_argument("--backend", choices=["triton", "torch"], default="triton")
 
-    t = sub.add_parser("tune", help="time candidate launch configs per block (GPU); write the tuned table")
+    t = sub.add_parser("tune", help="choose launch configs per block: timed on a GPU, or by the performance "
+                       "model (--model, no GPU); write the tuned table")
     t.add_argument("--width", type=float, action="append", help="width multiplier(s) to tune (default 1.0)")
     t.add_argument("--resolution", type=int, default=224)
     t.add_argument("--batch", type=_ints, default=[1, 256], help="batch sizes (each covers a range, default 1,256)")
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--reps", type=int, default=20)
     t.add_argument("--out", type=Path, help="table path (default: <gpu>.json in $MNV2_FAST_TUNED_DIR, "
                    "else $XDG_CACHE_HOME/mnv2-fast/tuned, else ~/.cache/mnv2-fast/tuned)")
+    t.add_argument("--model", action="store_true",
+                   help="no GPU: rank candidates by the calibrated performance model (compiled for sm_90)")
+    t.add_argument("--gpu", choices=["h100", "h200"], default="h200", help="with --model: the GPU to model")
 
     sub.add_parser("static-check", help="compile every shipped config for sm_90 (no GPU needed)")
     return p
@@ -332,12 +336,20 @@ def _bench_cpu(args, model, dtype) -> int:
 # ---------------------------------------------------------------- tune and static check
 
 def cmd_tune(args) -> int:
-    if not torch.cuda.is_available():
-        raise SystemExit("error: tuning times kernels on a GPU; none is available here")
-    from .tune import tune
-
     widths = args.width or [1.0]
     dtypes = [DTYPES[d] for d in (args.dtype or ["float16"])]
+    if args.model:
+        from ..kernels import tuned
+        from .tune import model_tune
+
+        out = args.out or tuned.user_table_path(args.gpu)
+        path = model_tune(widths, args.resolution, args.batch, dtypes, args.gpu, out, progress=_progress)
+        print(f"wrote {path}")
+        return 0
+    if not torch.cuda.is_available():
+        raise SystemExit("error: tuning times kernels on a GPU; none is available here (--model needs none)")
+    from .tune import tune
+
     path = tune(widths, args.resolution, args.batch, dtypes, args.reps, args.out, progress=_progress)
     print(f"wrote {path}")
     return 0

@@ -37,9 +37,7 @@ class Launch:
         return (self.kind, self.shape, self.config, self.dtype, self.tf32)
 
 
-def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experiments: bool = True) -> list[Launch]:
-    """experiments: also the other-staging configs the block benchmark times (provider
-    fused_alt), fp16 at width 1.0, so that a GPU run never meets an untested config."""
+def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> list[Launch]:
     from ..kernels import choice, tuned
 
     tables = {path.stem: tuned.read_table(path) for path in tuned.shipped_tables()}
@@ -70,9 +68,6 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
                         if cfg is not None:
                             add(Launch("block", f"w{width} block {spec.index} ({slug}, batch {batch})", dtype,
                                        spec, cfg))
-            alt = choice.staging_configs(spec, 2)[1]
-            if experiments and width == 1.0 and alt is not None:
-                add(Launch("block", f"w{width} block {spec.index} other staging", torch.float16, spec, alt))
         cin, last, s = specs[-1].cout, head_channels(width), specs[-1].ho
         for dtype in dtypes:
             add(Launch("head", f"w{width} head", dtype, (cin, last, s, s),
@@ -91,7 +86,7 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
 def variant(launch: Launch):
     """(jit function, constexpr arguments) of a launch: what it compiles to."""
     from ..kernels.head import _head_pool_kernel, _linear_kernel, head_kernel_args, linear_kernel_args
-    from ..kernels.inverted_residual import _inverted_residual_kernel, kernel_args
+    from ..kernels.block import _inverted_residual_kernel, kernel_args
     from ..kernels.stem import _stem_kernel, stem_kernel_args
 
     s, cfg, dtype, tf32 = launch.shape, launch.config, launch.dtype, launch.tf32

@@ -525,9 +525,9 @@ def compiled_sass(fn, constexprs: dict, dtype, arch: int = ARCH, cache: Path | N
 def _inventory():
     """The shipped-launch inventory and its helpers (one place to adjust if they move)."""
     from . import inventory
-    from .static_check import _describe
+    from .static_check import describe
 
-    return inventory, _describe
+    return inventory, describe
 
 
 @dataclass
@@ -574,7 +574,7 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def launch_geometry(launch, batch: int) -> dict:
+def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
     """From the kernel source: programs, the loops it declares (outer first, with trips per
     entry), the multiply-adds one program's products imply (padded tiles), and compulsory
     HBM bytes.  Loops the compiler removes (one trip) are left out; tl.static_range loops are
@@ -582,24 +582,25 @@ def launch_geometry(launch, batch: int) -> dict:
     import triton
 
     cfg, itemsize = launch.config, launch.dtype.itemsize
+    imbalance, row_padding = 1.0, 1
     if launch.kind == "block":
-        from ..kernels.inverted_residual import kernel_args
+        from ..kernels.block import kernel_args
 
         s = launch.shape
         args = kernel_args(s, cfg, launch.dtype, launch.tf32)
-        programs = 1
-        for g in s.grid(cfg, batch):
-            programs *= g
-        chunks = _cdiv(s.hidden, cfg.block_h)
-        k_pad = _cdiv(s.cin, cfg.block_k) * cfg.block_k
-        rows = args["P_OUT"] if cfg.gather else cfg.block_p
-        if cfg.gather:
-            expand = args["P_IN"] * k_pad * cfg.block_h
-        else:
-            expand = 9 * rows * k_pad * cfg.block_h if s.has_expand else 0
-        macs = chunks * (expand + rows * cfg.block_h * cfg.block_co)
-        loops = ([("hidden chunks", chunks)] if chunks > 1 else []) + [("taps", 9)]
-        hbm = block_hbm_bytes(batch, s.h, s.w, s.cin, s.hidden, s.cout, s.stride, s.has_expand, itemsize)
+        tiles = s.tiles(cfg, batch)
+        programs = s.grid(cfg, batch, gpu_spec(gpu).sms)
+        per_program = tiles / programs
+        imbalance = _cdiv(tiles, programs) / per_program  # the last programs walk one tile fewer
+        chunks = _cdiv(s.hidden, cfg.block_hid)
+        expand = args["P_IN"] * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
+        project = 2 * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])  # top and bottom pixels
+        macs = per_program * chunks * (expand + project)
+        row_padding = max(1, 64 / min(args["P2"], args["P_IN"]))  # wgmma products have 64-row tiles
+        # The persistent tile loop always stays a loop; the chunk loop is unrolled away when it
+        # has one trip; the row loop of the depthwise (3 + STRIDE trips) is always unrolled.
+        loops = [("tiles", per_program)] + ([("hidden chunks", chunks)] if chunks > 1 else [])
+        hbm = s.floor_bytes(batch, itemsize)
     elif launch.kind == "stem":
         cin, cout, h, w = launch.shape
         ho, wo = output_size(h, 2), output_size(w, 2)
@@ -625,7 +626,8 @@ def launch_geometry(launch, batch: int) -> dict:
         hbm = (m * k + k * nout + nout + m * nout) * itemsize
     else:
         raise ValueError(launch.kind)
-    return {"programs": programs, "loops": loops, "expected_macs_per_program": macs, "hbm_bytes": hbm}
+    return {"programs": programs, "loops": loops, "expected_macs_per_program": macs, "hbm_bytes": hbm,
+            "imbalance": imbalance, "row_padding": row_padding}
 
 
 def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = None, block: int | None = None,
@@ -638,7 +640,7 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
     shipped, describe = _inventory()
     fn, args = shipped.variant(launch)
     text, usage = compiled_sass(fn, args, launch.dtype, cache=cache)
-    geo = launch_geometry(launch, batch)
+    geo = launch_geometry(launch, batch, gpu)
     fn_sass = S.kernel(text)
     loops = S.find_loops(fn_sass)
     declared = geo["loops"]
@@ -652,9 +654,10 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
     implied = geo["expected_macs_per_program"]
     replication = counts.mma_macs / implied
     # Fewer products than the tiles need means the trips undercount the loops; more is
-    # possible (a tile of 64 rows on two warpgroups: both compute it), never beyond one
-    # copy per warpgroup.
-    if not 1 - 1e-9 <= replication <= max(1, args["num_warps"] // S.WARPGROUP) + 1e-9:
+    # possible (a tile of 64 rows on two warpgroups: both compute it; a tile of fewer rows
+    # than a warpgroup product's 64 padded up to them), never beyond that.
+    limit = max(1, args["num_warps"] // S.WARPGROUP) * geo.get("row_padding", 1)
+    if not 1 - 1e-9 <= replication <= limit + 1e-9:
         raise ValueError(f"{launch.label}: {counts.mma_macs:.0f} multiply-adds per program counted in the SASS, "
                          f"{implied} implied by the tiles: loop trips {trips} are wrong")
     name = None
@@ -665,13 +668,14 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
     f = Features(programs=geo["programs"], num_warps=args["num_warps"], registers=usage["registers"],
                  shared_bytes=usage["shared"], warp_instructions_per_program=counts.warp_instructions,
                  l1_wavefronts_per_program=counts.l1_wavefronts, mma_macs_per_program=counts.mma_macs,
-                 hbm_bytes=geo["hbm_bytes"], counts=counts)
+                 hbm_bytes=geo["hbm_bytes"], imbalance=geo["imbalance"], counts=counts)
     pred = predict(f, gpu, params)
     return {
         "part": part or {"linear": "classifier"}.get(launch.kind, launch.kind),
         "block": block,
         "label": launch.label,
         "config": describe(launch.config),
+        "config_json": json.dumps(launch.config.to_dict()),
         "programs": f.programs,
         "num_warps": f.num_warps,
         "registers": f.registers,
