@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from ._common import interpreting, next_pow2
+from ._common import interpreting, next_pow2, split_pow2
 from .records import BlockConfig, BlockShape, HeadConfig, LinearConfig, StemConfig
 from .tuned import device_slug, lookup_tuned
 
@@ -49,32 +49,50 @@ def batch_class(batch: int) -> int:
     return 1 if batch <= 8 else 256
 
 
+# Tiles the heuristic considers, largest first: whole rows of small maps, several small
+# images at once, 2D tiles of wide maps (tile_h even: the kernel works on pixel pairs).
+_TILES = ((2, 8, 7), (1, 14, 14), (1, 16, 16), (1, 8, 16), (1, 4, 28), (1, 8, 14), (1, 8, 8), (1, 8, 7), (1, 4, 14),
+          (1, 6, 8), (1, 4, 8), (1, 4, 7), (1, 2, 16), (1, 2, 8), (1, 2, 4), (1, 2, 2), (1, 2, 1))
+
+
+def _fits(shape: BlockShape, imgs: int, tile_h: int, tile_w: int, block_hid: int, warps: int, itemsize: int) -> bool:
+    """Whether a tile stays within the register budget the compiled variants showed no spills
+    under (fp32 words per thread): the staged chunk's fp32 accumulator, the depthwise sums of
+    the pixel pairs and the project accumulators.  fp32 activations take twice the room."""
+    threads = 32 * warps
+    reg_h, reg_w = shape.region(tile_h, tile_w)
+    p_in = max(16, next_pow2(imgs * reg_h * reg_w))
+    pairs = max(16, next_pow2(imgs * tile_h // 2 * tile_w))
+    cout = sum(split_pow2(shape.cout))
+    scale = 2 if itemsize > 2 else 1
+    return (p_in * block_hid * scale <= 32 * threads and 2 * pairs * block_hid * scale <= 16 * threads
+            and 2 * pairs * cout <= 64 * threads)
+
+
 @functools.lru_cache(maxsize=None)
 def default_config(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> BlockConfig:
     """A config for a shape without a tuned entry (the shipped tables cover MobileNetV2's
     blocks, chosen by the calibrated performance model, `mnv2-fast tune --model`).
 
-    Rules read off the model's choices for those blocks: 2D tiles of about 100-200 output
-    pixels (whole rows of small maps, several small images at once), 32 hidden channels per
-    chunk (16 for wide blocks or fp32, whose tiles take twice the registers), the input
-    region kept on chip for narrow inputs, 8 warps for the larger tiles; small batches get
-    half the tile, so that more programs share the work."""
-    wide = itemsize > 2
-    if shape.wo <= 8:
-        tile_h, tile_w, imgs = _even(shape.ho), shape.wo, 2
-    elif shape.wo <= 16:
-        tile_h, tile_w, imgs = min(_even(shape.ho), 8 if wide else 14), shape.wo, 1
-    else:
-        tile_h, tile_w, imgs = 8, 8 if wide else 16, 1
+    The largest tile (most useful pixels per program, fewest warps) within the register
+    budget of `_fits`, 32 hidden channels per chunk, else 16; small batches, which do not
+    fill the GPU with tiles, take tiles of at most a quarter of an image.  16 warps run one
+    program per multiprocessor at 128 registers per thread."""
+    useful = lambda t: t[0] * min(t[1], shape.ho) * min(t[2], shape.wo)  # noqa: E731
+    tiles = [t for t in _TILES if t[1] <= _even(shape.ho) and t[2] <= shape.wo and t[0] <= max(1, batch)]
+    tiles = tiles or [(1, 2, 1)]
     if batch_class(batch) == 1:
-        imgs = 1
-        tile_h = max(2, _even(tile_h // 2))
-    block_hid = 16 if wide or shape.cin >= 128 else 32
-    pairs = imgs * tile_h // 2 * tile_w
-    warps = 8 if pairs >= 64 else 4
-    # More programs than fit is harmless (they wait their turn); fewer would leave SMs idle.
-    return BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid, x_resident=shape.cin <= 96,
-                       num_warps=warps, programs_per_sm=16 // warps)
+        small = [t for t in tiles if useful(t) * 4 <= shape.ho * shape.wo]
+        tiles = small or tiles[-1:]
+    for tile in sorted(tiles, key=lambda t: -useful(t)):
+        for block_hid in (32, 16):
+            for warps in (4, 8, 16):
+                if _fits(shape, *tile, block_hid, warps, itemsize):
+                    imgs, tile_h, tile_w = tile
+                    return BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
+                                       x_resident=shape.cin <= 96, num_warps=warps,
+                                       maxnreg=128 if warps == 16 else None, programs_per_sm=max(1, 8 // warps))
+    return BlockConfig(tile_h=2, tile_w=1, block_hid=16, x_resident=False, num_warps=4, programs_per_sm=2)
 
 
 def choose_stem_config(cout: int, device: torch.device) -> StemConfig:

@@ -370,3 +370,41 @@ def test_analyse_launch_on_compiled_kernels(tmp_path):
         assert rec["predicted_ms"] > max(rec["floors_ms"].values())
     for block in (1, 2, 12):  # the products do the work their tiles imply (64-row tiles at least)
         assert 1.0 <= by_block[block]["mma_replication"] <= 2.0
+
+
+# ---------------------------------------------------------------- the speed regression test (no GPU)
+
+REGRESSION_FILE = pm.repo_root() / "bench" / "results" / "model-h200.json"
+
+
+def test_predicted_network_time_has_not_regressed(tmp_path):
+    """The shipped configs' predicted total for one MobileNetV2 forward (H200, batch 256,
+    fp16) may not grow by more than 10% over the committed bench/results/model-h200.json
+    without that file being regenerated (`mnv2-fast perf-model --json ...`): a speed
+    regression test that needs no GPU."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    committed = json.loads(REGRESSION_FILE.read_text())
+    out = tmp_path / "model.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # AOT needs the real JIT
+    r = subprocess.run([sys.executable, "-m", "mnv2_fast.tools.cli", "perf-model", "--gpu", "h200", "--batch", "256",
+                        "--dtype", "float16", "--json", str(out)], cwd=pm.repo_root(), env=env, capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-4000:]
+    now = json.loads(out.read_text())
+    assert [x["label"] for x in now["launches"]] == [x["label"] for x in committed["launches"]]
+    slower = {x["label"]: (old["predicted_ms"], x["predicted_ms"]) for x, old in zip(now["launches"], committed["launches"])
+              if x["predicted_ms"] > 1.10 * old["predicted_ms"]}
+    assert now["total_predicted_ms"] <= 1.10 * committed["total_predicted_ms"], (
+        f"predicted {now['total_predicted_ms']:.3f} ms against {committed['total_predicted_ms']:.3f} ms committed; "
+        f"slower launches: {slower}")
+    for key in ("gpu", "triton", "batch", "dtype", "calibration", "launches", "total_predicted_ms"):
+        assert key in now
+    for rec in now["launches"]:
+        for key in ("part", "block", "label", "config", "programs", "num_warps", "registers", "shared_bytes", "sass",
+                    "loops", "warp_instructions_per_program", "l1_wavefronts_per_program", "floors_ms",
+                    "predicted_ms", "cudnn_ms"):
+            assert key in rec, key

@@ -7,6 +7,7 @@
     mnv2-fast tune           time candidate launch configs per block; write a tuned table (by default
                              <gpu>.json in the user's cache: ~/.cache/mnv2-fast/tuned)
     mnv2-fast static-check   compile every shipped config for Hopper and check its resources
+    mnv2-fast perf-model     predict every launch's time from its compiled sm_90 code (no GPU)
 
 Weights files (torchvision `mobilenet_v2` state_dicts) are read with
 torch.load(..., weights_only=True): tensors only, never arbitrary pickled objects.
@@ -79,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--gpu", choices=["h100", "h200"], default="h200", help="with --model: the GPU to model")
 
     sub.add_parser("static-check", help="compile every shipped config for sm_90 (no GPU needed)")
+
+    from .perf_model import add_arguments  # imports no kernels
+
+    add_arguments(sub.add_parser("perf-model", help="predict each launch's time with the calibrated performance "
+                                 "model, from its sm_90 code (no GPU needed)"))
     return p
 
 
@@ -361,9 +367,18 @@ def cmd_static_check(args) -> int:
     return static_main([])
 
 
+def cmd_perf_model(args) -> int:
+    from .interpreter import use_compiler
+    from .perf_model import run
+
+    use_compiler()
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"bench": cmd_bench, "check": cmd_check, "tune": cmd_tune, "static-check": cmd_static_check}
+    handler = {"bench": cmd_bench, "check": cmd_check, "tune": cmd_tune, "static-check": cmd_static_check,
+               "perf-model": cmd_perf_model}
     return handler[args.command](args)
 
 

@@ -29,6 +29,10 @@ def _tiles(shape) -> list[tuple[int, int, int]]:
     """(imgs, tile_h, tile_w) worth trying: 2D tiles of roughly 50-200 pixels, whole rows of
     small maps, several small images at once (tile_h even: the kernel works on pixel pairs)."""
     wo = shape.wo
+    if shape.stride == 2:  # the region is about four times the tile: keep it near a power of two
+        if wo >= 20:
+            return [(1, 4, 8), (1, 6, 8), (1, 2, 16), (1, 8, 8), (1, 8, 14)]
+        return [(1, 8, 7), (1, 4, 7), (1, 6, 7), (1, 8, 14), (2, 8, 7)]
     if wo >= 32:
         return [(1, 8, 16), (1, 16, 16), (1, 8, 8)]
     if wo >= 20:
@@ -134,6 +138,47 @@ def model_choice(shape, dtype, batches: list[int], gpu: str, progress=print) -> 
             if batch not in best or ms < best[batch][0]:
                 best[batch] = (ms, cfg)
     return best
+
+
+def fallback_candidates(shape, itemsize: int, batch: int):
+    """Configs from the heuristic's towards ever fewer registers: smaller chunks and tiles,
+    the input region reloaded per chunk; the first that compiles without spilling ships for
+    shapes the model did not rank."""
+    from ..kernels.choice import _TILES, default_config
+
+    base = default_config(shape, itemsize, batch)
+    out = [base]
+    tiles = [t for t in _TILES if t[1] <= base.tile_h and t[2] <= base.tile_w and t[0] <= base.imgs]
+    for tile in sorted(tiles, key=lambda t: -t[0] * t[1] * t[2]):
+        for resident in (True, False):
+            for block_hid in (32, 16):
+                for warps in (8, 4):
+                    out.append(BlockConfig(tile_h=tile[1], tile_w=tile[2], imgs=tile[0], block_hid=block_hid,
+                                           x_resident=resident and shape.has_expand, num_warps=warps,
+                                           programs_per_sm=8 // warps))
+    return list(dict.fromkeys(out))
+
+
+def first_fit(shape, dtype, batch: int, gpu: str, prefer=(), progress=print) -> tuple[float, BlockConfig]:
+    """(predicted ms, config): the first of `prefer`, then of `fallback_candidates`, whose
+    compiled variant does not spill."""
+    from dataclasses import replace as _replace
+
+    from . import perf_model as PM
+
+    for cfg in list(prefer) + fallback_candidates(shape, dtype.itemsize, batch):
+        launch = Launch("block", "tune", dtype, shape, cfg)
+        try:
+            text, usage = PM.compiled_sass(*_variant(launch), dtype)
+        except Exception as err:  # e.g. ptxas refuses a variant
+            progress(f"    skip {cfg}: {type(err).__name__}: {str(err).splitlines()[0][:100]}")
+            continue
+        if usage.get("local", 0) or " STL" in text or " LDL" in text:
+            continue
+        occ = PM.occupancy(usage["registers"], usage["shared"], cfg.num_warps, gpu)
+        cfg = _replace(cfg, programs_per_sm=occ.programs_per_sm)
+        return PM.analyse_launch(Launch("block", "tune", dtype, shape, cfg), batch, gpu)["predicted_ms"], cfg
+    raise RuntimeError(f"no config compiles without spilling for {shape} in {dtype}")
 
 
 def _variant(launch):
