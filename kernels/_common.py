@@ -1,8 +1,9 @@
-"""What every launcher shares: input checks, the output buffer, the launch arguments; and
-the small Triton helpers the kernels share."""
+"""What every launcher shares: input checks, the output buffer, the launch arguments, the
+launch itself (on the input's device); and the small Triton helpers the kernels share."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -31,6 +32,39 @@ def split_pow2(n: int) -> tuple[int, int]:
     first = whole // 2
     second = max(16, next_pow2(n - first))
     return (first, second) if first + second < whole else (whole, 0)
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton's own library kernels (tl.cdiv, tl.sum, ...) run through its interpreter:
+    fixed when triton was imported, as ours are when this package is."""
+    import triton.language.standard as standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(standard.cdiv, InterpretedFunction)
+
+
+def check_interpreter_switch() -> None:
+    """Refuse kernels decorated one way (TRITON_INTERPRET now) on a Triton imported the other
+    way: every launch would fail deep in Triton ("Cannot call @triton.jit'd outside of the
+    scope of a kernel")."""
+    ours, theirs = interpreting(), triton_interpreting()
+    if ours and not theirs:
+        raise RuntimeError("TRITON_INTERPRET=1 was set after triton was imported (torchvision imports it), so "
+                           "Triton's interpreter cannot run the kernels: set TRITON_INTERPRET=1 before importing "
+                           "torch/torchvision/triton (e.g. in the shell: TRITON_INTERPRET=1 python ...)")
+    if theirs and not ours:
+        raise RuntimeError("TRITON_INTERPRET was unset after triton was imported with it on, so the kernels "
+                           "cannot be compiled: set or unset TRITON_INTERPRET before importing torch/torchvision/triton")
+
+
+check_interpreter_switch()  # when the kernels are imported, before any is decorated
+
+# Triton's interpreter computes bf16 tl.dot wrongly (values off by ~1e11; Triton 3.6 and 3.8):
+# a bf16 launch there is refused rather than returned.
+BF16_INTERPRETER = (
+    "bfloat16 Triton kernels under Triton's interpreter (TRITON_INTERPRET=1, CPU tensors) are known to "
+    "compute wrong results; run bfloat16 on a GPU, use float16 or float32 here, or the 'torch' backend"
+)
 
 
 def next_pow2(n: int) -> int:
@@ -62,7 +96,7 @@ def check_activation(name: str, x: torch.Tensor, layout: str = "NHWC") -> None:
                          f"got shape {tuple(x.shape)}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} has dtype {x.dtype}; supported: float16, bfloat16, float32")
-    if min(x.shape) < 1:
+    if min(x.shape[1:]) < 1:  # a batch of 0 is fine: an empty output, no launch (see `launch`)
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     if layout == "NHWC" and (x.stride(1) != 1 or not x.is_contiguous(memory_format=torch.channels_last)):
         raise ValueError(
@@ -72,6 +106,8 @@ def check_activation(name: str, x: torch.Tensor, layout: str = "NHWC") -> None:
     if layout == "MK" and not x.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
     check_device(name, x)
+    if x.dtype == torch.bfloat16 and interpreting(x.device):
+        raise RuntimeError(BF16_INTERPRETER)
 
 
 def check_param(name: str, t: torch.Tensor, shape: tuple[int, ...], device: torch.device, dtype=None) -> None:
@@ -103,14 +139,38 @@ def check_weight(weight: torch.Tensor, bias: torch.Tensor, rows: int, like: torc
     return cols
 
 
-def output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """The launch's output: the caller's `out`, checked, or a new tensor of `like`'s dtype and
-    device (channels_last memory for rank 4)."""
+def output(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor,
+           reads: tuple[torch.Tensor | None, ...] = ()) -> torch.Tensor:
+    """The launch's output: the caller's `out`, checked (it may not overlap `like` or the other
+    tensors the kernel `reads`), or a new tensor of `like`'s dtype and device (channels_last
+    memory for rank 4)."""
     if out is None:
         memory_format = torch.channels_last if len(shape) == 4 else torch.contiguous_format
         return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format)
     check_out(out, shape, like)
+    for t in (like, *reads):
+        if t is not None and overlaps(out, t):
+            what = "the input" if t is like else "a weight or bias"
+            raise ValueError(f"out overlaps {what} in memory: the kernel's programs would read what others"
+                             " have already overwritten (a race); pass a separate output tensor")
     return out
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) byte address `t`'s elements can occupy."""
+    low = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
+    high = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
+    size = t.element_size()
+    return t.data_ptr() + low * size, t.data_ptr() + (high + 1) * size
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share memory: same device and intersecting byte ranges.
+    Conservative: interleaved views that touch no common element still count."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    (a0, a1), (b0, b1) = _byte_span(a), _byte_span(b)
+    return a0 < b1 and b0 < a1
 
 
 def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> None:
@@ -123,6 +183,21 @@ def check_out(out: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> 
         raise ValueError("out must be in channels_last memory")
     if len(shape) == 2 and not out.is_contiguous():
         raise ValueError("out must be contiguous")
+
+
+def device_guard(device: torch.device):
+    """Make `device` the current CUDA device for a launch: Triton launches (and compiles for) the
+    current device, which need not be the input's (an input on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def launch(kernel, grid: tuple[int, ...], x: torch.Tensor, *args, **kwargs) -> None:
+    """kernel[grid](x, *args, **kwargs) on x's device, the one call every launcher ends with.
+    An empty grid (a batch of 0) launches nothing: the output is empty already."""
+    if 0 in grid:
+        return
+    with device_guard(x.device):
+        kernel[grid](x, *args, **kwargs)
 
 
 def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:

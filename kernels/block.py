@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_activation, check_param, launch_args, next_pow2, output, split_pow2, tf32
+from ._common import check_activation, check_param, launch, launch_args, next_pow2, output, split_pow2, tf32
 from .choice import choose_block_config
 from .records import BlockConfig, BlockShape
 
@@ -363,12 +363,12 @@ def inverted_residual(
     shape = BlockShape(cin, hidden, cout, stride, h, w, has_expand, residual)
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
-    out = output(out, (n, cout, shape.ho, shape.wo), x)
+    out = output(out, (n, cout, shape.ho, shape.wo), x, reads=(w_exp, b_exp, w_dw, b_dw, w_proj, b_proj))
     programs = programs_for(shape, cfg, n, x.device)
     scratch = torch.empty(scratch_elements(shape, cfg, programs), dtype=x.dtype, device=x.device)
     dummy = w_dw  # never read when HAS_EXPAND is off
-    _inverted_residual_kernel[(programs,)](
-        x,
+    launch(
+        _inverted_residual_kernel, (programs,), x,
         w_exp if has_expand else dummy,
         b_exp if has_expand else dummy,
         w_dw,

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _relu6, check_activation, check_weight, launch_args, output, tf32
+from ._common import _relu6, check_activation, check_weight, launch, launch_args, output, tf32
 from .choice import choose_head_config, choose_linear_config
 from .records import HeadConfig, LinearConfig
 
@@ -110,9 +110,10 @@ def head_pool(
     n, cin, h, w = x.shape
     cout = check_weight(weight, bias, cin, x)
     cfg = config or choose_head_config(cin, cout, h * w, x.device, x.dtype.itemsize)
-    out = output(out, (n, cout), x)
+    out = output(out, (n, cout), x, reads=(weight, bias))
     grid = (n, triton.cdiv(cout, cfg.block_n))
-    _head_pool_kernel[grid](x, weight, bias, out, **head_kernel_args(cin, cout, h * w, cfg, x.dtype, tf32(allow_tf32)))
+    launch(_head_pool_kernel, grid, x, weight, bias, out,
+           **head_kernel_args(cin, cout, h * w, cfg, x.dtype, tf32(allow_tf32)))
     return out
 
 
@@ -135,9 +136,9 @@ def linear(
     m, k = a.shape
     nout = check_weight(weight, bias, k, a, "K, NOUT")
     cfg = config or choose_linear_config(m, k, nout, a.device)
-    out = output(out, (m, nout), a)
+    out = output(out, (m, nout), a, reads=(weight, bias))
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(nout, cfg.block_n))
-    _linear_kernel[grid](a, weight, bias, out, m, **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32))
+    launch(_linear_kernel, grid, a, weight, bias, out, m, **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32))
     return out

@@ -68,7 +68,7 @@ class BlockShape:
     def grid(self, cfg: "BlockConfig", n: int, sms: int) -> int:
         """Programs of the persistent launch: one per tile, at most as many as fit the GPU's
         sms multiprocessors at once (each then walks over several tiles)."""
-        return max(1, min(self.tiles(cfg, n), cfg.programs_per_sm * sms))
+        return min(self.tiles(cfg, n), cfg.programs_per_sm * sms)
 
     def floor_bytes(self, batch: int, itemsize: int) -> int:
         """The fused floor: the input read once, the output written once, the weights read once."""

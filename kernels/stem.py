@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _relu6, check_activation, check_weight, launch_args, next_pow2, output, tf32
+from ._common import _relu6, check_activation, check_weight, launch, launch_args, next_pow2, output, tf32
 from .choice import choose_stem_config
 from .records import StemConfig, output_size
 
@@ -82,10 +82,10 @@ def stem_conv(
     cout = check_weight(weight, bias, cin * 9, x, f"{cin}*9, COUT")
     cfg = config or choose_stem_config(cout, x.device)
     ho, wo = output_size(h, stride), output_size(w, stride)
-    out = output(out, (n, cout, ho, wo), x)
+    out = output(out, (n, cout, ho, wo), x, reads=(weight, bias))
     grid = (triton.cdiv(n * ho * wo, cfg.block_p), triton.cdiv(cout, cfg.block_co))
-    _stem_kernel[grid](
-        x, weight, bias, out,
+    launch(
+        _stem_kernel, grid, x, weight, bias, out,
         n, h, w, ho, wo,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         **stem_kernel_args(cin, cout, stride, cfg, x.dtype, tf32(allow_tf32)),

@@ -10,8 +10,11 @@ whole network) and ``graphs`` (CUDA graphs), on the kernels of ``mnv2_fast.kerne
 ``mnv2_fast.tools`` serves the CLI, the benchmarks and the checks; the runtime never
 imports it.
 
-Triton is imported with the kernels, when a block is first fused or a fused part first
-runs, not by ``import mnv2_fast``: TRITON_INTERPRET can still be set after it.
+``import mnv2_fast`` does not import Triton; the kernels import it when a block is first
+fused.  To run the kernels on CPU tensors through Triton's interpreter, set TRITON_INTERPRET=1
+before importing torch/torchvision/triton (torchvision imports triton; so may other
+packages): Triton fixes the choice for its own library kernels when it is imported, and a
+late switch is refused with an error saying so.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ Each module keeps its BN-folded weights as buffers in the layout the kernels rea
 * "triton": the fused Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1);
 * "torch":  the same folded computation in plain PyTorch (kernels/reference.py; any device);
 * "auto":   Triton for CUDA tensors, PyTorch otherwise.
+
+Inference only, on either engine: a fused module in training mode (after ``.train()``) or
+asked for gradients raises in forward, and a batch of 0 gives the empty result.  Their
+state_dicts hold the folded weights: load trained weights into the unfused model first.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "triton", "torch")
+INFERENCE_ONLY = "inference only: wrap the call in torch.no_grad() or torch.inference_mode()"
 
 
 class UnsupportedBlockError(ValueError):
@@ -84,7 +89,7 @@ def check_input(x: torch.Tensor, channels: int, like: torch.Tensor, what: str) -
         )
     if x.device != like.device:
         raise ValueError(f"{what} has weights on {like.device} but the input is on {x.device}: move one of them")
-    if min(x.shape) < 1:
+    if min(x.shape[1:]) < 1:  # a batch of 0 is fine: its result is empty
         raise ValueError(f"{what} got an empty input of shape {tuple(x.shape)}")
 
 
@@ -174,21 +179,64 @@ def parse_inverted_residual(block: nn.Module) -> ParsedBlock:
 
 
 class FusedPart(nn.Module):
-    """The base of the fused modules.  forward() checks the input (check_input), then runs
-    forward_triton (the kernel) or forward_torch (the same computation in PyTorch ops, from
-    kernels/reference.py) as the backend says; describe() says what runs, for the fusion
-    report and the module's repr."""
+    """The base of the fused modules.  forward() refuses training mode and autograd, checks the
+    input (check_input), then runs forward_triton (the kernel) or forward_torch (the same
+    computation in PyTorch ops, from kernels/reference.py) as the backend says; describe()
+    says what runs and what it computes (computes()), for the fusion report and the repr."""
 
     def __init__(self, backend: str):
         super().__init__()
         self.backend = check_backend(backend)
+        self.training = False  # built from eval-mode modules, for inference only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError(f"{type(self).__name__} is in training mode (was .train() called?): the fused modules "
+                               "are inference only (dropout and batch statistics are gone); call .eval()")
+        # Grad mode first: under no_grad / inference_mode this check costs one call.
+        if torch.is_grad_enabled() and (getattr(x, "requires_grad", False)
+                                        or any(t.requires_grad for t in self._buffers.values() if t is not None)):
+            raise RuntimeError(f"{type(self).__name__}: {INFERENCE_ONLY} (the input or a weight requires grad)")
         self.check_input(x)
         return self.forward_triton(x) if use_triton(self.backend, x) else self.forward_torch(x)
 
+    @property
+    def device(self) -> torch.device:
+        return next(t for t in self._buffers.values() if t is not None).device
+
+    def runs(self, device: torch.device | None = None) -> str:
+        """What computes this part: for inputs on `device` (where the weights are, so the only
+        place an input can be), or for any input when None."""
+        if self.backend == "triton":
+            return "one Triton kernel"
+        if self.backend == "torch":
+            return "folded PyTorch ops"
+        if device is None:
+            return "one Triton kernel on CUDA, folded PyTorch ops elsewhere"
+        return "one Triton kernel" if device.type == "cuda" else f"folded PyTorch ops on {device.type} (a kernel on CUDA)"
+
+    def describe(self, now: bool = False) -> str:
+        """What runs and what it computes; now=True: what runs with the weights where they are."""
+        return f"{self.runs(self.device if now else None)}: {self.computes()}"
+
     def extra_repr(self) -> str:
-        return f"{self.describe()}; backend={self.backend!r}"
+        return f"{self.describe(now=True)}; backend={self.backend!r}"
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A state_dict of the unfused model (e.g. torchvision's) has other keys here: say so in one line
+        # instead of listing hundreds of missing and unexpected keys.
+        own = {prefix + name for name, t in self._buffers.items() if t is not None}
+        foreign = sorted(k for k in state_dict if k.startswith(prefix) and k not in own)
+        if foreign:
+            where = prefix[:-1] or type(self).__name__
+            raise RuntimeError(
+                f"{where} is a fused {type(self).__name__}: it holds BatchNorm-folded weights "
+                f"({', '.join(sorted(k[len(prefix):] for k in own))}), but the state_dict has the unfused "
+                f"model's keys ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}). "
+                "Load weights before optimize(): into the unfused model, then optimize (or fuse_block) it")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 class FusedInvertedResidual(FusedPart):
@@ -218,10 +266,9 @@ class FusedInvertedResidual(FusedPart):
         self.register_buffer("b_proj", b)
         self.config = None  # a kernels.BlockConfig to pin the launch; None = tuned table / heuristic
 
-    def describe(self) -> str:
+    def computes(self) -> str:
         s = self.spec
-        return (f"one kernel: {s.cin} -> {s.hidden} (t={s.t}) -> {s.cout}, stride {s.stride}"
-                + (", +x" if s.residual else ""))
+        return f"{s.cin} -> {s.hidden} (t={s.t}) -> {s.cout}, stride {s.stride}" + (", +x" if s.residual else "")
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.spec.cin, self.w_proj, "FusedInvertedResidual")
@@ -260,8 +307,8 @@ class FusedStem(FusedPart):
         self.register_buffer("weight", w.reshape(self.cout, self.cin * 9).t().contiguous())
         self.register_buffer("bias", b)
 
-    def describe(self) -> str:
-        return f"one kernel: 3x3 conv stride {self.stride} + BN + ReLU6, reads NCHW or NHWC"
+    def computes(self) -> str:
+        return f"3x3 conv stride {self.stride} + BN + ReLU6, reads NCHW or NHWC"
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.cin, self.weight, "the model")
@@ -287,9 +334,8 @@ class FusedHead(FusedPart):
         self.register_buffer("weight", w.reshape(self.cout, self.cin).t().contiguous())
         self.register_buffer("bias", b)
 
-    def describe(self) -> str:
-        return (f"one kernel: 1x1 conv {self.cin} -> {self.cout} + BN + ReLU6 + global average pool"
-                " (the full map is never written)")
+    def computes(self) -> str:
+        return f"1x1 conv {self.cin} -> {self.cout} + BN + ReLU6 + global average pool (the full map is never written)"
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.cin, self.weight, "FusedHead")
@@ -312,10 +358,12 @@ class FusedLinear(FusedPart):
         bias = linear.bias.detach() if linear.bias is not None else torch.zeros_like(linear.weight[:, 0])
         self.register_buffer("bias", bias.clone())
 
-    def describe(self) -> str:
-        return f"one kernel: dense {self.in_features} -> {self.out_features} (the paper's final 1x1 conv)"
+    def computes(self) -> str:
+        return f"dense {self.in_features} -> {self.out_features} (the paper's final 1x1 conv)"
 
     def check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"FusedLinear expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"FusedLinear expects [N, {self.in_features}], got {tuple(x.shape)}")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 
 from .folding import check_eval
@@ -12,6 +14,7 @@ from .fused import (
     FusedHead,
     FusedInvertedResidual,
     FusedLinear,
+    FusedPart,
     FusedStem,
     UnsupportedBlockError,
     check_backend,
@@ -29,13 +32,17 @@ _KNOWN_MOBILENET_V2 = {("torchvision.models.mobilenetv2", "MobileNetV2"), ("mnv2
 @dataclass(frozen=True)
 class FusionEntry:
     name: str  # module path in the optimized model
-    part: str  # stem, block, head, classifier, other
+    part: str  # stem, block, head, classifier, other; identity: a module nothing runs for (dropout)
     fused: bool
     detail: str  # what runs there, or why it is not fused
 
 
 @dataclass(frozen=True)
 class FusionReport:
+    """What optimize() replaced and what runs there.  ``fusion_report(model)`` reads it from the
+    model as it is now (after ``.cuda()``, say); the ``fusion_report`` attribute optimize() sets
+    says what runs for inputs on each device."""
+
     backend: str
     entries: tuple[FusionEntry, ...]
 
@@ -45,15 +52,17 @@ class FusionReport:
 
     @property
     def not_fused(self) -> list[FusionEntry]:
-        return [e for e in self.entries if not e.fused]
+        """The parts that compute something and are kept as PyTorch."""
+        return [e for e in self.entries if not e.fused and e.part != "identity"]
 
     def __str__(self) -> str:
         width = max([len(e.name) for e in self.entries] + [6])
-        lines = [f"mnv2_fast fusion report (backend={self.backend!r}): "
-                 f"{len(self.fused)} of {len(self.entries)} parts fused"]
+        parts = len(self.fused) + len(self.not_fused)
+        lines = [f"mnv2_fast fusion report (backend={self.backend!r}): {len(self.fused)} of {parts} parts fused"]
         lines.append(f"  {'module':<{width}}  {'part':<10}  {'fused':<5}  detail")
         for e in self.entries:
-            lines.append(f"  {e.name:<{width}}  {e.part:<10}  {'yes' if e.fused else 'NO':<5}  {e.detail}")
+            mark = "-" if e.part == "identity" else "yes" if e.fused else "NO"
+            lines.append(f"  {e.name:<{width}}  {e.part:<10}  {mark:<5}  {e.detail}")
         return "\n".join(lines)
 
 
@@ -104,10 +113,38 @@ def _fuse_mobilenet_v2(model: nn.Module, backend: str, entries: list[FusionEntry
     linears = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
     for i, m in enumerate(model.classifier):
         if isinstance(m, nn.Dropout):
-            entries.append(FusionEntry(f"classifier.{i}", "classifier", True, "dropout: the identity at inference"))
+            entries.append(FusionEntry(f"classifier.{i}", "identity", False,
+                                       "Dropout: nothing runs (the identity in eval mode)"))
     for i in linears:
         lin = model.classifier[i]
         _try_fuse(model, f"classifier.{i}", lambda lin=lin: FusedLinear(lin, backend), "classifier", backend, entries)
+
+
+def _check_not_optimized(model: nn.Module) -> None:
+    """optimize() takes the unfused model: fused modules in it mean it ran already."""
+    if isinstance(model, CUDAGraphRunner):
+        model = model.module
+    fused = [f"{name or type(model).__name__} ({type(m).__name__})"
+             for name, m in model.named_modules() if isinstance(m, FusedPart)]
+    if fused:
+        listed = ", ".join(fused[:3]) + (f" and {len(fused) - 3} more" if len(fused) > 3 else "")
+        raise ValueError(f"this model is already optimized: it holds fused modules ({listed}). optimize() takes "
+                         "the unfused model; use this one as it is, or optimize the original for another backend")
+
+
+_BLOCK_WORDS = ("residual", "bottleneck", "block")  # class names that say "a block"
+
+
+def _no_blocks_error(model: nn.Module) -> ValueError:
+    """Name the block types the model has instead (e.g. MobileNetV3's InvertedResidual)."""
+    kinds = Counter(f"{type(m).__module__}.{type(m).__name__}" for _, m in model.named_modules()
+                    if any(w in type(m).__name__.lower() for w in _BLOCK_WORDS))
+    name = type(model).__name__
+    if not kinds:
+        return ValueError(f"{name} contains no InvertedResidual blocks: nothing to fuse")
+    found = ", ".join(f"{n} x {kind}" for kind, n in kinds.most_common())
+    return ValueError(f"{name} contains no MobileNetV2 InvertedResidual blocks (a `conv` Sequential of expand "
+                      f"1x1, depthwise 3x3, project 1x1 with ReLU6); it has {found}: those are not supported yet")
 
 
 def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, cuda_graph: bool = False) -> nn.Module:
@@ -120,13 +157,20 @@ def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, 
     backend:  "auto" (Triton kernels for CUDA inputs, folded PyTorch otherwise), "triton"
               (always the kernels; an unsupported part is an error) or "torch".
     inplace:  modify ``model`` itself instead of a deep copy.
-    cuda_graph: wrap the result in a CUDAGraphRunner (fixed input shape, lowest latency).
+    cuda_graph: wrap the result in a CUDAGraphRunner (fixed input shape, lowest latency;
+              needs CUDA).
 
-    The result follows ``.to(device, dtype)`` and carries ``.fusion_report``.
+    The result follows ``.to(device, dtype)`` and carries ``.fusion_report``.  It is for
+    inference only: in training mode (after ``.train()``) or with autograd its fused parts
+    raise.  Load weights into ``model`` before optimizing it.  An already optimized model is
+    an error.
     """
     check_backend(backend)
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize expects an nn.Module, got {type(model).__name__}")
+    if cuda_graph and not torch.cuda.is_available():
+        raise ValueError("cuda_graph=True needs CUDA (a CUDA graph replays GPU work), and no CUDA device is available")
+    _check_not_optimized(model)
     check_eval(model)
     target = model if inplace else copy.deepcopy(model)
     entries: list[FusionEntry] = []
@@ -138,7 +182,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, 
             if name and is_inverted_residual(m) and not any(name.startswith(p + ".") for p in names):
                 names.append(name)
         if not names:
-            raise ValueError(f"{type(model).__name__} contains no InvertedResidual blocks: nothing to fuse")
+            raise _no_blocks_error(model)
         _fuse_blocks(target, names, backend, entries)
         entries.append(FusionEntry("(rest)", "other", False,
                                    f"kept as PyTorch: {type(model).__name__} is not a known MobileNetV2, "
@@ -151,8 +195,15 @@ def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, 
 
 
 def fusion_report(model: nn.Module) -> FusionReport:
-    """The report of a model returned by ``optimize`` (print it for a table)."""
+    """The report of a model returned by ``optimize`` (print it for a table), as the model is now:
+    each fused part says what runs with its weights where they are (a kernel on CUDA, folded
+    PyTorch elsewhere with backend="auto")."""
     report = getattr(model, "fusion_report", None)
     if not isinstance(report, FusionReport):
         raise ValueError("this model was not produced by mnv2_fast.optimize: it has no fusion report")
-    return report
+    root = model.module if isinstance(model, CUDAGraphRunner) else model
+    entries = []
+    for e in report.entries:
+        part = root.get_submodule(e.name) if e.fused else None
+        entries.append(replace(e, detail=part.describe(now=True)) if isinstance(part, FusedPart) else e)
+    return FusionReport(report.backend, tuple(entries))

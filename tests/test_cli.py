@@ -27,6 +27,7 @@ def test_bench_without_gpu_reports_numerics_and_says_timings_need_a_gpu(capsys, 
     assert main(["bench", "--width", "0.5", "--resolution", "48", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "timings need a GPU" in out and "PASS" in out
+    assert f"wrote {tmp_path / 'bench.json'}" in out  # where the result went (issue 13, item 14)
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["gpu"] == "none" and result["numerics"]["error_over_tolerance"] <= 1 and result["model"] == []
 

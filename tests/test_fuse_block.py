@@ -21,7 +21,8 @@ def test_fuse_block_computes_the_block(cin, cout, stride, t, torchvision_block, 
     assert_close(y, reference64(block, x), torch.float32, backend)
     assert fused.spec.residual == (stride == 1 and cin == cout)
     assert (fused.spec.cin, fused.spec.cout, fused.spec.stride, fused.spec.t) == (cin, cout, stride, t)
-    assert f"one kernel: {cin} -> {cin * t} (t={t}) -> {cout}" in repr(fused)  # extra_repr: the description
+    runs = "one Triton kernel" if backend == "triton" else "folded PyTorch ops"
+    assert f"{runs}: {cin} -> {cin * t} (t={t}) -> {cout}" in repr(fused)  # extra_repr: what runs, what it computes
 
 
 def test_auto_backend_picks_torch_for_cpu_tensors():

@@ -38,6 +38,10 @@ def test_wheel_file_list(wheel):
     meta = zipfile.ZipFile(wheel).read(f"{info}/METADATA").decode()
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert sorted(r.split(":", 1)[1].strip() for r in requires) == ["numpy>=1.24", "torch>=2.11", "triton>=3.6"]
+    # Ray only through the extra that `mnv2-fast infer` needs.
+    extra = sorted(line.split(":", 1)[1].split(";")[0].strip() for line in meta.splitlines()
+                   if line.startswith("Requires-Dist:") and "extra == \"ray\"" in line)
+    assert extra == ["pillow>=10", "ray[data]>=2.60"] and "mnv2_fast/tools/infer.py" in names
     entry = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "mnv2-fast = mnv2_fast.tools.cli:main" in entry
 

@@ -8,6 +8,7 @@
                              <gpu>.json in the user's cache: ~/.cache/mnv2-fast/tuned)
     mnv2-fast static-check   compile every shipped config for Hopper and check its resources
     mnv2-fast perf-model     predict every launch's time from its compiled sm_90 code (no GPU)
+    mnv2-fast infer          batch inference over an image set on Ray Data (the extra mnv2-fast[ray])
 
 Weights files (torchvision `mobilenet_v2` state_dicts) are read with
 torch.load(..., weights_only=True): tensors only, never arbitrary pickled objects.
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from . import infer
 from .interpreter import use_interpreter
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -42,24 +46,73 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _positive(kind: type):
+    """An argparse type: a positive (finite) int or float."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def _providers(text: str) -> str:
+    from .providers import MODEL_PROVIDERS
+
+    names = [p for p in text.split(",") if p]
+    unknown = [p for p in names if p not in MODEL_PROVIDERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown providers {unknown or [text]}; known: {','.join(MODEL_PROVIDERS)}")
+    return ",".join(names)
+
+
+def _writable(path: Path, what: str) -> Path:
+    """`path` can be created or written: its nearest existing ancestor is a writable folder."""
+    parent = path if what == "folder" else path.parent
+    if what == "folder" and path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
+    if what == "file" and path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder, not a file")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {existing} is not a writable folder")
+    return path
+
+
+def _out_folder(text: str) -> Path:
+    return _writable(Path(text), "folder")
+
+
+def _out_file(text: str) -> Path:
+    return _writable(Path(text), "file")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mnv2-fast", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_opts(sp, batch_help):
-        sp.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
-        sp.add_argument("--resolution", type=int, help="input side in pixels (default: 224 on a GPU, 64 without)")
+        sp.add_argument("--width", type=_positive(float), default=1.0, help="width multiplier (default 1.0)")
+        sp.add_argument("--resolution", type=_positive(int), help="input side in pixels (default: 224 on a GPU, 64 without)")
         sp.add_argument("--batch", type=_ints, help=batch_help)
-        sp.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 on a GPU, float32 without")
-        sp.add_argument("--classes", type=int, help="number of classes k (default: from --weights, else 1000)")
+        sp.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="default: float16 on a GPU, float32 without (bfloat16 needs a GPU)")
+        sp.add_argument("--classes", type=_positive(int), help="number of classes k (default: from --weights, else 1000)")
         sp.add_argument("--weights", type=Path, help="a torchvision mobilenet_v2 state_dict file (.pth)")
         sp.add_argument("--seed", type=int, default=0)
 
     b = sub.add_parser("bench", help="fused vs eager cuDNN vs torch.compile")
     model_opts(b, "comma-separated batch sizes (default: 1,32,256 on a GPU, 1 without)")
-    b.add_argument("--out", type=Path, default=Path("mnv2-fast-bench"), help="folder for bench.json and bench.png")
-    b.add_argument("--reps", type=int, default=50, help="timed repeats per measurement (median reported)")
-    b.add_argument("--providers", default="fused,fused_graph,eager_cl,eager_cl_folded,compile",
+    b.add_argument("--out", type=_out_folder, default=Path("mnv2-fast-bench"), help="folder for bench.json and bench.png")
+    b.add_argument("--reps", type=_positive(int), default=50, help="timed repeats per measurement (median reported)")
+    b.add_argument("--providers", type=_providers, default="fused,fused_graph,eager_cl,eager_cl_folded,compile",
                    help="comma-separated subset of fused,fused_graph,eager_cl,eager_cl_folded,compile")
 
     c = sub.add_parser("check", help="every part and the whole model against the unfused model")
@@ -68,12 +121,12 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tune", help="choose launch configs per block: timed on a GPU, or by the performance "
                        "model (--model, no GPU); write the tuned table")
-    t.add_argument("--width", type=float, action="append", help="width multiplier(s) to tune (default 1.0)")
-    t.add_argument("--resolution", type=int, default=224)
+    t.add_argument("--width", type=_positive(float), action="append", help="width multiplier(s) to tune (default 1.0)")
+    t.add_argument("--resolution", type=_positive(int), default=224)
     t.add_argument("--batch", type=_ints, default=[1, 256], help="batch sizes (each covers a range, default 1,256)")
     t.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="default float16")
-    t.add_argument("--reps", type=int, default=20)
-    t.add_argument("--out", type=Path, help="table path (default: <gpu>.json in $MNV2_FAST_TUNED_DIR, "
+    t.add_argument("--reps", type=_positive(int), default=20)
+    t.add_argument("--out", type=_out_file, help="table path (default: <gpu>.json in $MNV2_FAST_TUNED_DIR, "
                    "else $XDG_CACHE_HOME/mnv2-fast/tuned, else ~/.cache/mnv2-fast/tuned)")
     t.add_argument("--model", action="store_true",
                    help="no GPU: rank candidates by the calibrated performance model (compiled for sm_90)")
@@ -85,26 +138,41 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(sub.add_parser("perf-model", help="predict each launch's time with the calibrated performance "
                                  "model, from its sm_90 code (no GPU needed)"))
+    infer.add_parser(sub)
     return p
 
 
 # ---------------------------------------------------------------- model and weights
 
+WEIGHTS_FORMAT = ("expected a state_dict: a dict of tensors saved with torch.save(model.state_dict(), path), "
+                  "as torchvision's mobilenet_v2 weights are")
+
+
 def load_state_dict(path: Path) -> dict:
-    """A torchvision-style state_dict from `path`, tensors only."""
+    """A torchvision-style state_dict from `path`, tensors only (torch.load with weights_only=True).
+    Any file it cannot read gets one message: what is wrong, and the format expected."""
     import pickle
 
-    if not path.is_file():
+    if not path.exists():
         raise SystemExit(f"error: weights file {path} does not exist")
+    if not path.is_file():
+        raise SystemExit(f"error: weights file {path} is not a file; {WEIGHTS_FORMAT}")
+    if path.stat().st_size == 0:
+        raise SystemExit(f"error: weights file {path} is empty; {WEIGHTS_FORMAT}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise SystemExit(f"error: {path} is not a weights-only state_dict file (refused to unpickle it): "
-                         f"{str(err).splitlines()[0]}") from None
+    except Exception as err:  # PyTorch's message suggests weights_only=False: never repeated here
+        text = str(err)
+        if isinstance(err, pickle.UnpicklingError) and ("Unsupported global" in text or "allowed global" in text):
+            raise SystemExit(f"error: {path} holds pickled Python objects, not only tensors (a whole model saved "
+                             f"with torch.save(model)?), and weights files are never unpickled (refused to "
+                             f"unpickle it); {WEIGHTS_FORMAT}") from None
+        refused = " (refused to unpickle it)" if isinstance(err, pickle.UnpicklingError) else ""
+        raise SystemExit(f"error: {path} is not a file torch.save wrote{refused}; {WEIGHTS_FORMAT}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise SystemExit(f"error: {path} does not hold a state_dict (a dict of tensors)")
+        raise SystemExit(f"error: {path} does not hold a state_dict (a dict of tensors); {WEIGHTS_FORMAT}")
     return obj
 
 
@@ -143,6 +211,10 @@ def build_model(width: float, classes: int | None, weights: Path | None, seed: i
 def _setup(args) -> tuple[torch.device, bool]:
     """Pick the device; without a GPU, turn Triton's interpreter on before triton is imported."""
     on_gpu = torch.cuda.is_available()
+    if not on_gpu and args.dtype == "bfloat16" and getattr(args, "backend", "triton") == "triton":
+        raise SystemExit("error: --dtype bfloat16 needs a GPU: without one the kernels run through Triton's "
+                         "interpreter, which computes bfloat16 wrongly; use float16 or float32 here"
+                         + (", or --backend torch" if args.command == "check" else ""))
     if not on_gpu:
         try:
             use_interpreter()
@@ -152,8 +224,6 @@ def _setup(args) -> tuple[torch.device, bool]:
         args.resolution = 224 if on_gpu else 64
     if getattr(args, "dtype", None) is None:
         args.dtype = "float16" if on_gpu else "float32"
-    if args.resolution < 1:
-        raise SystemExit("error: --resolution must be positive")
     return torch.device("cuda" if on_gpu else "cpu"), on_gpu
 
 
@@ -206,7 +276,8 @@ def cmd_check(args) -> int:
     model = build_model(args.width, args.classes, args.weights, args.seed)
     torch.manual_seed(args.seed + 1)
     x = torch.randn(batch, 3, args.resolution, args.resolution)
-    where = "GPU " + torch.cuda.get_device_name() if on_gpu else "CPU, Triton interpreter"
+    engine = {"triton": "Triton kernels" if on_gpu else "Triton interpreter", "torch": "folded PyTorch ops"}
+    where = f"{'GPU ' + torch.cuda.get_device_name() if on_gpu else 'CPU'}, {engine[args.backend]}"
     print(f"mnv2-fast check: width {args.width}, {args.resolution}px, batch {batch}, {args.dtype}, "
           f"backend {args.backend}, on {where}")
     rows = agreement_rows(model, x, device, dtype, args.backend)
@@ -336,6 +407,7 @@ def _bench_cpu(args, model, dtype) -> int:
                   numerics={"dtype": args.dtype, "max_abs_diff": err, "error_over_tolerance": round(ratio, 4)},
                   model=[])
     (args.out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out / 'bench.json'}")
     return 0 if ratio <= 1 else 1
 
 
@@ -378,8 +450,12 @@ def cmd_perf_model(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"bench": cmd_bench, "check": cmd_check, "tune": cmd_tune, "static-check": cmd_static_check,
-               "perf-model": cmd_perf_model}
-    return handler[args.command](args)
+               "perf-model": cmd_perf_model, "infer": infer.cmd_infer}
+    try:
+        return handler[args.command](args)
+    except (ValueError, OSError) as err:  # bad input met past the parser: one line, no traceback
+        print(f"mnv2-fast {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
