@@ -661,7 +661,8 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
     # possible (a tile of 64 rows on two warpgroups: both compute it; a tile of fewer rows
     # than a warpgroup product's 64 padded up to them), never beyond that.
     limit = max(1, args["num_warps"] // S.WARPGROUP) * geo.get("row_padding", 1)
-    if not 1 - 1e-9 <= replication <= limit + 1e-9:
+    on_fma_units = args.get("DOT_PRECISION") == "ieee" and counts.mma_macs == 0  # fp32 products as FFMA
+    if not on_fma_units and not 1 - 1e-9 <= replication <= limit + 1e-9:
         raise ValueError(f"{launch.label}: {counts.mma_macs:.0f} multiply-adds per program counted in the SASS, "
                          f"{implied} implied by the tiles: loop trips {trips} are wrong")
     name = None

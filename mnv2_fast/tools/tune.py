@@ -166,15 +166,23 @@ def first_fit(shape, dtype, batch: int, gpu: str, prefer=(), progress=print) -> 
 
     from . import perf_model as PM
 
+    def spills(cfg) -> bool:
+        # fp32 ships both product precisions (IEEE and TF32) on one table entry: both must fit.
+        for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+            try:
+                text, usage = PM.compiled_sass(*_variant(Launch("block", "tune", dtype, shape, cfg, tf32)), dtype)
+            except Exception as err:  # e.g. ptxas refuses a variant
+                progress(f"    skip {cfg}: {type(err).__name__}: {str(err).splitlines()[0][:100]}")
+                return True
+            if usage.get("local", 0) or " STL" in text or " LDL" in text:
+                return True
+        return False
+
     for cfg in list(prefer) + fallback_candidates(shape, dtype.itemsize, batch):
+        if spills(cfg):
+            continue
         launch = Launch("block", "tune", dtype, shape, cfg)
-        try:
-            text, usage = PM.compiled_sass(*_variant(launch), dtype)
-        except Exception as err:  # e.g. ptxas refuses a variant
-            progress(f"    skip {cfg}: {type(err).__name__}: {str(err).splitlines()[0][:100]}")
-            continue
-        if usage.get("local", 0) or " STL" in text or " LDL" in text:
-            continue
+        text, usage = PM.compiled_sass(*_variant(launch), dtype)
         occ = PM.occupancy(usage["registers"], usage["shared"], cfg.num_warps, gpu)
         cfg = _replace(cfg, programs_per_sm=occ.programs_per_sm)
         return PM.analyse_launch(Launch("block", "tune", dtype, shape, cfg), batch, gpu)["predicted_ms"], cfg
