@@ -142,10 +142,23 @@ class BlockConfig(LaunchConfig):
             pow2("block_p", self.block_p)
 
 
+def _check_pow2(cfg: LaunchConfig, **values: int) -> None:
+    for name, v in values.items():
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{type(cfg).__name__} {name}={v} must be a power of two >= 16")
+
+
 @dataclass(frozen=True, kw_only=True)
 class StemConfig(LaunchConfig):
-    block_p: int = 64  # output pixels per program
+    """A 2D tile of output pixels of one image per program: rows and columns are the tile's
+    origin plus constants, no division per pixel."""
+
+    tile_h: int = 8  # output rows per program ...
+    tile_w: int = 16  # ... and columns (tile_h * tile_w: a power of two)
     block_co: int = 32  # output channels per program
+
+    def __post_init__(self):
+        _check_pow2(self, **{"tile_h * tile_w": self.tile_h * self.tile_w, "block_co": self.block_co})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,11 +27,64 @@ def test_stem(n, h, w, dtype, layout):
     assert_close(y, reference.stem_conv(*_f64(x, k, bias)), dtype, "stem")
 
 
-def test_stem_small_tiles_and_other_widths():
+@pytest.mark.parametrize("tile_h,tile_w,block_co", [(4, 4, 16), (2, 8, 32), (8, 2, 16), (1, 16, 64)])
+def test_stem_small_tiles_and_other_widths(tile_h, tile_w, block_co):
+    # 13 x 11 -> 7 x 6 outputs: tiles with interior pixels, tiles on every border, ragged tiles;
+    # 24 output channels in one or two channel programs.
     x = torch.randn(2, 3, 13, 11, device=DEVICE)
     weight, bias = torch.randn(27, 24, device=DEVICE), torch.randn(24, device=DEVICE)
-    y = stem_conv(x, weight, bias, config=StemConfig(block_p=16, block_co=16))
+    y = stem_conv(x, weight, bias, config=StemConfig(tile_h=tile_h, tile_w=tile_w, block_co=block_co))
     assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float32, "stem tiles")
+
+
+@pytest.mark.parametrize("cin,stride", [(1, 2), (4, 2), (3, 1)])
+def test_stem_other_input_channels_and_stride_1(cin, stride):
+    # CIN = 1 (one step of 16 columns), CIN = 4 (36 columns: two steps of 32), stride 1.
+    x = torch.randn(2, cin, 9, 10, device=DEVICE)
+    weight, bias = torch.randn(cin * 9, 16, device=DEVICE), torch.randn(16, device=DEVICE)
+    y = stem_conv(x, weight, bias, stride=stride, config=StemConfig(tile_h=4, tile_w=8, block_co=16))
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias), stride=stride), torch.float32, "stem cin/stride")
+
+
+@pytest.mark.parametrize("view", ["cropped", "channel_slice", "batch_slice"])
+def test_stem_any_strides(view):
+    # The kernel is specialised on the strides it is given: views that are neither NCHW- nor
+    # NHWC-contiguous read the right elements.
+    base = torch.randn(4, 5, 12, 14, device=DEVICE)
+    x = {"cropped": base[:, :3, 1:10, 2:13], "channel_slice": nhwc(base)[:, 1:4],
+         "batch_slice": base[::2, 2:]}[view]
+    weight, bias = torch.randn(27, 32, device=DEVICE), torch.randn(32, device=DEVICE)
+    y = stem_conv(x, weight, bias, config=StemConfig(tile_h=4, tile_w=4, block_co=32))
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float32, f"stem {view}")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_stem_batch_1_at_full_size(layout):
+    # A whole 224 x 224 image: interior tiles far from every border, with the default config.
+    x = torch.randn(1, 3, 224, 224)
+    x = (nhwc(x) if layout == "nhwc" else x).to(DEVICE, torch.float16)
+    weight = (torch.randn(27, 32, device=DEVICE) * 0.3).half()
+    bias = torch.randn(32, device=DEVICE)
+    y = stem_conv(x, weight, bias)
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float16, "stem 224")
+
+
+def test_stem_batches_beyond_one_grid(monkeypatch):
+    # Grid axis 2 holds the images, at most 65535 per launch: larger batches take several.
+    from mnv2_fast.kernels import stem
+
+    monkeypatch.setattr(stem, "_MAX_GRID_Z", 2)
+    x = torch.randn(5, 3, 6, 7, device=DEVICE)
+    weight, bias = torch.randn(27, 16, device=DEVICE), torch.randn(16, device=DEVICE)
+    y = stem_conv(x, weight, bias, config=StemConfig(tile_h=4, tile_w=4, block_co=16))
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float32, "stem batches")
+
+
+def test_stem_config_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="tile_h \\* tile_w=24"):
+        StemConfig(tile_h=3, tile_w=8)
+    with pytest.raises(ValueError, match="block_co=8"):
+        StemConfig(block_co=8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

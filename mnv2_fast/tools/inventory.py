@@ -98,7 +98,8 @@ def variant(launch: Launch):
     if launch.kind == "block":
         return _inverted_residual_kernel, kernel_args(s, cfg, dtype, tf32)
     if launch.kind == "stem":
-        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32)
+        # The input as users pass it: contiguous NCHW.
+        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32, (s[2] * s[3], s[3], 1))
     if launch.kind == "head":
         return _head_pool_kernel, head_kernel_args(s[0], s[1], s[2] * s[3], cfg, dtype, tf32)
     if launch.kind == "linear":

@@ -579,8 +579,6 @@ def launch_geometry(launch, batch: int) -> dict:
     entry), the multiply-adds one program's products imply (padded tiles), and compulsory
     HBM bytes.  Loops the compiler removes (one trip) are left out; tl.static_range loops are
     unrolled and never appear."""
-    import triton
-
     cfg, itemsize = launch.config, launch.dtype.itemsize
     if launch.kind == "block":
         from ..kernels.inverted_residual import kernel_args
@@ -601,12 +599,14 @@ def launch_geometry(launch, batch: int) -> dict:
         loops = ([("hidden chunks", chunks)] if chunks > 1 else []) + [("taps", 9)]
         hbm = block_hbm_bytes(batch, s.h, s.w, s.cin, s.hidden, s.cout, s.stride, s.has_expand, itemsize)
     elif launch.kind == "stem":
+        from ..kernels.stem import stem_block_k
+
         cin, cout, h, w = launch.shape
         ho, wo = output_size(h, 2), output_size(w, 2)
-        block_k = max(16, min(triton.next_power_of_2(cin * 9), 64))
-        programs = _cdiv(batch * ho * wo, cfg.block_p) * _cdiv(cout, cfg.block_co)
-        macs = cfg.block_p * _cdiv(cin * 9, block_k) * block_k * cfg.block_co
-        loops = []
+        block_k = stem_block_k(cin)
+        programs = batch * _cdiv(ho, cfg.tile_h) * _cdiv(wo, cfg.tile_w) * _cdiv(cout, cfg.block_co)
+        macs = cfg.tile_h * cfg.tile_w * _cdiv(cin * 9, block_k) * block_k * cfg.block_co
+        loops = []  # the product steps are a static_range
         hbm = (batch * cin * h * w + batch * ho * wo * cout + cin * 9 * cout + cout) * itemsize
     elif launch.kind == "head":
         cin, cout, h, w = launch.shape
