@@ -143,12 +143,30 @@ def choose_stem_config(cout: int, device: torch.device) -> StemConfig:
     return StemConfig(tile_h=8, tile_w=16, block_co=max(16, min(next_pow2(cout), 64)), num_warps=4)
 
 
-def choose_head_config(cin: int, cout: int, hw: int, device: torch.device, itemsize: int = 2) -> HeadConfig:
+def choose_head_config(cin: int, cout: int, hw: int, batch: int, device: torch.device,
+                       itemsize: int = 2) -> HeadConfig:
+    """Large batches: 128 channels x up to 16 images per program (8 warps, two programs per
+    SM), the images per program balancing the waves against the pixel chunks each program
+    walks.  Small batches (fewer than two waves of one-image programs): one image and 64
+    channels per program, 32 when even that leaves SMs idle.  Checked against the
+    performance model at 224 px from batch 1 to 512 (bench/NOTES.md)."""
     if interpreting(device):
-        return HeadConfig(block_p=max(16, min(next_pow2(hw), 256)), block_k=max(16, min(next_pow2(cin), 512)),
-                          block_n=max(16, min(next_pow2(cout), 2048)))
-    return HeadConfig(block_p=64 if hw > 32 else 32, block_k=min(_block_k(cin), 32 if itemsize > 2 else 64),
-                      block_n=64 if itemsize > 2 else 128, num_warps=8)
+        imgs = max(1, min(batch, 16))
+        return HeadConfig(imgs=imgs, block_p=max(16, min(next_pow2(imgs * hw), 512)),
+                          block_k=max(16, min(next_pow2(cin), 512)), block_n=max(16, min(next_pow2(cout), 2048)))
+    block_k = min(_block_k(cin), 32 if itemsize > 2 else 64)
+    if batch * -(-cout // 128) < 2 * WAVE:
+        block_n = 32 if batch * -(-cout // 32) <= WAVE // 2 else 64
+        return HeadConfig(imgs=1, block_p=max(16, min(next_pow2(hw), 128)), block_k=block_k, block_n=block_n,
+                          num_warps=4, num_stages=2)
+
+    def cost(imgs: int) -> tuple[int, int]:
+        # (waves x pixel chunks per program, programs): fewer programs re-read the weight less.
+        programs = -(-batch // imgs) * -(-cout // 128)
+        return -(-programs // WAVE) * -(-(imgs * hw) // 128), programs
+
+    return HeadConfig(imgs=min(range(1, 17), key=cost), block_p=128, block_k=block_k, block_n=128, num_warps=8,
+                      num_stages=2)
 
 
 def choose_linear_config(m: int, k: int, nout: int, device: torch.device) -> LinearConfig:

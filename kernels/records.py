@@ -163,10 +163,19 @@ class StemConfig(LaunchConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig(LaunchConfig):
+    """imgs images' pixels, packed end to end, in chunks of block_p, times block_n channels."""
+
     num_warps: int = 8
-    block_p: int = 64  # pixels per step
+    num_stages: int = 2
+    imgs: int = 1  # images per program (at most 16: the pooling product's columns)
+    block_p: int = 128  # packed pixels per chunk
     block_k: int = 64  # input channels per product step
     block_n: int = 128  # head channels per program
+
+    def __post_init__(self):
+        if not 1 <= self.imgs <= 16:
+            raise ValueError(f"HeadConfig imgs={self.imgs} must be in 1..16")
+        _check_pow2(self, block_p=self.block_p, block_k=self.block_k, block_n=self.block_n)
 
 
 @dataclass(frozen=True, kw_only=True)

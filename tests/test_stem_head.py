@@ -91,7 +91,10 @@ def test_stem_config_must_be_a_power_of_two():
 @pytest.mark.parametrize("n,cin,h,w,cout,cfg", [
     (2, 320, 7, 7, 1280, None),
     (3, 160, 3, 2, 1280, None),
-    (1, 48, 5, 9, 40, HeadConfig(block_p=16, block_k=16, block_n=16)),  # several pixel steps, ragged
+    (1, 48, 5, 9, 40, HeadConfig(block_p=16, block_k=16, block_n=16)),  # several pixel chunks, ragged
+    (7, 48, 5, 3, 40, HeadConfig(imgs=3, block_p=16, block_k=32, block_n=32)),  # images across chunks, last group short
+    (17, 24, 2, 3, 16, HeadConfig(imgs=16, block_p=64, block_k=16, block_n=16)),  # 16 images, 6 pixels each
+    (4, 40, 7, 7, 72, HeadConfig(imgs=2, block_p=32, block_k=16, block_n=64)),  # CIN ragged in K, COUT in N
 ])
 def test_head_pool(n, cin, h, w, cout, cfg, dtype):
     x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE, dtype)
@@ -99,6 +102,19 @@ def test_head_pool(n, cin, h, w, cout, cfg, dtype):
     out = torch.full((n, cout), float("nan"), dtype=dtype, device=DEVICE)
     y = head_pool(x, weight, bias, config=cfg, out=out)
     assert_close(y, reference.head_pool(*_f64(x, weight, bias)), dtype, "head")
+
+
+@pytest.mark.parametrize("batch", [1, 12])
+def test_head_pool_gpu_configs(batch):
+    # The configs a GPU picks at batch 1 and at large batches (10 images per program, here with
+    # a short last group), run through the interpreter.
+    from mnv2_fast.kernels.choice import choose_head_config
+
+    cfg = choose_head_config(320, 1280, 49, 256 if batch > 1 else 1, torch.device("cuda"))
+    x = nhwc(torch.randn(batch, 320, 7, 7)).to(DEVICE, torch.float16)
+    weight, bias = (torch.randn(320, 1280) / 320 ** 0.5).to(DEVICE, torch.float16), torch.randn(1280, device=DEVICE)
+    y = head_pool(x, weight, bias, config=cfg)
+    assert_close(y, reference.head_pool(*_f64(x, weight, bias)), torch.float16, f"head {cfg}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

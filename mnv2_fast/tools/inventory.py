@@ -75,9 +75,9 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
                 add(Launch("block", f"w{width} block {spec.index} other staging", torch.float16, spec, alt))
         cin, last, s = specs[-1].cout, head_channels(width), specs[-1].ho
         for dtype in dtypes:
-            add(Launch("head", f"w{width} head", dtype, (cin, last, s, s),
-                       choice.choose_head_config(cin, last, s * s, gpu, dtype.itemsize)))
             for m in (1, 256):
+                add(Launch("head", f"w{width} head, batch {m}", dtype, (cin, last, s, s),
+                           choice.choose_head_config(cin, last, s * s, m, gpu, dtype.itemsize)))
                 add(Launch("linear", f"w{width} classifier, batch {m}", dtype, (m, last, 1000),
                            choice.choose_linear_config(m, last, 1000, gpu)))
     # Tuned entries for shapes outside the widths above ship too.

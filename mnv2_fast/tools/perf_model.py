@@ -563,7 +563,7 @@ def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: flo
     cin = specs[-1].cout
     out.append(NetworkLaunch("head", None, shipped.Launch(
         "head", f"w{width} head", dtype, (cin, last, s, s),
-        C.choose_head_config(cin, last, s * s, cuda, dtype.itemsize))))
+        C.choose_head_config(cin, last, s * s, batch, cuda, dtype.itemsize))))
     out.append(NetworkLaunch("classifier", None, shipped.Launch(
         "linear", f"w{width} classifier, batch {batch}", dtype, (batch, last, 1000),
         C.choose_linear_config(batch, last, 1000, cuda))))
@@ -610,10 +610,12 @@ def launch_geometry(launch, batch: int) -> dict:
         hbm = (batch * cin * h * w + batch * ho * wo * cout + cin * 9 * cout + cout) * itemsize
     elif launch.kind == "head":
         cin, cout, h, w = launch.shape
-        steps = _cdiv(h * w, cfg.block_p)
-        programs = batch * _cdiv(cout, cfg.block_n)
-        macs = steps * cfg.block_p * _cdiv(cin, cfg.block_k) * cfg.block_k * cfg.block_n
-        loops = [("pixels", steps)] if steps > 1 else []
+        chunks = _cdiv(cfg.imgs * h * w, cfg.block_p)
+        k_steps = _cdiv(cin, cfg.block_k)
+        programs = _cdiv(batch, cfg.imgs) * _cdiv(cout, cfg.block_n)
+        # The 1x1 conv, then the pooling product (16 image columns) per chunk of packed pixels.
+        macs = chunks * cfg.block_p * cfg.block_n * (k_steps * cfg.block_k + 16)
+        loops = [(name, t) for name, t in (("pixel chunks", chunks), ("k steps", k_steps)) if t > 1]
         hbm = (batch * h * w * cin + cin * cout + cout + batch * cout) * itemsize
     elif launch.kind == "linear":
         _, k, nout = launch.shape
@@ -707,8 +709,9 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
     inventory = {launch.key() for launch in shipped.shipped_launches()}
     records = []
     for i, nl in enumerate(network_launches(batch, dtype, gpu)):
-        # The inventory holds the classifier at batch 1 and 256 only; every other launch ships as is.
-        if nl.launch.key() not in inventory and not (nl.part == "classifier" and batch not in (1, 256)):
+        # The inventory holds the head and classifier at batch 1 and 256 only (their configs depend
+        # on the batch); every other launch ships as is.
+        if nl.launch.key() not in inventory and not (nl.part in ("head", "classifier") and batch not in (1, 256)):
             raise ValueError(f"{nl.launch.label} ({nl.launch.config}) is not in the shipped inventory")
         rec = analyse_launch(nl.launch, batch, gpu, part=nl.part, block=nl.block, sass_dir=sass_dir, params=params)
         reference = gpu == "h200" and batch == 256 and dtype == torch.float16 and nl.block is not None
