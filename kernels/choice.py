@@ -169,11 +169,16 @@ def choose_head_config(cin: int, cout: int, hw: int, batch: int, device: torch.d
                       num_stages=2)
 
 
-def choose_linear_config(m: int, k: int, nout: int, device: torch.device) -> LinearConfig:
+def choose_linear_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:
+    """K in steps of 256 (128 for fp32: three stages fit shared memory), 8 warps on 64 rows.
+    Batch <= 16: 16 x 16 tiles, so the weight is streamed by 63 programs at once (1000
+    classes).  Otherwise 64 x 32 tiles, or 64 x 16 while 64 x 32 would leave a quarter of
+    the SMs idle.  Picked with the performance model at batch 1, 16, 64 and 256 (bench/NOTES.md)."""
     if interpreting(device):
         return LinearConfig(block_m=max(16, min(next_pow2(m), 256)), block_n=max(16, min(next_pow2(nout), 1024)),
                             block_k=max(16, min(next_pow2(k), 512)))
+    block_k = max(16, min(next_pow2(k), 128 if itemsize > 2 else 256))
     if m <= 16:
-        # Batch-1 latency: many narrow programs so the weight is read by many SMs at once.
-        return LinearConfig(block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=3)
-    return LinearConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3)
+        return LinearConfig(block_m=16, block_n=16, block_k=block_k, num_warps=2, num_stages=4)
+    block_n = 32 if -(-m // 64) * -(-nout // 32) >= WAVE * 3 // 8 else 16
+    return LinearConfig(block_m=64, block_n=block_n, block_k=block_k, num_warps=8, num_stages=3)

@@ -35,6 +35,7 @@ def _head_pool_kernel(
     b_ptr,  # folded bias [COUT]
     y_ptr,  # pooled output [N, COUT], contiguous, input dtype
     N,  # batch
+    cin,  # CIN, at run time: the product loop's bound (see the linear kernel)
     HW: tl.constexpr,  # pixels per image (a constant: one variant per input resolution)
     CIN: tl.constexpr,  # input channels (320 x width)
     COUT: tl.constexpr,  # head channels (1280 for width <= 1)
@@ -53,11 +54,11 @@ def _head_pool_kernel(
     bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     slot = tl.arange(0, SLOTS)
     pooled = tl.zeros([BLOCK_N, SLOTS], dtype=tl.float32)
-    for p0 in range(0, IMGS * HW, BLOCK_P):
+    for p0 in range(0, rows, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         p_ok = p < rows
         acc = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)
-        for k0 in range(0, CIN, BLOCK_K):
+        for k0 in range(0, cin, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = (k < CIN) | (CIN % BLOCK_K == 0)
             w_t = tl.load(w_ptr + k[None, :] * COUT + c[:, None], mask=c_ok[:, None] & k_ok[None, :], other=0.0)
@@ -79,6 +80,7 @@ def _linear_kernel(
     b_ptr,  # bias [NOUT]
     y_ptr,  # output [M, NOUT], contiguous, input dtype
     M,  # rows (batch)
+    k_end,  # K, at run time: the product loop's bound (see below)
     K: tl.constexpr,  # input features
     NOUT: tl.constexpr,  # output features (classes)
     BLOCK_M: tl.constexpr,  # rows per program
@@ -91,9 +93,11 @@ def _linear_kernel(
     m_ok = m < M
     j_ok = j < NOUT
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    # A bound the compiler cannot see keeps the product loop a loop for every trip count (no
+    # full unrolling), as the performance model's loop count expects; one compare per step.
+    for k0 in range(0, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
+        k_ok = (k < K) | (K % BLOCK_K == 0)
         a = tl.load(a_ptr + (m * K)[:, None] + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + k[:, None] * NOUT + j[None, :], mask=k_ok[:, None] & j_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
@@ -130,7 +134,7 @@ def head_pool(
     cfg = config or choose_head_config(cin, cout, h * w, n, x.device, x.dtype.itemsize)
     out = output(out, (n, cout), x)
     grid = (triton.cdiv(n, cfg.imgs), triton.cdiv(cout, cfg.block_n))
-    _head_pool_kernel[grid](x, weight, bias, out, n,
+    _head_pool_kernel[grid](x, weight, bias, out, n, cin,
                             **head_kernel_args(cin, cout, h * w, cfg, x.dtype, tf32(allow_tf32)))
     return out
 
@@ -153,10 +157,10 @@ def linear(
     check_activation("a", a, "MK")
     m, k = a.shape
     nout = check_weight(weight, bias, k, a, "K, NOUT")
-    cfg = config or choose_linear_config(m, k, nout, a.device)
+    cfg = config or choose_linear_config(m, k, nout, a.device, a.dtype.itemsize)
     out = output(out, (m, nout), a)
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(nout, cfg.block_n))
-    _linear_kernel[grid](a, weight, bias, out, m, **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32))
+    _linear_kernel[grid](a, weight, bias, out, m, k, **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32))
     return out

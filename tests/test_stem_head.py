@@ -128,6 +128,19 @@ def test_linear(m, k, nout, cfg, dtype):
     assert_close(y, reference.linear(*_f64(a, weight, bias)), dtype, "linear")
 
 
+@pytest.mark.parametrize("m", [1, 70, 256])
+def test_linear_gpu_configs(m):
+    # The configs a GPU picks (16 x 16 tiles at batch <= 16; 64 x 16 and 64 x 32 above),
+    # run through the interpreter; K = 1280 in steps of 256.
+    from mnv2_fast.kernels.choice import choose_linear_config
+
+    cfg = choose_linear_config(m, 1280, 1000, torch.device("cuda"))
+    a = torch.randn(m, 1280).to(DEVICE, torch.float16)
+    weight, bias = (torch.randn(1280, 1000) / 1280 ** 0.5).to(DEVICE, torch.float16), torch.randn(1000, device=DEVICE)
+    y = linear(a, weight, bias, config=cfg)
+    assert_close(y, reference.linear(*_f64(a, weight, bias)), torch.float16, f"linear {cfg}")
+
+
 def test_errors():
     with pytest.raises(ValueError, match="rank 4"):
         stem_conv(torch.randn(3, 8, 8, device=DEVICE), torch.randn(27, 32, device=DEVICE), torch.randn(32, device=DEVICE))

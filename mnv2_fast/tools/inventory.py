@@ -79,7 +79,7 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
                 add(Launch("head", f"w{width} head, batch {m}", dtype, (cin, last, s, s),
                            choice.choose_head_config(cin, last, s * s, m, gpu, dtype.itemsize)))
                 add(Launch("linear", f"w{width} classifier, batch {m}", dtype, (m, last, 1000),
-                           choice.choose_linear_config(m, last, 1000, gpu)))
+                           choice.choose_linear_config(m, last, 1000, gpu, dtype.itemsize)))
     # Tuned entries for shapes outside the widths above ship too.
     for slug, table in tables.items():
         for (shape, dtype_name), entries in table.items():

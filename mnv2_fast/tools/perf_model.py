@@ -566,7 +566,7 @@ def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: flo
         C.choose_head_config(cin, last, s * s, batch, cuda, dtype.itemsize))))
     out.append(NetworkLaunch("classifier", None, shipped.Launch(
         "linear", f"w{width} classifier, batch {batch}", dtype, (batch, last, 1000),
-        C.choose_linear_config(batch, last, 1000, cuda))))
+        C.choose_linear_config(batch, last, 1000, cuda, dtype.itemsize))))
     return out
 
 
@@ -609,13 +609,16 @@ def launch_geometry(launch, batch: int) -> dict:
         loops = []  # the product steps are a static_range
         hbm = (batch * cin * h * w + batch * ho * wo * cout + cin * 9 * cout + cout) * itemsize
     elif launch.kind == "head":
+        # Both loops have run-time bounds (they stay loops); the last image group may be short.
         cin, cout, h, w = launch.shape
-        chunks = _cdiv(cfg.imgs * h * w, cfg.block_p)
+        groups = _cdiv(batch, cfg.imgs)
+        last = batch - (groups - 1) * cfg.imgs
+        chunks = ((groups - 1) * _cdiv(cfg.imgs * h * w, cfg.block_p) + _cdiv(last * h * w, cfg.block_p)) / groups
         k_steps = _cdiv(cin, cfg.block_k)
-        programs = _cdiv(batch, cfg.imgs) * _cdiv(cout, cfg.block_n)
+        programs = groups * _cdiv(cout, cfg.block_n)
         # The 1x1 conv, then the pooling product (16 image columns) per chunk of packed pixels.
         macs = chunks * cfg.block_p * cfg.block_n * (k_steps * cfg.block_k + 16)
-        loops = [(name, t) for name, t in (("pixel chunks", chunks), ("k steps", k_steps)) if t > 1]
+        loops = [("pixel chunks", chunks), ("k steps", k_steps)]
         hbm = (batch * h * w * cin + cin * cout + cout + batch * cout) * itemsize
     elif launch.kind == "linear":
         _, k, nout = launch.shape
@@ -623,7 +626,7 @@ def launch_geometry(launch, batch: int) -> dict:
         steps = _cdiv(k, cfg.block_k)
         programs = _cdiv(m, cfg.block_m) * _cdiv(nout, cfg.block_n)
         macs = cfg.block_m * steps * cfg.block_k * cfg.block_n
-        loops = [("k steps", steps)] if steps > 1 else []
+        loops = [("k steps", steps)]  # a run-time bound: a loop even for one step
         hbm = (m * k + k * nout + nout + m * nout) * itemsize
     else:
         raise ValueError(launch.kind)
