@@ -160,12 +160,14 @@ def choose_head_config(cin: int, cout: int, hw: int, batch: int, device: torch.d
         return HeadConfig(imgs=1, block_p=max(16, min(next_pow2(hw), 128)), block_k=block_k, block_n=block_n,
                           num_warps=4, num_stages=2)
 
+    block_p = 64 if itemsize > 2 else 128  # fp32's IEEE (FMA) products of 128-pixel chunks spill
+
     def cost(imgs: int) -> tuple[int, int]:
         # (waves x pixel chunks per program, programs): fewer programs re-read the weight less.
         programs = -(-batch // imgs) * -(-cout // 128)
-        return -(-programs // WAVE) * -(-(imgs * hw) // 128), programs
+        return -(-programs // WAVE) * -(-(imgs * hw) // block_p), programs
 
-    return HeadConfig(imgs=min(range(1, 17), key=cost), block_p=128, block_k=block_k, block_n=128, num_warps=8,
+    return HeadConfig(imgs=min(range(1, 17), key=cost), block_p=block_p, block_k=block_k, block_n=128, num_warps=8,
                       num_stages=2)
 
 
