@@ -609,13 +609,12 @@ def launch_geometry(launch, batch: int) -> dict:
         loops = []  # the product steps are a static_range
         hbm = (batch * cin * h * w + batch * ho * wo * cout + cin * 9 * cout + cout) * itemsize
     elif launch.kind == "head":
-        # Both loops have run-time bounds (they stay loops); the last image group may be short.
+        # Both loops have run-time bounds (they stay loops).  A short last image group walks
+        # fewer chunks; it is charged as a full one, as the slowest program sets the time.
         cin, cout, h, w = launch.shape
-        groups = _cdiv(batch, cfg.imgs)
-        last = batch - (groups - 1) * cfg.imgs
-        chunks = ((groups - 1) * _cdiv(cfg.imgs * h * w, cfg.block_p) + _cdiv(last * h * w, cfg.block_p)) / groups
+        chunks = _cdiv(min(batch, cfg.imgs) * h * w, cfg.block_p)
         k_steps = _cdiv(cin, cfg.block_k)
-        programs = groups * _cdiv(cout, cfg.block_n)
+        programs = _cdiv(batch, cfg.imgs) * _cdiv(cout, cfg.block_n)
         # The 1x1 conv, then the pooling product (16 image columns) per chunk of packed pixels.
         macs = chunks * cfg.block_p * cfg.block_n * (k_steps * cfg.block_k + 16)
         loops = [("pixel chunks", chunks), ("k steps", k_steps)]
