@@ -58,11 +58,9 @@ def test_stem_any_strides(view):
     assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float32, f"stem {view}")
 
 
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_stem_batch_1_at_full_size(layout):
+def test_stem_batch_1_at_full_size():
     # A whole 224 x 224 image: interior tiles far from every border, with the default config.
-    x = torch.randn(1, 3, 224, 224)
-    x = (nhwc(x) if layout == "nhwc" else x).to(DEVICE, torch.float16)
+    x = torch.randn(1, 3, 224, 224).to(DEVICE, torch.float16)
     weight = (torch.randn(27, 32, device=DEVICE) * 0.3).half()
     bias = torch.randn(32, device=DEVICE)
     y = stem_conv(x, weight, bias)
@@ -128,13 +126,13 @@ def test_linear(m, k, nout, cfg, dtype):
     assert_close(y, reference.linear(*_f64(a, weight, bias)), dtype, "linear")
 
 
-@pytest.mark.parametrize("m", [1, 70, 256])
-def test_linear_gpu_configs(m):
-    # The configs a GPU picks (16 x 16 tiles at batch <= 16; 64 x 16 and 64 x 32 above),
-    # run through the interpreter; K = 1280 in steps of 256.
+@pytest.mark.parametrize("batch,m", [(1, 1), (70, 70), (256, 70)])
+def test_linear_gpu_configs(batch, m):
+    # The configs a GPU picks at a batch (16 x 16 tiles at batch <= 16; 64 x 16 and 64 x 32
+    # above), run through the interpreter on m rows; K = 1280 in steps of 256.
     from mnv2_fast.kernels.choice import choose_linear_config
 
-    cfg = choose_linear_config(m, 1280, 1000, torch.device("cuda"))
+    cfg = choose_linear_config(batch, 1280, 1000, torch.device("cuda"))
     a = torch.randn(m, 1280).to(DEVICE, torch.float16)
     weight, bias = (torch.randn(1280, 1000) / 1280 ** 0.5).to(DEVICE, torch.float16), torch.randn(1000, device=DEVICE)
     y = linear(a, weight, bias, config=cfg)
