@@ -88,7 +88,7 @@ def _stem_kernel(
     TILE_H: tl.constexpr,  # output tile rows ...
     TILE_W: tl.constexpr,  # ... and columns per program (TILE_H * TILE_W a power of two)
     BLOCK_K: tl.constexpr,  # im2col columns per product step (CIN*9 padded up)
-    BLOCK_CO: tl.constexpr,  # output channels per program (grid axis 1)
+    BLOCK_CO: tl.constexpr,  # output channels per program
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 products
 ):
     # Grid: (tile columns x output-channel blocks, tile rows, images); no division by a runtime value.
