@@ -26,6 +26,11 @@ def choose_block_config(shape: BlockShape, dtype: torch.dtype, batch: int, devic
     return tuned or default_config(shape, dtype.itemsize, batch_class(batch))
 
 
+# Programs resident at once on an H100/H200 (132 SMs, two programs of the stem/head/classifier
+# kind per SM): one wave.
+WAVE = 132 * 2
+
+
 def _block_k(cin: int) -> int:
     """Largest power of two <= 64 that divides cin (no padded K work); small cin pads to 16."""
     for k in (64, 32, 16):
@@ -96,24 +101,54 @@ def default_config(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> Bl
 
 
 def choose_stem_config(cout: int, device: torch.device) -> StemConfig:
+    """8 x 16 output pixels and all output channels (up to 64) per program, one warpgroup.
+
+    By the performance model (224 px): 16 x 16 tiles are 2% faster at batch >= 64 in fp16 but
+    up to 60% slower at batch <= 32 (fewer, longer programs: wave tails) and 1% slower in fp32;
+    8 x 16 is within 3% of the best tile tried at every batch and dtype, so it is the only one."""
     if interpreting(device):
-        return StemConfig(block_p=512, block_co=max(16, next_pow2(cout)))
-    return StemConfig(block_p=64, block_co=max(16, min(next_pow2(cout), 64)), num_warps=4)
+        return StemConfig(tile_h=16, tile_w=32, block_co=max(16, next_pow2(cout)))
+    return StemConfig(tile_h=8, tile_w=16, block_co=max(16, min(next_pow2(cout), 64)), num_warps=4)
 
 
-def choose_head_config(cin: int, cout: int, hw: int, device: torch.device, itemsize: int = 2) -> HeadConfig:
+def choose_head_config(cin: int, cout: int, hw: int, batch: int, device: torch.device,
+                       itemsize: int = 2) -> HeadConfig:
+    """Large batches: 128 channels x up to 16 images per program (8 warps, two programs per
+    SM), the images per program balancing the waves against the pixel chunks each program
+    walks.  Small batches (fewer than two waves of one-image programs): one image and 64
+    channels per program, 32 when even that leaves SMs idle.  Checked against the
+    performance model at 224 px from batch 1 to 512 (bench/NOTES.md)."""
     if interpreting(device):
-        return HeadConfig(block_p=max(16, min(next_pow2(hw), 256)), block_k=max(16, min(next_pow2(cin), 512)),
-                          block_n=max(16, min(next_pow2(cout), 2048)))
-    return HeadConfig(block_p=64 if hw > 32 else 32, block_k=min(_block_k(cin), 32 if itemsize > 2 else 64),
-                      block_n=64 if itemsize > 2 else 128, num_warps=8)
+        imgs = max(1, min(batch, 16))
+        return HeadConfig(imgs=imgs, block_p=max(16, min(next_pow2(imgs * hw), 512)),
+                          block_k=max(16, min(next_pow2(cin), 512)), block_n=max(16, min(next_pow2(cout), 2048)))
+    block_k = min(_block_k(cin), 32 if itemsize > 2 else 64)
+    if batch * -(-cout // 128) < 2 * WAVE:
+        block_n = 32 if batch * -(-cout // 32) <= WAVE // 2 else 64
+        return HeadConfig(imgs=1, block_p=max(16, min(next_pow2(hw), 128)), block_k=block_k, block_n=block_n,
+                          num_warps=4, num_stages=2)
+
+    block_p = 64 if itemsize > 2 else 128  # fp32's IEEE (FMA) products of 128-pixel chunks spill
+
+    def cost(imgs: int) -> tuple[int, int]:
+        # (waves x pixel chunks per program, programs): fewer programs re-read the weight less.
+        programs = -(-batch // imgs) * -(-cout // 128)
+        return -(-programs // WAVE) * -(-(imgs * hw) // block_p), programs
+
+    return HeadConfig(imgs=min(range(1, 17), key=cost), block_p=block_p, block_k=block_k, block_n=128, num_warps=8,
+                      num_stages=2)
 
 
-def choose_linear_config(m: int, k: int, nout: int, device: torch.device) -> LinearConfig:
+def choose_linear_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:
+    """K in steps of 256 (128 for fp32: three stages fit shared memory), 8 warps on 64 rows.
+    Batch <= 16: 16 x 16 tiles, so the weight is streamed by 63 programs at once (1000
+    classes).  Otherwise 64 x 32 tiles, or 64 x 16 while 64 x 32 would leave a quarter of
+    the SMs idle.  Picked with the performance model at batch 1, 16, 64 and 256 (bench/NOTES.md)."""
     if interpreting(device):
         return LinearConfig(block_m=max(16, min(next_pow2(m), 256)), block_n=max(16, min(next_pow2(nout), 1024)),
                             block_k=max(16, min(next_pow2(k), 512)))
+    block_k = max(16, min(next_pow2(k), 128 if itemsize > 2 else 256))
     if m <= 16:
-        # Batch-1 latency: many narrow programs so the weight is read by many SMs at once.
-        return LinearConfig(block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=3)
-    return LinearConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3)
+        return LinearConfig(block_m=16, block_n=16, block_k=block_k, num_warps=2, num_stages=4)
+    block_n = 32 if -(-m // 64) * -(-nout // 32) >= WAVE * 3 // 8 else 16
+    return LinearConfig(block_m=64, block_n=block_n, block_k=block_k, num_warps=8, num_stages=3)

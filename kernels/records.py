@@ -147,18 +147,40 @@ class BlockConfig(LaunchConfig):
             raise ValueError(f"config maxnreg={self.maxnreg} must be in 24..255")
 
 
+def _check_pow2(cfg: LaunchConfig, **values: int) -> None:
+    for name, v in values.items():
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{type(cfg).__name__} {name}={v} must be a power of two >= 16")
+
+
 @dataclass(frozen=True, kw_only=True)
 class StemConfig(LaunchConfig):
-    block_p: int = 64  # output pixels per program
+    """A 2D tile of output pixels of one image per program: rows and columns are the tile's
+    origin plus constants, no division per pixel."""
+
+    tile_h: int = 8  # output rows per program ...
+    tile_w: int = 16  # ... and columns (tile_h * tile_w: a power of two)
     block_co: int = 32  # output channels per program
+
+    def __post_init__(self):
+        _check_pow2(self, **{"tile_h * tile_w": self.tile_h * self.tile_w, "block_co": self.block_co})
 
 
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig(LaunchConfig):
+    """imgs images' pixels, packed end to end, in chunks of block_p, times block_n channels."""
+
     num_warps: int = 8
-    block_p: int = 64  # pixels per step
+    num_stages: int = 2
+    imgs: int = 1  # images per program (at most 16: the pooling product's columns)
+    block_p: int = 128  # packed pixels per chunk
     block_k: int = 64  # input channels per product step
     block_n: int = 128  # head channels per program
+
+    def __post_init__(self):
+        if not 1 <= self.imgs <= 16:
+            raise ValueError(f"HeadConfig imgs={self.imgs} must be in 1..16")
+        _check_pow2(self, block_p=self.block_p, block_k=self.block_k, block_n=self.block_n)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -89,7 +89,7 @@ def test_unknown_config_keys_and_positional_fields_are_rejected():
 
 
 def test_config_fields_are_the_kernels_constexprs():
-    assert HeadConfig(block_p=32).constexprs() == {"BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
+    assert HeadConfig(block_p=32).constexprs() == {"IMGS": 1, "BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
     assert set(LARGE.constexprs()) == {"TILE_H", "TILE_W", "IMGS", "BLOCK_HID", "X_RESIDENT"}
     assert LARGE.options() == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
     assert "maxnreg" not in SMALL.options()  # the compiler's own choice
@@ -136,3 +136,25 @@ def test_channels_split_into_at_most_two_powers_of_two(n, parts):
 
     assert split_pow2(n) == parts
     assert sum(parts) >= n and all(p == 0 or (p >= 16 and p & (p - 1) == 0) for p in parts)
+
+
+def test_head_config_follows_the_batch():
+    from mnv2_fast.kernels.choice import WAVE, choose_head_config
+
+    gpu = torch.device("cuda")  # the GPU heuristic; nothing runs
+    big = choose_head_config(320, 1280, 49, 256, gpu)
+    assert (big.block_n, big.num_warps, big.block_p) == (128, 8, 128)
+    # The images per program fill whole waves: 256 images x 10 channel blocks in one wave of 264.
+    assert big.imgs == 10 and -(-256 // big.imgs) * 10 <= WAVE
+    assert choose_head_config(320, 1280, 49, 128, gpu).imgs == 5
+    one = choose_head_config(320, 1280, 49, 1, gpu)
+    assert (one.imgs, one.block_n, one.num_warps, one.block_p) == (1, 32, 4, 64)  # 40 programs, not 10
+    assert choose_head_config(320, 1280, 49, 16, gpu).block_n == 64
+    assert choose_head_config(320, 1280, 49, 256, gpu, itemsize=4).block_k == 32
+
+
+def test_head_config_limits():
+    with pytest.raises(ValueError, match="imgs=17"):
+        HeadConfig(imgs=17)
+    with pytest.raises(ValueError, match="block_p=48"):
+        HeadConfig(block_p=48)

@@ -70,11 +70,11 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> lis
                                        spec, cfg))
         cin, last, s = specs[-1].cout, head_channels(width), specs[-1].ho
         for dtype in dtypes:
-            add(Launch("head", f"w{width} head", dtype, (cin, last, s, s),
-                       choice.choose_head_config(cin, last, s * s, gpu, dtype.itemsize)))
             for m in (1, 256):
+                add(Launch("head", f"w{width} head, batch {m}", dtype, (cin, last, s, s),
+                           choice.choose_head_config(cin, last, s * s, m, gpu, dtype.itemsize)))
                 add(Launch("linear", f"w{width} classifier, batch {m}", dtype, (m, last, 1000),
-                           choice.choose_linear_config(m, last, 1000, gpu)))
+                           choice.choose_linear_config(m, last, 1000, gpu, dtype.itemsize)))
     # Tuned entries for shapes outside the widths above ship too.
     for slug, table in tables.items():
         for (shape, dtype_name), entries in table.items():
@@ -93,7 +93,8 @@ def variant(launch: Launch):
     if launch.kind == "block":
         return _inverted_residual_kernel, kernel_args(s, cfg, dtype, tf32)
     if launch.kind == "stem":
-        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32)
+        # The input as users pass it: contiguous NCHW.
+        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32, (s[2] * s[3], s[3], 1))
     if launch.kind == "head":
         return _head_pool_kernel, head_kernel_args(s[0], s[1], s[2] * s[3], cfg, dtype, tf32)
     if launch.kind == "linear":

@@ -563,10 +563,10 @@ def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: flo
     cin = specs[-1].cout
     out.append(NetworkLaunch("head", None, shipped.Launch(
         "head", f"w{width} head", dtype, (cin, last, s, s),
-        C.choose_head_config(cin, last, s * s, cuda, dtype.itemsize))))
+        C.choose_head_config(cin, last, s * s, batch, cuda, dtype.itemsize))))
     out.append(NetworkLaunch("classifier", None, shipped.Launch(
         "linear", f"w{width} classifier, batch {batch}", dtype, (batch, last, 1000),
-        C.choose_linear_config(batch, last, 1000, cuda))))
+        C.choose_linear_config(batch, last, 1000, cuda, dtype.itemsize))))
     return out
 
 
@@ -579,8 +579,6 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
     entry), the multiply-adds one program's products imply (padded tiles), and compulsory
     HBM bytes.  Loops the compiler removes (one trip) are left out; tl.static_range loops are
     unrolled and never appear."""
-    import triton
-
     cfg, itemsize = launch.config, launch.dtype.itemsize
     imbalance, row_padding, optional_inner = 1.0, 1, None
     if launch.kind == "block":
@@ -604,19 +602,25 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         optional_inner = ("depthwise rows", 3 + s.stride)
         hbm = s.floor_bytes(batch, itemsize)
     elif launch.kind == "stem":
+        from ..kernels.stem import stem_block_k
+
         cin, cout, h, w = launch.shape
         ho, wo = output_size(h, 2), output_size(w, 2)
-        block_k = max(16, min(triton.next_power_of_2(cin * 9), 64))
-        programs = _cdiv(batch * ho * wo, cfg.block_p) * _cdiv(cout, cfg.block_co)
-        macs = cfg.block_p * _cdiv(cin * 9, block_k) * block_k * cfg.block_co
-        loops = []
+        block_k = stem_block_k(cin)
+        programs = batch * _cdiv(ho, cfg.tile_h) * _cdiv(wo, cfg.tile_w) * _cdiv(cout, cfg.block_co)
+        macs = cfg.tile_h * cfg.tile_w * _cdiv(cin * 9, block_k) * block_k * cfg.block_co
+        loops = []  # the product steps are a static_range
         hbm = (batch * cin * h * w + batch * ho * wo * cout + cin * 9 * cout + cout) * itemsize
     elif launch.kind == "head":
+        # Both loops have run-time bounds (they stay loops).  A short last image group walks
+        # fewer chunks; it is charged as a full one, as the slowest program sets the time.
         cin, cout, h, w = launch.shape
-        steps = _cdiv(h * w, cfg.block_p)
-        programs = batch * _cdiv(cout, cfg.block_n)
-        macs = steps * cfg.block_p * _cdiv(cin, cfg.block_k) * cfg.block_k * cfg.block_n
-        loops = [("pixels", steps)] if steps > 1 else []
+        chunks = _cdiv(min(batch, cfg.imgs) * h * w, cfg.block_p)
+        k_steps = _cdiv(cin, cfg.block_k)
+        programs = _cdiv(batch, cfg.imgs) * _cdiv(cout, cfg.block_n)
+        # The 1x1 conv, then the pooling product (16 image columns) per chunk of packed pixels.
+        macs = chunks * cfg.block_p * cfg.block_n * (k_steps * cfg.block_k + 16)
+        loops = [("pixel chunks", chunks), ("k steps", k_steps)]
         hbm = (batch * h * w * cin + cin * cout + cout + batch * cout) * itemsize
     elif launch.kind == "linear":
         _, k, nout = launch.shape
@@ -624,7 +628,7 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         steps = _cdiv(k, cfg.block_k)
         programs = _cdiv(m, cfg.block_m) * _cdiv(nout, cfg.block_n)
         macs = cfg.block_m * steps * cfg.block_k * cfg.block_n
-        loops = [("k steps", steps)] if steps > 1 else []
+        loops = [("k steps", steps)]  # a run-time bound: a loop even for one step
         hbm = (m * k + k * nout + nout + m * nout) * itemsize
     else:
         raise ValueError(launch.kind)
@@ -716,8 +720,9 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
     inventory = {launch.key() for launch in shipped.shipped_launches()}
     records = []
     for i, nl in enumerate(network_launches(batch, dtype, gpu)):
-        # The inventory holds the classifier at batch 1 and 256 only; every other launch ships as is.
-        if nl.launch.key() not in inventory and not (nl.part == "classifier" and batch not in (1, 256)):
+        # The inventory holds the head and classifier at batch 1 and 256 only (their configs depend
+        # on the batch); every other launch ships as is.
+        if nl.launch.key() not in inventory and not (nl.part in ("head", "classifier") and batch not in (1, 256)):
             raise ValueError(f"{nl.launch.label} ({nl.launch.config}) is not in the shipped inventory")
         rec = analyse_launch(nl.launch, batch, gpu, part=nl.part, block=nl.block, sass_dir=sass_dir, params=params)
         # cuDNN was measured on an H200; an H100, with less memory bandwidth, is no faster, so
