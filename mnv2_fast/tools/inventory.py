@@ -59,9 +59,11 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> lis
         specs = block_specs(width, resolution=resolution)
         for spec in specs:
             for dtype in dtypes:
-                for batch in (256, 1):  # the heuristic's two batch classes
+                for batch in (256, 1):  # on a GPU without a table of its own: the reference table, else the heuristic
+                    cfg = (tuned.lookup(tables.get(choice.REFERENCE_TABLE, {}), spec, dtype, batch)
+                           or choice.default_config(spec, dtype.itemsize, batch))
                     add(Launch("block", f"w{width} block {spec.index}" + (" (batch <= 8)" if batch == 1 else ""),
-                               dtype, spec, choice.default_config(spec, dtype.itemsize, batch)))
+                               dtype, spec, cfg))
                 for slug, table in tables.items():
                     for batch in (1, 32, 256):
                         cfg = tuned.lookup(table, spec, dtype, batch)
