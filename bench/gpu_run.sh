@@ -28,7 +28,7 @@
 #   sanitizer_warm  every shipped launch config once without instrumentation, in parallel
 #                   shards: numerics checked, Triton's cache filled for the sanitizer
 #   memcheck        compute-sanitizer memcheck over every shipped config, in parallel shards
-#   racecheck       compute-sanitizer racecheck over one config of each stencil staging
+#   racecheck       compute-sanitizer racecheck over one config of each kernel path (expand at stride 1 and 2, no expand)
 #   initcheck       compute-sanitizer initcheck over the same two
 #   final_summary   everything, with every step's status
 #
@@ -377,14 +377,14 @@ if begin memcheck "compute-sanitizer memcheck, every shipped launch config, $MEM
 fi
 
 for tool in racecheck initcheck; do
-    if begin "$tool" "compute-sanitizer $tool, one config of each stencil staging"; then
+    if begin "$tool" "compute-sanitizer $tool, one config of each kernel path (expand at stride 1 and 2, no expand)"; then
         if [[ -n $(no_sanitizer_reason) ]]; then
             skip "$(no_sanitizer_reason)"
         elif ((DRY_RUN)); then
-            picked=$("$PY" -m mnv2_fast.tools.sanitize --list --one-per-staging | grep -v '^sanitize:' | cut -d: -f1 | paste -sd';' -)
+            picked=$("$PY" -m mnv2_fast.tools.sanitize --list --one-per-path | grep -v '^sanitize:' | cut -d: -f1 | paste -sd';' -)
             skip "dry run: no GPU; would check ${picked:-nothing}"
         else
-            limited "${SANITIZE[@]}" --tool "$tool" "$PY" -m mnv2_fast.tools.sanitize --one-per-staging 2>&1 |
+            limited "${SANITIZE[@]}" --tool "$tool" "$PY" -m mnv2_fast.tools.sanitize --one-per-path 2>&1 |
                 tee "$RAW/$tool.log"
             rc=${PIPESTATUS[0]}
             finish "$rc" "$(launch_total "$RAW/$tool.log") launches; $(sanitizer_note "$RAW/$tool.log" | head -n 2 | tr '\n' ' ')"

@@ -78,7 +78,7 @@ def _record(e: dict) -> tuple[str, dict] | None:
     if e.get("kind") == "block":
         record = {"block": e["block"], **record}
         record.update({k: e.get(k) for k in ("cin", "hidden", "cout", "stride", "size", "bytes", "flops",
-                                              "peak_mem_mb", "first_call_s", "staging")})
+                                              "peak_mem_mb", "first_call_s", "config")})
         return "blocks", record
     return None
 
@@ -215,8 +215,8 @@ def steps_table(s: dict) -> list[str]:
 
 def block_tables(s: dict) -> list[str]:
     blocks, copy = s["blocks"], s.get("copy_gbps")
-    header = ["block", "cin→hidden→cout, stride", "input", "staging", "fused ms"]
-    header += [f"{b} / fused" for b in BASELINES] + ["other staging / fused"]
+    header = ["block", "cin→hidden→cout, stride", "input", "config", "fused ms"]
+    header += [f"{b} / fused" for b in BASELINES] + ["heuristic / fused"]
     header += ["fused GB/s", "% of copy", "floor ms", "fused / floor"]
     lines = []
     for dtype, batch in combos(blocks):
@@ -228,9 +228,9 @@ def block_tables(s: dict) -> list[str]:
             gbps = ratio(r["bytes"] / 1e6, fused)  # bytes / ms -> GB/s
             floor = ratio(r["bytes"] / 1e6, copy)  # the fused floor: its bytes at copy speed
             rows.append([str(r["block"]), f"{r['cin']}→{r['hidden']}→{r['cout']}, s{r['stride']}",
-                         f"{r['size']}x{r['size']}", r.get("staging") or DASH, fmt(fused, ".4f")]
+                         f"{r['size']}x{r['size']}", r.get("config") or DASH, fmt(fused, ".4f")]
                         + [fmt(ratio(ms_of(blocks, provider=b, **at), fused), ".2f", "x") for b in BASELINES]
-                        + [fmt(ratio(ms_of(blocks, provider="fused_alt", **at), fused), ".2f", "x")]
+                        + [fmt(ratio(ms_of(blocks, provider="fused_heuristic", **at), fused), ".2f", "x")]
                         + [fmt(gbps, ".0f"), fmt(ratio(gbps, copy), ".0%"),
                            fmt(floor, ".3g"), fmt(ratio(fused, floor), ".2f", "x")])
         lines += ["", f"### {dtype}, batch {batch}", ""] + table(header, rows)
@@ -259,8 +259,8 @@ def render_md(s: dict) -> str:
               "`fused` (Triton kernels), `fused_graph` (the same as one CUDA graph), `eager_cl` (cuDNN, "
               "channels_last), `eager_cl_folded` (cuDNN with BN folded), `compile` (torch.compile); the eager "
               "baselines are timed with cudnn.benchmark off and on, and the faster counts; "
-              "`other staging / fused` is the fused kernel in its non-default stencil staging (tap <-> gather): "
-              "above 1x the default staging is the faster one."]
+              "`heuristic / fused` is the fused kernel with the heuristic's launch config instead of the "
+              "tuned table's (the performance model's choice): above 1x the model chose well."]
     if s.get("cold_start_s") is not None:
         lines += ["", f"Cold start (first forward of the fused model at batch 256 fp16 with an empty Triton cache, "
                       f"compilation included): {s['cold_start_s']:.1f} s."]

@@ -1,7 +1,8 @@
 """The 17 inverted-residual blocks of MobileNetV2 1.0, each at its input size in a 224-px
 network: the fused kernel against cuDNN (channels_last, with and without BN folded) and
-torch.compile; and, as the experiment that picks the stencil staging per block, the fused
-kernel in its other staging (provider fused_alt, float16 batch 256).  The eager baselines
+torch.compile; and, as the experiment that checks the performance model's choice of launch
+config, the fused kernel with the heuristic's config (provider fused_heuristic, float16 batch
+256).  The eager baselines
 run with cudnn.benchmark off and on.
 
 Matrix: MNV2_BENCH_DTYPES x MNV2_BENCH_BATCHES x MNV2_BENCH_BLOCKS x providers (see
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 import benchlib
-from mnv2_fast.kernels import staging_configs
+from mnv2_fast.kernels import choose_block_config, default_config
+from mnv2_fast.tools.static_check import describe
 from mnv2_fast.model import InvertedResidual, block_specs
 from mnv2_fast.tools.providers import BLOCK_PROVIDERS, make_block_provider
 from mnv2_fast.tools.testing import randomize_bn
@@ -23,7 +25,7 @@ from mnv2_fast.tools.timing import first_call, nhwc_input_pool
 WIDTH, RESOLUTION = 1.0, 224
 SPECS = block_specs(WIDTH, resolution=RESOLUTION)  # each at its input size in a 224-px network
 COMPILE_AT = ("float16", 256)
-ALT_AT = ("float16", 256)  # the staging experiment (provider fused_alt)
+ALT_AT = ("float16", 256)  # the config experiment (provider fused_heuristic)
 SMOKE_ALT = (3, 12)
 SMOKE_COMPILE = (3, "float32")  # (block, dtype): expand, depthwise, project and the residual
 
@@ -33,10 +35,9 @@ def smoke_size(size: int) -> int:
 
 
 def _measured(block: int, provider: str, dtype: str, batch: int, smoke: bool) -> bool:
-    if provider == "fused_alt":  # block 1 has no expand stage, hence a single staging
-        # Smoke: one block per direction (tap -> gather, gather -> tap); GPU-sized tiles are
-        # slow in the interpreter.
-        return block in SMOKE_ALT if smoke else SPECS[block - 1].has_expand and (dtype, batch) == ALT_AT
+    if provider == "fused_heuristic":
+        # Smoke: two blocks only; GPU-sized tiles are slow in the interpreter.
+        return block in SMOKE_ALT if smoke else (dtype, batch) == ALT_AT
     if provider != "compile":
         return True
     return (block, dtype) == SMOKE_COMPILE if smoke else (dtype, batch) == COMPILE_AT
@@ -77,8 +78,9 @@ def test_block(benchmark, settings, block, provider, dtype, batch, cudnn_benchma
                                  inputs[0])
         info = benchlib.measure(benchmark, fn, inputs, settings)
     if provider.startswith("fused"):
-        default, alt = staging_configs(spec, dt.itemsize)
-        info["staging"] = "gather" if (alt if provider == "fused_alt" else default).gather else "tap"
+        cfg = (default_config(spec, dt.itemsize, batch) if provider == "fused_heuristic"
+               else choose_block_config(spec, dt, batch, torch.device(settings.device)))
+        info["config"] = describe(cfg)
     benchmark.extra_info.update(
         kind="block", block=block, provider=provider, dtype=dtype, batch=batch,
         cin=spec.cin, hidden=spec.hidden, cout=spec.cout, stride=spec.stride, size=size,

@@ -3,7 +3,7 @@
 Each kernel module holds a private ``@triton.jit`` kernel and a plain launcher that checks
 shapes, dtypes, devices and strides, builds the grid and launches:
 
-    inverted_residual.py   one inverted-residual block (expand, depthwise, project) per kernel
+    block.py               one inverted-residual block (expand, depthwise, project) per kernel
     stem.py, head.py       the stem conv; the head conv + global pool, and the classifier
     reference.py           each launcher's computation in PyTorch ops (same arguments)
     records.py             BlockShape (one per block) and the launch-config records
@@ -11,16 +11,14 @@ shapes, dtypes, devices and strides, builds the grid and launches:
     tuned.py               the tuned tables: shipped ones (tuned/) and the user's
     aot.py                 compile a variant for sm_90 without a GPU, read its resources
 
-This layer imports torch and triton only, never ``mnv2_fast``.  Note that the launcher
-``inverted_residual`` shadows its module of the same name as an attribute of this package:
-reach the module's other names with ``from mnv2_fast.kernels.inverted_residual import ...``.
+This layer imports torch and triton only, never ``mnv2_fast``.
 """
 
 from . import reference  # noqa: F401 (the PyTorch twin of each launcher)
 from ._common import interpreting
-from .choice import choose_block_config, default_config, staging_configs
+from .choice import choose_block_config, default_config
 from .head import head_pool, linear
-from .inverted_residual import inverted_residual
+from .block import inverted_residual
 from .records import BlockConfig, BlockShape, HeadConfig, LinearConfig, StemConfig, output_size
 from .stem import stem_conv
 
@@ -37,6 +35,5 @@ __all__ = [
     "inverted_residual",
     "linear",
     "output_size",
-    "staging_configs",
     "stem_conv",
 ]

@@ -22,6 +22,18 @@ def interpreting(device: torch.device | None = None) -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def split_pow2(n: int) -> tuple[int, int]:
+    """n channels as one or two power-of-two parts (each >= 16) that cover it with the least
+    padding: 160 -> (128, 32), 96 -> (64, 32), 24 -> (32, 0), 64 -> (64, 0).  tl.dot needs
+    power-of-two sizes; two products of the exact parts waste less than one padded one."""
+    whole = max(16, next_pow2(n))
+    if whole == n or n <= 16:
+        return whole, 0
+    first = whole // 2
+    second = max(16, next_pow2(n - first))
+    return (first, second) if first + second < whole else (whole, 0)
+
+
 def triton_interpreting() -> bool:
     """Whether Triton's own library kernels (tl.cdiv, tl.sum, ...) run through its interpreter:
     fixed when triton was imported, as ours are when this package is."""
@@ -204,9 +216,9 @@ def tf32(allow_tf32: bool | None) -> bool:
 def launch_args(cfg, dtype: torch.dtype, allow_tf32: bool, **shape_constexprs) -> dict:
     """The keyword arguments of one launch, for every kernel of the family: the kernel's
     shape constexprs, the config's tile constexprs (its fields in upper case), DOT_PRECISION,
-    num_warps and num_stages."""
+    and its launch options (num_warps, num_stages, maxnreg when set)."""
     return dict(shape_constexprs, **cfg.constexprs(), DOT_PRECISION=dot_precision(dtype, allow_tf32),
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                **cfg.options())
 
 
 @triton.jit

@@ -60,6 +60,8 @@ def compile_variant(fn, constexprs: dict, dtype: torch.dtype, *, arch: int = 90)
         raise RuntimeError("kernels are interpreted (TRITON_INTERPRET=1); AOT compilation needs the real JIT")
     consts = dict(constexprs)
     options = {"num_warps": consts.pop("num_warps"), "num_stages": consts.pop("num_stages")}
+    if "maxnreg" in consts:  # a register cap, when the config sets one
+        options["maxnreg"] = consts.pop("maxnreg")
     params = list(inspect.signature(fn.fn).parameters)
     signature, attrs = {}, {}
     for i, p in enumerate(params):

@@ -1,7 +1,7 @@
 """Which launch configuration a kernel gets when the caller names none.
 
-For a block: the tuned table for this GPU (see `tuned.py`), else a heuristic that picks the
-stencil staging and tile from a simple time model.  Under Triton's interpreter (CPU tensors,
+For a block: the tuned table for this GPU (see `tuned.py`), else a heuristic (the shipped
+tables hold the performance model's choices for MobileNetV2).  Under Triton's interpreter (CPU tensors,
 TRITON_INTERPRET=1) every kernel gets large tiles instead: the interpreter runs programs one
 after another, so fewer, bigger programs keep the test suite fast.  Nothing here autotunes
 or touches the GPU.
@@ -10,27 +10,32 @@ or touches the GPU.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
-from ._common import interpreting, next_pow2
+from ._common import interpreting, next_pow2, split_pow2
 from .records import BlockConfig, BlockShape, HeadConfig, LinearConfig, StemConfig
 from .tuned import device_slug, lookup_tuned
 
-# Per-program limits the default configs stay inside (checked by the static resource test).
-MAX_P_OUT = 128
-MAX_P_IN = 256
-MAX_ACC = 128 * 128  # fp32 accumulator elements per program
-# Programs resident at once on an H100/H200 (132 SMs, two of these programs per SM): one wave.
-WAVE = 132 * 2
+
+
+# The table a GPU without its own falls back to: every config in it compiles for sm_90
+# without spilling (static check), which the heuristic cannot promise for every shape.
+REFERENCE_TABLE = "h200"
 
 
 def choose_block_config(shape: BlockShape, dtype: torch.dtype, batch: int, device: torch.device) -> BlockConfig:
+    """The launch config of a block: this GPU's tuned table (the user's, then the shipped
+    one), else the reference table, else the heuristic."""
     if interpreting(device):
         return interpreter_config(shape, batch)
-    tuned = lookup_tuned(shape, dtype, batch, device_slug(device))
-    return tuned or default_config(shape, dtype.itemsize, batch_class(batch))
+    return (lookup_tuned(shape, dtype, batch, device_slug(device)) or lookup_tuned(shape, dtype, batch, REFERENCE_TABLE)
+            or default_config(shape, dtype.itemsize, batch_class(batch)))
+
+
+# Programs resident at once on an H100/H200 (132 SMs, two programs of the stem/head/classifier
+# kind per SM): one wave.
+WAVE = 132 * 2
 
 
 def _block_k(cin: int) -> int:
@@ -41,116 +46,116 @@ def _block_k(cin: int) -> int:
     return max(16, min(64, next_pow2(cin)))
 
 
+def _even(n: int) -> int:
+    return n + n % 2
+
+
 def interpreter_config(shape: BlockShape, batch: int) -> BlockConfig:
-    """Few, large programs: the interpreter's cost is per program and per operation."""
-    block_h = min(next_pow2(shape.hidden), 256)
-    block_co = max(16, next_pow2(shape.cout))
-    block_k = max(16, min(next_pow2(shape.cin), 256))
-    if shape.has_expand and shape.cin >= 64:
-        # Same staging as on the GPU, whole images per program.
-        return BlockConfig(gather=True, tile_h=shape.ho, tile_w=shape.wo, imgs=max(1, min(batch, 4)),
-                           block_h=block_h, block_k=block_k, block_co=block_co)
-    block_p = max(16, min(next_pow2(batch * shape.ho * shape.wo), 512))
-    return BlockConfig(gather=False, block_p=block_p, block_h=block_h, block_k=block_k, block_co=block_co)
-
-
-def _gather_time(shape: BlockShape, cfg: BlockConfig, p_out: int, p_in: int, batch: int) -> float:
-    """Modelled time of one gather config, in multiply-add units: waves of programs times the
-    work of one (expand over the input region, 9 gathers, project).  At large batch this
-    ranks by total work; at small batch, where one wave holds every program, by the work of
-    one program, so it prefers more, smaller programs.  A model, to be checked by timing."""
-    per_program = ((p_in * shape.cin + 9 * p_out * 4) + p_out * cfg.block_co) * shape.hidden
-    return -(-math.prod(shape.grid(cfg, batch)) // WAVE) * per_program
-
-
-def gather_candidates(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> list[BlockConfig]:
-    """Gather-staging configs within the register limits, fastest first by the time model.
-
-    fp32 (itemsize 4) operands take twice the registers and shared memory of fp16, so
-    their tiles are smaller."""
-    wide = itemsize > 2
-    max_acc = MAX_ACC // 4 if wide else MAX_ACC
-    max_p_in = MAX_P_IN // 2 if wide else MAX_P_IN
-    block_k = min(_block_k(shape.cin), 32) if wide else _block_k(shape.cin)
-    co_options = sorted({max(16, min(next_pow2(shape.cout), c)) for c in (32, 64, 128)})
-    ranked = []
-    for tile_w in range(1, shape.wo + 1):
-        for tile_h in range(1, shape.ho + 1):
-            whole = tile_h == shape.ho and tile_w == shape.wo
-            for imgs in (1, 2, 4, 8) if whole else (1,):
-                if imgs > 1 and imgs > batch:
-                    continue  # a tile of more images than the batch has is idle lanes
-                in_h, in_w = shape.region(tile_h, tile_w)
-                p_out = next_pow2(imgs * tile_h * tile_w)
-                p_in = next_pow2(imgs * in_h * in_w)
-                if p_out < 32 or p_out > MAX_P_OUT or p_in > max_p_in:
-                    continue
-                for block_co in co_options:
-                    if p_out * block_co > max_acc:
-                        continue
-                    cfg = BlockConfig(gather=True, tile_h=tile_h, tile_w=tile_w, imgs=imgs,
-                                      block_h=32 if p_in > 128 or wide else 64, block_k=block_k,
-                                      block_co=block_co, num_warps=8, num_stages=1)
-                    ranked.append(((_gather_time(shape, cfg, p_out, p_in, batch), -p_out, block_co), cfg))
-    ranked.sort(key=lambda kc: kc[0])
-    return [cfg for _, cfg in ranked]
-
-
-def tap_config(shape: BlockShape, itemsize: int = 2) -> BlockConfig:
-    """Tap staging: 64 output pixels per program, all output channels up to 64 when Cin is wide."""
-    return BlockConfig(gather=False, block_p=64, block_h=32, block_k=_block_k(shape.cin),
-                       block_co=max(16, min(next_pow2(shape.cout), 64 if shape.cin > 32 else 512)),
-                       num_warps=8 if itemsize > 2 else 4, num_stages=1)
+    """Whole images and wide hidden chunks: the interpreter's cost is per program and per
+    operation, not per element."""
+    return BlockConfig(tile_h=_even(shape.ho), tile_w=shape.wo, imgs=1, block_hid=min(next_pow2(shape.hidden), 128))
 
 
 def batch_class(batch: int) -> int:
-    """The heuristic distinguishes batches that fill a wave of programs from those that do not."""
+    """The heuristic distinguishes batches that fill the GPU with tiles from those that do not."""
     return 1 if batch <= 8 else 256
+
+
+# Tiles the heuristic considers, largest first: whole rows of small maps, several small
+# images at once, 2D tiles of wide maps (tile_h even: the kernel works on pixel pairs).
+_TILES = ((2, 8, 7), (1, 14, 14), (1, 16, 16), (1, 8, 16), (1, 4, 28), (1, 8, 14), (1, 8, 8), (1, 8, 7), (1, 4, 14),
+          (1, 6, 8), (1, 4, 8), (1, 4, 7), (1, 2, 16), (1, 2, 8), (1, 2, 4), (1, 2, 2), (1, 2, 1))
+
+
+def _fits(shape: BlockShape, imgs: int, tile_h: int, tile_w: int, block_hid: int, warps: int, itemsize: int) -> bool:
+    """Whether a tile stays within the register budget the compiled variants showed no spills
+    under (fp32 words per thread): the staged chunk's fp32 accumulator, the depthwise sums of
+    the pixel pairs and the project accumulators.  fp32 activations take twice the room."""
+    threads = 32 * warps
+    reg_h, reg_w = shape.region(tile_h, tile_w)
+    p_in = max(16, next_pow2(imgs * reg_h * reg_w))
+    pairs = max(16, next_pow2(imgs * tile_h // 2 * tile_w))
+    cout = sum(split_pow2(shape.cout))
+    scale = 2 if itemsize > 2 else 1
+    return (p_in * block_hid * scale <= 32 * threads and 2 * pairs * block_hid * scale <= 16 * threads
+            and 2 * pairs * cout <= 64 * threads)
 
 
 @functools.lru_cache(maxsize=None)
 def default_config(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> BlockConfig:
-    """Heuristic config for a GPU without a tuned entry.
+    """A config for a shape without a tuned entry (the shipped tables cover MobileNetV2's
+    blocks, chosen by the calibrated performance model, `mnv2-fast tune --model`).
 
-    Tap staging while the nine expand recomputations are cheap (no expand, or Cin <= 32);
-    otherwise the fastest gather config by the time model, for small (<= 8) or large batch.
-    """
-    tap = tap_config(shape, itemsize)
-    if not shape.has_expand or shape.cin <= 32:
-        return tap
-    candidates = gather_candidates(shape, itemsize, batch_class(batch))
-    return candidates[0] if candidates else tap  # tiny images: no gather tile fits the limits
-
-
-def staging_configs(shape: BlockShape, itemsize: int) -> tuple[BlockConfig, BlockConfig | None]:
-    """(the default config, the best config of the other staging, or None without an expand
-    stage): the pair the staging experiment times against each other."""
-    default = default_config(shape, itemsize)
-    if default.gather:
-        return default, tap_config(shape, itemsize)
-    other = gather_candidates(shape, itemsize) if shape.has_expand else []
-    return default, (other[0] if other else None)
+    The largest tile (most useful pixels per program, fewest warps) within the register
+    budget of `_fits`, 32 hidden channels per chunk, else 16; small batches, which do not
+    fill the GPU with tiles, take tiles of at most a quarter of an image.  16 warps run one
+    program per multiprocessor at 128 registers per thread."""
+    useful = lambda t: t[0] * min(t[1], shape.ho) * min(t[2], shape.wo)  # noqa: E731
+    tiles = [t for t in _TILES if t[1] <= _even(shape.ho) and t[2] <= shape.wo and t[0] <= max(1, batch)]
+    tiles = tiles or [(1, 2, 1)]
+    if batch_class(batch) == 1:
+        small = [t for t in tiles if useful(t) * 4 <= shape.ho * shape.wo]
+        tiles = small or tiles[-1:]
+    for tile in sorted(tiles, key=lambda t: -useful(t)):
+        for block_hid in (32, 16):
+            for warps in (4, 8, 16):
+                if _fits(shape, *tile, block_hid, warps, itemsize):
+                    imgs, tile_h, tile_w = tile
+                    return BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
+                                       x_resident=shape.cin <= 96, num_warps=warps,
+                                       maxnreg=128 if warps == 16 else None, programs_per_sm=max(1, 8 // warps))
+    return BlockConfig(tile_h=2, tile_w=1, block_hid=16, x_resident=False, num_warps=4, programs_per_sm=2)
 
 
 def choose_stem_config(cout: int, device: torch.device) -> StemConfig:
+    """8 x 16 output pixels and all output channels (up to 64) per program, one warpgroup.
+
+    By the performance model (224 px): 16 x 16 tiles are 2% faster at batch >= 64 in fp16 but
+    up to 60% slower at batch <= 32 (fewer, longer programs: wave tails) and 1% slower in fp32;
+    8 x 16 is within 3% of the best tile tried at every batch and dtype, so it is the only one."""
     if interpreting(device):
-        return StemConfig(block_p=512, block_co=max(16, next_pow2(cout)))
-    return StemConfig(block_p=64, block_co=max(16, min(next_pow2(cout), 64)), num_warps=4)
+        return StemConfig(tile_h=16, tile_w=32, block_co=max(16, next_pow2(cout)))
+    return StemConfig(tile_h=8, tile_w=16, block_co=max(16, min(next_pow2(cout), 64)), num_warps=4)
 
 
-def choose_head_config(cin: int, cout: int, hw: int, device: torch.device, itemsize: int = 2) -> HeadConfig:
+def choose_head_config(cin: int, cout: int, hw: int, batch: int, device: torch.device,
+                       itemsize: int = 2) -> HeadConfig:
+    """Large batches: 128 channels x up to 16 images per program (8 warps, two programs per
+    SM), the images per program balancing the waves against the pixel chunks each program
+    walks.  Small batches (fewer than two waves of one-image programs): one image and 64
+    channels per program, 32 when even that leaves SMs idle.  Checked against the
+    performance model at 224 px from batch 1 to 512 (bench/NOTES.md)."""
     if interpreting(device):
-        return HeadConfig(block_p=max(16, min(next_pow2(hw), 256)), block_k=max(16, min(next_pow2(cin), 512)),
-                          block_n=max(16, min(next_pow2(cout), 2048)))
-    return HeadConfig(block_p=64 if hw > 32 else 32, block_k=min(_block_k(cin), 32 if itemsize > 2 else 64),
-                      block_n=64 if itemsize > 2 else 128, num_warps=8)
+        imgs = max(1, min(batch, 16))
+        return HeadConfig(imgs=imgs, block_p=max(16, min(next_pow2(imgs * hw), 512)),
+                          block_k=max(16, min(next_pow2(cin), 512)), block_n=max(16, min(next_pow2(cout), 2048)))
+    block_k = min(_block_k(cin), 32 if itemsize > 2 else 64)
+    if batch * -(-cout // 128) < 2 * WAVE:
+        block_n = 32 if batch * -(-cout // 32) <= WAVE // 2 else 64
+        return HeadConfig(imgs=1, block_p=max(16, min(next_pow2(hw), 128)), block_k=block_k, block_n=block_n,
+                          num_warps=4, num_stages=2)
+
+    block_p = 64 if itemsize > 2 else 128  # fp32's IEEE (FMA) products of 128-pixel chunks spill
+
+    def cost(imgs: int) -> tuple[int, int]:
+        # (waves x pixel chunks per program, programs): fewer programs re-read the weight less.
+        programs = -(-batch // imgs) * -(-cout // 128)
+        return -(-programs // WAVE) * -(-(imgs * hw) // block_p), programs
+
+    return HeadConfig(imgs=min(range(1, 17), key=cost), block_p=block_p, block_k=block_k, block_n=128, num_warps=8,
+                      num_stages=2)
 
 
-def choose_linear_config(m: int, k: int, nout: int, device: torch.device) -> LinearConfig:
+def choose_linear_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:
+    """K in steps of 256 (128 for fp32: three stages fit shared memory), 8 warps on 64 rows.
+    Batch <= 16: 16 x 16 tiles, so the weight is streamed by 63 programs at once (1000
+    classes).  Otherwise 64 x 32 tiles, or 64 x 16 while 64 x 32 would leave a quarter of
+    the SMs idle.  Picked with the performance model at batch 1, 16, 64 and 256 (bench/NOTES.md)."""
     if interpreting(device):
         return LinearConfig(block_m=max(16, min(next_pow2(m), 256)), block_n=max(16, min(next_pow2(nout), 1024)),
                             block_k=max(16, min(next_pow2(k), 512)))
+    block_k = max(16, min(next_pow2(k), 128 if itemsize > 2 else 256))
     if m <= 16:
-        # Batch-1 latency: many narrow programs so the weight is read by many SMs at once.
-        return LinearConfig(block_m=16, block_n=32, block_k=128, num_warps=4, num_stages=3)
-    return LinearConfig(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=3)
+        return LinearConfig(block_m=16, block_n=16, block_k=block_k, num_warps=2, num_stages=4)
+    block_n = 32 if -(-m // 64) * -(-nout // 32) >= WAVE * 3 // 8 else 16
+    return LinearConfig(block_m=64, block_n=block_n, block_k=block_k, num_warps=8, num_stages=3)

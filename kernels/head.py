@@ -1,8 +1,17 @@
 """MobileNetV2 head: 1x1 conv + BN + ReLU6, global average pool, and the dense classifier.
 
 `head_pool` computes pooled[n, c] = mean over pixels of relu6(x[n, p] @ W + b)[c] without
-writing the [N, H, W, 1280] activation anywhere: each program owns one image and a
-chunk of the 1280 channels, loops over the image's pixels, and reduces in registers.
+writing the [N, H, W, 1280] activation anywhere.  Each program owns IMGS images and BLOCK_N
+head channels, and walks the images' pixels packed end to end (49 per image at 224 px, no
+padding to 64 per image) in chunks of BLOCK_P:
+
+    act[c, p]     = relu6(W^T[c, :] @ x^T[:, p] + b[c])          (tensor cores, fp32)
+    pooled[c, i] += act[c, :] @ S[:, i],  S[p, i] = 1 if pixel p is in image i
+
+The pooling is a second, small product (5% of the first at BLOCK_P = 128, IMGS <= 16) on
+the activation as it sits in registers, rounded to the input dtype as the unfused network
+rounds it; the channels are the rows (M) so the head weight slab is read once per chunk for
+all IMGS images.
 
 `linear` is the classifier.  The paper's final "1x1 conv" to k classes acts on the pooled
 1x1x1280 map, where it is exactly a dense layer 1280 -> k: out = a @ W + b.
@@ -25,33 +34,43 @@ def _head_pool_kernel(
     w_ptr,  # folded 1x1 weight [CIN, COUT], input dtype
     b_ptr,  # folded bias [COUT]
     y_ptr,  # pooled output [N, COUT], contiguous, input dtype
-    HW: tl.constexpr,  # pixels per image (a constant trip count; one variant per input resolution)
+    N,  # batch
+    cin,  # CIN, at run time: the product loop's bound (see the linear kernel)
+    HW: tl.constexpr,  # pixels per image (a constant: one variant per input resolution)
     CIN: tl.constexpr,  # input channels (320 x width)
     COUT: tl.constexpr,  # head channels (1280 for width <= 1)
-    BLOCK_P: tl.constexpr,  # pixels per step
+    IMGS: tl.constexpr,  # images per program (grid axis 0)
+    BLOCK_P: tl.constexpr,  # packed pixels per chunk
     BLOCK_K: tl.constexpr,  # input channels per product step
     BLOCK_N: tl.constexpr,  # head channels per program (grid axis 1)
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 products
 ):
-    img = tl.program_id(0).to(tl.int64)
+    SLOTS: tl.constexpr = 16  # columns of the pooling product: IMGS <= 16 (the smallest product N)
+    img0 = tl.program_id(0) * IMGS
     c = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     c_ok = c < COUT
+    rows = tl.minimum(N - img0, IMGS) * HW  # this program's pixels (fewer in the last group)
+    x_grp = x_ptr + img0.to(tl.int64) * (HW * CIN)
     bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    pooled = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for p0 in range(0, HW, BLOCK_P):
+    slot = tl.arange(0, SLOTS)
+    pooled = tl.zeros([BLOCK_N, SLOTS], dtype=tl.float32)
+    for p0 in range(0, rows, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
-        p_ok = p < HW
-        acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-        for k0 in tl.static_range(0, CIN, BLOCK_K):
+        p_ok = p < rows
+        acc = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)
+        for k0 in range(0, cin, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = k < CIN
-            xs = tl.load(x_ptr + ((img * HW + p) * CIN)[:, None] + k[None, :], mask=p_ok[:, None] & k_ok[None, :], other=0.0)
-            ws = tl.load(w_ptr + k[:, None] * COUT + c[None, :], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
-            acc = tl.dot(xs, ws, acc, input_precision=DOT_PRECISION)
-        # Padding rows would contribute relu6(bias): mask them out of the mean.
-        acc = tl.where(p_ok[:, None], _relu6(acc + bias[None, :]), 0.0)
-        pooled += tl.sum(acc, axis=0)
-    tl.store(y_ptr + img * COUT + c, (pooled / HW).to(y_ptr.dtype.element_ty), mask=c_ok)
+            k_ok = (k < CIN) | (CIN % BLOCK_K == 0)
+            w_t = tl.load(w_ptr + k[None, :] * COUT + c[:, None], mask=c_ok[:, None] & k_ok[None, :], other=0.0)
+            x_t = tl.load(x_grp + p[None, :] * CIN + k[:, None], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
+            acc = tl.dot(w_t, x_t, acc, input_precision=DOT_PRECISION)
+        # Pixels past `rows` hold relu6(bias): S has no 1 for them.
+        act = _relu6(acc + bias[:, None]).to(x_ptr.dtype.element_ty)
+        in_img = ((p[:, None] // HW) == slot[None, :]) & p_ok[:, None]
+        pooled = tl.dot(act, in_img.to(x_ptr.dtype.element_ty), pooled, input_precision=DOT_PRECISION)
+    img = img0 + slot
+    tl.store(y_ptr + img.to(tl.int64)[None, :] * COUT + c[:, None], (pooled / HW).to(y_ptr.dtype.element_ty),
+             mask=c_ok[:, None] & ((slot < IMGS) & (img < N))[None, :])
 
 
 @triton.jit
@@ -61,6 +80,7 @@ def _linear_kernel(
     b_ptr,  # bias [NOUT]
     y_ptr,  # output [M, NOUT], contiguous, input dtype
     M,  # rows (batch)
+    k_end,  # K, at run time: the product loop's bound (see below)
     K: tl.constexpr,  # input features
     NOUT: tl.constexpr,  # output features (classes)
     BLOCK_M: tl.constexpr,  # rows per program
@@ -73,9 +93,11 @@ def _linear_kernel(
     m_ok = m < M
     j_ok = j < NOUT
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    # A bound the compiler cannot see keeps the product loop a loop for every trip count (no
+    # full unrolling), as the performance model's loop count expects; one compare per step.
+    for k0 in range(0, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        k_ok = k < K
+        k_ok = (k < K) | (K % BLOCK_K == 0)
         a = tl.load(a_ptr + (m * K)[:, None] + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + k[:, None] * NOUT + j[None, :], mask=k_ok[:, None] & j_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
@@ -104,15 +126,15 @@ def head_pool(
 
     x: [N, CIN, H, W] in channels_last memory;  weight: [CIN, COUT] in x's dtype;  bias: [COUT].
     Returns [N, COUT] (contiguous, x's dtype).  Scratch: none; the [N, COUT, H, W]
-    activation exists only as one [BLOCK_P, BLOCK_N] register tile per program.
+    activation exists only as one [BLOCK_N, BLOCK_P] register tile per program.
     """
     check_activation("x", x)
     n, cin, h, w = x.shape
     cout = check_weight(weight, bias, cin, x)
-    cfg = config or choose_head_config(cin, cout, h * w, x.device, x.dtype.itemsize)
+    cfg = config or choose_head_config(cin, cout, h * w, n, x.device, x.dtype.itemsize)
     out = output(out, (n, cout), x, reads=(weight, bias))
-    grid = (n, triton.cdiv(cout, cfg.block_n))
-    launch(_head_pool_kernel, grid, x, weight, bias, out,
+    grid = (triton.cdiv(n, cfg.imgs), triton.cdiv(cout, cfg.block_n))
+    launch(_head_pool_kernel, grid, x, weight, bias, out, n, cin,
            **head_kernel_args(cin, cout, h * w, cfg, x.dtype, tf32(allow_tf32)))
     return out
 
@@ -135,10 +157,10 @@ def linear(
     check_activation("a", a, "MK")
     m, k = a.shape
     nout = check_weight(weight, bias, k, a, "K, NOUT")
-    cfg = config or choose_linear_config(m, k, nout, a.device)
+    cfg = config or choose_linear_config(m, k, nout, a.device, a.dtype.itemsize)
     out = output(out, (m, nout), a, reads=(weight, bias))
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(nout, cfg.block_n))
-    launch(_linear_kernel, grid, a, weight, bias, out, m, **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32))
+    launch(_linear_kernel, grid, a, weight, bias, out, m, k, **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32))
     return out

@@ -58,16 +58,17 @@ class BlockShape:
 
     def region(self, tile_h: int, tile_w: int) -> tuple[int, int]:
         """Input rows and columns a tile_h x tile_w output tile reads: the tile at the stride
-        plus the 3x3 stencil's one-pixel halo on each side, clipped to the image."""
-        return min((tile_h - 1) * self.stride + 3, self.h), min((tile_w - 1) * self.stride + 3, self.w)
+        plus the 3x3 stencil's one-pixel halo on each side (the zero padding included)."""
+        return (tile_h - 1) * self.stride + 3, (tile_w - 1) * self.stride + 3
 
-    def grid(self, cfg: "BlockConfig", n: int) -> tuple[int, int]:
-        """The launch grid for a batch of n: (pixel-tile programs, output-channel programs)."""
-        if cfg.gather:
-            programs = _cdiv(n, cfg.imgs) * _cdiv(self.ho, cfg.tile_h) * _cdiv(self.wo, cfg.tile_w)
-        else:
-            programs = _cdiv(n * self.ho * self.wo, cfg.block_p)
-        return programs, _cdiv(self.cout, cfg.block_co)
+    def tiles(self, cfg: "BlockConfig", n: int) -> int:
+        """Output tiles of a batch of n: imgs x tile_h x tile_w pixels each."""
+        return _cdiv(n, cfg.imgs) * _cdiv(self.ho, cfg.tile_h) * _cdiv(self.wo, cfg.tile_w)
+
+    def grid(self, cfg: "BlockConfig", n: int, sms: int) -> int:
+        """Programs of the persistent launch: one per tile, at most as many as fit the GPU's
+        sms multiprocessors at once (each then walks over several tiles)."""
+        return min(self.tiles(cfg, n), cfg.programs_per_sm * sms)
 
     def floor_bytes(self, batch: int, itemsize: int) -> int:
         """The fused floor: the input read once, the output written once, the weights read once."""
@@ -87,15 +88,24 @@ class BlockShape:
 @dataclass(frozen=True, kw_only=True)
 class LaunchConfig:
     """What every launch configuration has: its tile fields, which are the kernel's tile
-    constexprs in lower case (block_p -> BLOCK_P), and the warps and pipeline stages.
-    Keyword-only, so that no field order is part of the interface."""
+    constexprs in lower case (block_p -> BLOCK_P), and the launch options (warps, pipeline
+    stages, an optional register cap).  Keyword-only, so that no field order is part of the
+    interface."""
+
+    LAUNCH_OPTIONS = ("num_warps", "num_stages", "maxnreg", "programs_per_sm")
 
     num_warps: int = 4
     num_stages: int = 1
 
     def constexprs(self) -> dict:
-        launch = ("num_warps", "num_stages")
-        return {f.name.upper(): getattr(self, f.name) for f in fields(self) if f.name not in launch}
+        return {f.name.upper(): getattr(self, f.name) for f in fields(self) if f.name not in self.LAUNCH_OPTIONS}
+
+    def options(self) -> dict:
+        """Triton launch options: num_warps, num_stages and, when set, maxnreg."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if getattr(self, "maxnreg", None):
+            opts["maxnreg"] = self.maxnreg
+        return opts
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -110,50 +120,67 @@ class LaunchConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BlockConfig(LaunchConfig):
-    """How one block is launched.  gather=False: flat tiles of block_p output pixels, the expand
-    recomputed per tap.  gather=True: tile_h x tile_w output pixels of imgs images, the expand
-    computed once over the tile's input region and the taps gathered from it."""
+    """How one block is launched (kernels/block.py): output tiles of imgs x tile_h x tile_w
+    pixels (tile_h even: the kernel works on vertical pairs), hidden channels in chunks of
+    block_hid, the tile's input region kept on chip across chunks when x_resident, and a
+    persistent grid of programs_per_sm programs per multiprocessor (the occupancy the
+    compiled variant reaches; maxnreg caps its registers to reach it)."""
 
-    gather: bool = False
-    block_p: int = 64  # tap: output pixels per program
-    tile_h: int = 1  # gather: output tile rows ...
-    tile_w: int = 1  # ... columns ...
-    imgs: int = 1  # ... and images per program
-    block_h: int = 32  # hidden channels per chunk
-    block_k: int = 32  # input channels per expand product step
-    block_co: int = 32  # output channels per program
+    tile_h: int = 8  # output tile rows (even) ...
+    tile_w: int = 8  # ... columns ...
+    imgs: int = 1  # ... and images
+    block_hid: int = 32  # hidden channels per chunk
+    x_resident: bool = True  # input region loaded once per tile (else once per chunk)
+    maxnreg: int | None = None  # register cap per thread (None: the compiler's choice)
+    programs_per_sm: int = 2  # resident programs per multiprocessor: sizes the persistent grid
 
     def validate(self, shape: BlockShape) -> None:
-        def pow2(name: str, v: int, lo: int = 16) -> None:
-            if v < lo or v & (v - 1):
-                raise ValueError(f"config {name}={v} must be a power of two >= {lo}")
+        if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):
+            raise ValueError(f"config block_hid={self.block_hid} must be a power of two >= 16")
+        if self.tile_h < 2 or self.tile_h % 2 or self.tile_w < 1 or self.imgs < 1:
+            raise ValueError(f"config tile {self.imgs}x{self.tile_h}x{self.tile_w}: tile_h must be even and >= 2, "
+                             "tile_w and imgs >= 1")
+        if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1 or self.programs_per_sm < 1:
+            raise ValueError(f"config num_warps={self.num_warps}, num_stages={self.num_stages}, "
+                             f"programs_per_sm={self.programs_per_sm} is invalid")
+        if self.maxnreg is not None and not 24 <= self.maxnreg <= 255:
+            raise ValueError(f"config maxnreg={self.maxnreg} must be in 24..255")
 
-        pow2("block_h", self.block_h)
-        pow2("block_k", self.block_k)
-        pow2("block_co", self.block_co)
-        if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1:
-            raise ValueError(f"config num_warps={self.num_warps}, num_stages={self.num_stages} is invalid")
-        if self.gather:
-            if not shape.has_expand:
-                raise ValueError("gather staging needs an expand stage; use gather=False for t = 1 blocks")
-            if min(self.tile_h, self.tile_w, self.imgs) < 1:
-                raise ValueError("config tile_h, tile_w and imgs must be >= 1")
-        else:
-            pow2("block_p", self.block_p)
+
+def _check_pow2(cfg: LaunchConfig, **values: int) -> None:
+    for name, v in values.items():
+        if v < 16 or v & (v - 1):
+            raise ValueError(f"{type(cfg).__name__} {name}={v} must be a power of two >= 16")
 
 
 @dataclass(frozen=True, kw_only=True)
 class StemConfig(LaunchConfig):
-    block_p: int = 64  # output pixels per program
+    """A 2D tile of output pixels of one image per program: rows and columns are the tile's
+    origin plus constants, no division per pixel."""
+
+    tile_h: int = 8  # output rows per program ...
+    tile_w: int = 16  # ... and columns (tile_h * tile_w: a power of two)
     block_co: int = 32  # output channels per program
+
+    def __post_init__(self):
+        _check_pow2(self, **{"tile_h * tile_w": self.tile_h * self.tile_w, "block_co": self.block_co})
 
 
 @dataclass(frozen=True, kw_only=True)
 class HeadConfig(LaunchConfig):
+    """imgs images' pixels, packed end to end, in chunks of block_p, times block_n channels."""
+
     num_warps: int = 8
-    block_p: int = 64  # pixels per step
+    num_stages: int = 2
+    imgs: int = 1  # images per program (at most 16: the pooling product's columns)
+    block_p: int = 128  # packed pixels per chunk
     block_k: int = 64  # input channels per product step
     block_n: int = 128  # head channels per program
+
+    def __post_init__(self):
+        if not 1 <= self.imgs <= 16:
+            raise ValueError(f"HeadConfig imgs={self.imgs} must be in 1..16")
+        _check_pow2(self, block_p=self.block_p, block_k=self.block_k, block_n=self.block_n)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,9 +1,10 @@
 """The fused inverted-residual kernel against the unfused float64 PyTorch block.
 
 On a CPU-only machine these run through Triton's interpreter at small spatial sizes.
-Every block shape of MobileNetV2 at widths 1.0, 0.5 and 1.4 is covered, in both stencil
-stagings (per-tap recompute and gather), plus tilings that split images, output
-channels, hidden and input channels unevenly.
+Every block shape of MobileNetV2 at widths 1.0, 0.5 and 1.4 is covered, plus tilings that
+split images unevenly, stack several images per tile, split input and output channels into
+two power-of-two parts, leave a last hidden chunk partial, and make each program of the
+persistent grid walk over several tiles.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from helpers import DEVICE, assert_close, make_block, nhwc, poisoned_like, reference64
 from mnv2_fast import fuse_block
 from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
-from mnv2_fast.kernels.choice import gather_candidates, tap_config
+from mnv2_fast.kernels.choice import interpreter_config
 from mnv2_fast.model import block_specs
 
 # Small spatial sizes, odd ones included, cycled over the cases.
@@ -41,33 +42,21 @@ def _cases():
             runs = [(1, torch.float32), (3, torch.float16)]
             if width == 1.0:
                 runs += [(3, torch.float32), (1, torch.float16)]
-            stagings = ["tap", "gather"] if b.t != 1 else ["tap"]
-            for (batch, dtype), staging in itertools.product(runs, stagings):
+            elif width == 1.4:
+                runs = runs[1:]  # the same code paths as 1.0, wider: one run each
+            for batch, dtype in runs:
                 h, w = next(sizes)
-                cases.append(pytest.param(b, batch, h, w, dtype, staging,
+                cases.append(pytest.param(b, batch, h, w, dtype,
                                           id=f"w{width}-b{b.index}-{b.cin}x{b.t}-{b.cout}-s{b.stride}"
-                                             f"-n{batch}-{h}x{w}-{str(dtype)[6:]}-{staging}"))
+                                             f"-n{batch}-{h}x{w}-{str(dtype)[6:]}"))
     return cases
 
 
-def _config(staging: str, shape: BlockShape, batch: int, dtype: torch.dtype = torch.float32) -> BlockConfig:
-    """A config in the requested staging: large tiles for the interpreter, GPU-sized on a GPU."""
-    def p2(v, lo=16, hi=256):
-        return max(lo, min(1 << (max(v, 1) - 1).bit_length(), hi))
-
+def _config(shape: BlockShape, batch: int, dtype: torch.dtype = torch.float32) -> BlockConfig:
+    """Large tiles for the interpreter, the GPU's own choice on a GPU."""
     if DEVICE.type == "cuda":
-        if staging == "gather":
-            fits = gather_candidates(shape, dtype.itemsize)
-            return fits[0] if fits else BlockConfig(gather=True, tile_h=min(shape.ho, 4), tile_w=min(shape.wo, 8),
-                                                    block_h=32, block_k=p2(shape.cin, hi=32), block_co=32,
-                                                    num_warps=8)
-        return tap_config(shape, dtype.itemsize)
-    block_h, block_k, block_co = p2(shape.hidden, hi=128), p2(shape.cin), p2(shape.cout)
-    if staging == "gather":
-        return BlockConfig(gather=True, tile_h=shape.ho, tile_w=shape.wo, imgs=min(batch, 2),
-                           block_h=block_h, block_k=block_k, block_co=block_co)
-    return BlockConfig(gather=False, block_p=p2(batch * shape.ho * shape.wo, hi=512),
-                       block_h=block_h, block_k=block_k, block_co=block_co)
+        return default_config(shape, dtype.itemsize, batch)
+    return interpreter_config(shape, batch)
 
 
 def _fused(spec, dtype):
@@ -85,31 +74,34 @@ def _run(fused, x, cfg):
     return y
 
 
-@pytest.mark.parametrize("spec,batch,h,w,dtype,staging", _cases())
-def test_block_matches_unfused(spec, batch, h, w, dtype, staging):
+@pytest.mark.parametrize("spec,batch,h,w,dtype", _cases())
+def test_block_matches_unfused(spec, batch, h, w, dtype):
     block, fused = _fused(spec, dtype)
     x = nhwc(torch.randn(batch, spec.cin, h, w)).to(DEVICE, dtype)
-    y = _run(fused, x, _config(staging, spec.at(h, w), batch, dtype))
+    y = _run(fused, x, _config(spec.at(h, w), batch, dtype))
     assert_close(y, reference64(block, x), dtype, f"block {spec.index}")
 
 
 # Tilings the whole-image configs above never produce: several tiles per image, tiles
-# overhanging the image, batches not divisible by imgs, several output-channel programs,
-# hidden and input channels not multiples of their chunk.
+# overhanging the image (odd rows included), batches not divisible by imgs, hidden channels
+# not a multiple of the chunk, the input reloaded per chunk; the interpreter's persistent
+# grid (3 programs) makes each program walk over several tiles, alternating the scratch
+# buffers across tile boundaries.
 TILINGS = [
-    dict(gather=True, tile_h=3, tile_w=4, imgs=2, block_h=32, block_k=16, block_co=16),
-    dict(gather=True, tile_h=2, tile_w=5, imgs=3, block_h=64, block_k=32, block_co=32),
-    dict(gather=True, tile_h=4, tile_w=2, imgs=1, block_h=16, block_k=16, block_co=16, num_warps=2),
-    dict(gather=False, block_p=16, block_h=32, block_k=16, block_co=16),
-    dict(gather=False, block_p=32, block_h=64, block_k=32, block_co=32),
+    dict(tile_h=2, tile_w=4, imgs=2, block_hid=32),
+    dict(tile_h=4, tile_w=5, imgs=3, block_hid=64, x_resident=False),
+    dict(tile_h=4, tile_w=2, imgs=1, block_hid=16, num_warps=2),
+    dict(tile_h=6, tile_w=3, imgs=1, block_hid=16, x_resident=False),
+    dict(tile_h=10, tile_w=7, imgs=2, block_hid=32),
 ]
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("tiling", TILINGS, ids=lambda d: ("gather" if d["gather"] else "tap") + "-" +
-                         "-".join(f"{k}{v}" for k, v in d.items() if k != "gather"))
+@pytest.mark.parametrize("tiling", TILINGS, ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()))
 def test_block_tilings(tiling, stride):
-    cin, t, cout = (24, 6, 24) if stride == 1 else (24, 6, 40)
+    # 40 and 48 channels: the expand and the project run as two power-of-two products
+    # (32 + 16 each, the first padded); hidden 120 is not a multiple of 16, 32 or 64.
+    cin, t, cout = (40, 3, 40) if stride == 1 else (40, 3, 48)
     block = make_block(cin, cout, stride, t)
     fused = fuse_block(block, backend="triton").to(DEVICE, torch.float32)
     x = nhwc(torch.randn(5, cin, 9, 7)).to(DEVICE)
@@ -117,9 +109,8 @@ def test_block_tilings(tiling, stride):
     assert_close(y, reference64(block, x), torch.float32, str(tiling))
 
 
-# Large-batch configs for every block shape; the small-batch (<= 8) ones, which split tiles
-# and output channels finely (many programs: slow in the interpreter), for one block per
-# gather shape class.  On the GPU, mnv2_fast.tools.sanitize runs every shipped config.
+# The GPU's configs (224-px shapes) for every block shape at large batch, and for a few at
+# small batch; on the GPU, mnv2_fast.tools.sanitize runs every shipped config.
 @pytest.mark.parametrize("index,batch_class", [(b.index, 256) for b in _unique_specs(1.0)]
                          + [(8, 1), (14, 1), (16, 1)])
 def test_default_gpu_configs_compute_the_block(index, batch_class):
@@ -133,26 +124,21 @@ def test_default_gpu_configs_compute_the_block(index, batch_class):
     assert_close(y, reference64(block, x), torch.float16, f"block {index} with {cfg}")
 
 
-@pytest.mark.parametrize("staging", ["tap", "gather"])
-def test_large_spatial_size_odd(staging):
+def test_large_spatial_size_odd():
     """An odd 113-pixel image (as in 225-px inputs), with batch 1."""
     block = make_block(16, 24, 2, 6)
     fused = fuse_block(block, backend="triton").to(DEVICE)
     x = nhwc(torch.randn(1, 16, 113, 113)).to(DEVICE)
     if DEVICE.type == "cuda":
-        cfg = _config(staging, BlockShape(16, 96, 24, 2, 113, 113, True, False), 1)
-    else:  # interpreter: few, large programs; the gather tile splits the image in rows
-        cfg = (BlockConfig(gather=True, tile_h=8, tile_w=57, block_h=128, block_k=16, block_co=32)
-               if staging == "gather" else BlockConfig(gather=False, block_p=512, block_h=128, block_k=16, block_co=32))
+        cfg = _config(BlockShape(16, 96, 24, 2, 113, 113, True, False), 1)
+    else:  # interpreter: few, large programs; the tile splits the image in rows
+        cfg = BlockConfig(tile_h=8, tile_w=57, block_hid=128)
     y = _run(fused, x, cfg)
     assert_close(y, reference64(block, x), torch.float32, "113 px")
 
 
-@pytest.mark.parametrize("cin,t,cout,stride,staging", [
-    (24, 6, 24, 1, "tap"), (24, 6, 24, 1, "gather"), (16, 6, 24, 2, "tap"), (16, 6, 24, 2, "gather"),
-    (32, 1, 16, 1, "tap"),  # no expand stage: gather staging does not apply
-])
-def test_nan_and_inf_propagate_as_in_reference(cin, t, cout, stride, staging):
+@pytest.mark.parametrize("cin,t,cout,stride", [(24, 6, 24, 1), (16, 6, 24, 2), (32, 1, 16, 1)])
+def test_nan_and_inf_propagate_as_in_reference(cin, t, cout, stride):
     block = make_block(cin, cout, stride, t)
     fused = fuse_block(block, backend="triton").to(DEVICE)
     x = torch.randn(2, cin, 7, 8)
@@ -161,7 +147,7 @@ def test_nan_and_inf_propagate_as_in_reference(cin, t, cout, stride, staging):
     x[1, 2, 6, 7] = float("-inf")
     x = nhwc(x).to(DEVICE)
     shape = BlockShape(cin, cin * t, cout, stride, 7, 8, t != 1, stride == 1 and cin == cout)
-    y = _run(fused, x, _config(staging, shape, 2)).double().cpu()
+    y = _run(fused, x, _config(shape, 2)).double().cpu()
     ref = reference64(block, x)
     assert torch.equal(torch.isnan(y), torch.isnan(ref))
     assert torch.equal(torch.isposinf(y), torch.isposinf(ref))
@@ -179,10 +165,9 @@ def test_halo_pixels_contribute_zero_not_relu6_bias():
         block.conv[0][1].bias.fill_(3.0)  # expand BN beta: relu6(bias) = 3 at every padded pixel
     fused = fuse_block(block, backend="triton").to(DEVICE)
     x = nhwc(torch.randn(1, 16, 5, 6)).to(DEVICE)
-    for staging in ("tap", "gather"):
-        shape = BlockShape(16, 96, 16, 1, 5, 6, True, True)
-        y = _run(fused, x, _config(staging, shape, 1))
-        assert_close(y, reference64(block, x), torch.float32, staging)
+    for cfg in (_config(BlockShape(16, 96, 16, 1, 5, 6, True, True), 1), BlockConfig(tile_h=2, tile_w=3)):
+        y = _run(fused, x, cfg)
+        assert_close(y, reference64(block, x), torch.float32, str(cfg))
 
 
 # ---- launcher errors: a clear exception naming the problem, never a wrong result
@@ -235,11 +220,11 @@ def test_launcher_rejects_bad_weights_and_flags():
     with pytest.raises(ValueError, match="out has shape"):
         inverted_residual(x, **a, stride=2, residual=False, out=poisoned_like(1, 24, 5, 5, torch.float32))
     with pytest.raises(ValueError, match="power of two"):
-        inverted_residual(x, **a, stride=2, residual=False, config=BlockConfig(block_h=24))
-    with pytest.raises(ValueError, match="gather staging needs an expand"):
-        b = _args(hidden=16)
-        inverted_residual(x, None, None, b["w_dw"], b["b_dw"], b["w_proj"], b["b_proj"], stride=1, residual=False,
-                          config=BlockConfig(gather=True, tile_h=4, tile_w=4))
+        inverted_residual(x, **a, stride=2, residual=False, config=BlockConfig(block_hid=24))
+    with pytest.raises(ValueError, match="tile_h must be even"):
+        inverted_residual(x, **a, stride=2, residual=False, config=BlockConfig(tile_h=3))
+    with pytest.raises(ValueError, match="maxnreg"):
+        inverted_residual(x, **a, stride=2, residual=False, config=BlockConfig(maxnreg=300))
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="checks the CPU-without-interpreter error")

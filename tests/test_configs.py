@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from mnv2_fast.kernels import BlockConfig, BlockShape, HeadConfig, default_config, tuned
-from mnv2_fast.kernels.choice import MAX_P_OUT
+from mnv2_fast.kernels.block import kernel_args, programs_for
 from mnv2_fast.model import block_specs
 from mnv2_fast.tools.tune import batch_ranges
 
 SHAPE = BlockShape(24, 144, 24, 1, 56, 56, True, True)
-SMALL = BlockConfig(gather=False, block_p=32, block_h=32, block_k=32, block_co=32)
-LARGE = BlockConfig(gather=True, tile_h=8, tile_w=8, block_h=64, block_k=32, block_co=32, num_warps=8)
+SMALL = BlockConfig(tile_h=4, tile_w=8, block_hid=32)
+LARGE = BlockConfig(tile_h=8, tile_w=16, block_hid=64, num_warps=8, maxnreg=128, programs_per_sm=2)
 
 
 @pytest.fixture
@@ -82,25 +82,30 @@ def test_user_folder_follows_the_environment(monkeypatch, tmp_path):
 
 def test_unknown_config_keys_and_positional_fields_are_rejected():
     with pytest.raises(ValueError, match="unknown config keys"):
-        BlockConfig.from_dict({"gather": True, "tile": 3})
+        BlockConfig.from_dict({"tile_h": 2, "tile": 3})
     with pytest.raises(TypeError):
         BlockConfig(True, 64)  # keyword-only: no field order is part of the interface
     assert BlockConfig.from_dict(LARGE.to_dict()) == LARGE
 
 
 def test_config_fields_are_the_kernels_constexprs():
-    assert HeadConfig(block_p=32).constexprs() == {"BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
-    assert set(LARGE.constexprs()) == {"GATHER", "BLOCK_P", "TILE_H", "TILE_W", "IMGS", "BLOCK_H", "BLOCK_K",
-                                       "BLOCK_CO"}
+    assert HeadConfig(block_p=32).constexprs() == {"IMGS": 1, "BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
+    assert set(LARGE.constexprs()) == {"TILE_H", "TILE_W", "IMGS", "BLOCK_HID", "X_RESIDENT"}
+    assert LARGE.options() == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
+    assert "maxnreg" not in SMALL.options()  # the compiler's own choice
 
 
 def test_block_record_geometry():
     s = BlockShape(16, 96, 24, 2, 9, 7, True, False)
     assert (s.ho, s.wo, s.t) == (5, 4, 6)
-    assert s.region(2, 3) == (5, 7)  # (2-1)*2+3 rows; (3-1)*2+3 = 7 columns, clipped to 7
-    assert s.region(5, 4) == (9, 7)  # the whole image
-    assert s.grid(BlockConfig(gather=True, tile_h=2, tile_w=3, imgs=2, block_co=16), 5) == (3 * 3 * 2, 2)
-    assert s.grid(BlockConfig(gather=False, block_p=16, block_co=32), 5) == (7, 1)  # 100 pixels / 16
+    assert s.region(2, 3) == (5, 7)  # (2-1)*2+3 rows, (3-1)*2+3 columns: the halo (zero padding) included
+    cfg = BlockConfig(tile_h=2, tile_w=3, imgs=2, programs_per_sm=2)
+    assert s.tiles(cfg, 5) == 3 * 3 * 2  # images in threes of two, 5 rows in tiles of 2, 4 columns in 3
+    assert s.grid(cfg, 5, sms=132) == 18 and s.grid(cfg, 5, sms=4) == 8  # persistent: at most 2 per SM
+    args = kernel_args(s, cfg, torch.float16, False)
+    assert (args["REG_H"], args["REG_W"], args["P_IN"], args["P2"]) == (5, 7, 128, 16)  # 2 imgs x 35 rows; 6 pairs
+    assert (args["K_A"], args["K_B"], args["CO_A"], args["CO_B"]) == (16, 0, 32, 0)
+    assert programs_for(s, cfg, 5, torch.device("cpu")) == 3  # the interpreter's few programs
     assert s.at(0, 0).to_dict() == {**s.to_dict(), "h": 0, "w": 0} and "index" not in s.to_dict()
 
 
@@ -109,12 +114,11 @@ def test_block_record_geometry():
 @pytest.mark.parametrize("itemsize", [2, 4])
 def test_default_configs_are_valid_everywhere(width, resolution, itemsize):
     for shape in block_specs(width, resolution=resolution):
-        cfg = default_config(shape, itemsize)
-        cfg.validate(shape)
-        if cfg.gather:
-            assert shape.has_expand and shape.cin > 32
-        if cfg.gather:  # within the register budget the static check verifies at 224 px
-            assert cfg.imgs * cfg.tile_h * cfg.tile_w <= MAX_P_OUT
+        for batch in (1, 256):
+            cfg = default_config(shape, itemsize, batch)
+            cfg.validate(shape)
+            # Within the register budget the static check verifies: at most 128 pixel pairs.
+            assert cfg.imgs * cfg.tile_h // 2 * cfg.tile_w <= 128
 
 
 def test_batch_ranges_cover_every_batch():
@@ -123,3 +127,34 @@ def test_batch_ranges_cover_every_batch():
     assert ranges[0][1] == 1 and ranges[-1][2] >= 1 << 29
     assert all(ranges[i][2] + 1 == ranges[i + 1][1] for i in range(len(ranges) - 1))
     assert all(lo <= b <= hi for b, lo, hi in ranges)
+
+
+@pytest.mark.parametrize("n,parts", [(16, (16, 0)), (24, (32, 0)), (40, (32, 16)), (64, (64, 0)), (96, (64, 32)),
+                                     (160, (128, 32)), (320, (256, 64)), (8, (16, 0)), (1280, (1024, 256))])
+def test_channels_split_into_at_most_two_powers_of_two(n, parts):
+    from mnv2_fast.kernels._common import split_pow2
+
+    assert split_pow2(n) == parts
+    assert sum(parts) >= n and all(p == 0 or (p >= 16 and p & (p - 1) == 0) for p in parts)
+
+
+def test_head_config_follows_the_batch():
+    from mnv2_fast.kernels.choice import WAVE, choose_head_config
+
+    gpu = torch.device("cuda")  # the GPU heuristic; nothing runs
+    big = choose_head_config(320, 1280, 49, 256, gpu)
+    assert (big.block_n, big.num_warps, big.block_p) == (128, 8, 128)
+    # The images per program fill whole waves: 256 images x 10 channel blocks in one wave of 264.
+    assert big.imgs == 10 and -(-256 // big.imgs) * 10 <= WAVE
+    assert choose_head_config(320, 1280, 49, 128, gpu).imgs == 5
+    one = choose_head_config(320, 1280, 49, 1, gpu)
+    assert (one.imgs, one.block_n, one.num_warps, one.block_p) == (1, 32, 4, 64)  # 40 programs, not 10
+    assert choose_head_config(320, 1280, 49, 16, gpu).block_n == 64
+    assert choose_head_config(320, 1280, 49, 256, gpu, itemsize=4).block_k == 32
+
+
+def test_head_config_limits():
+    with pytest.raises(ValueError, match="imgs=17"):
+        HeadConfig(imgs=17)
+    with pytest.raises(ValueError, match="block_p=48"):
+        HeadConfig(block_p=48)

@@ -40,7 +40,7 @@ def _launches(n=1, dtype=torch.float32, device=DEVICE):
     b16, b32, b8 = (torch.randn(c, device=device) for c in (16, 32, 8))
     block = _block_args(dtype=dtype, device=device)
     return [
-        ("inverted_residual", "_inverted_residual_kernel", x,
+        ("block", "_inverted_residual_kernel", x,
          lambda: inverted_residual(x, **block, stride=1, residual=True), (n, 16, 5, 5)),
         ("stem", "_stem_kernel", img, lambda: stem_conv(img, w27, b16), (n, 16, 5, 5)),
         ("head", "_head_pool_kernel", x, lambda: head_pool(x, w16, b32), (n, 32)),

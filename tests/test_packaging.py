@@ -25,7 +25,7 @@ def test_wheel_file_list(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"mnv2_fast", next(t for t in tops if t.endswith(".dist-info"))}, tops
-    for module in ("__init__", "inverted_residual", "stem", "head", "reference", "records", "choice", "tuned",
+    for module in ("__init__", "block", "stem", "head", "reference", "records", "choice", "tuned",
                    "_common"):
         assert f"mnv2_fast/kernels/{module}.py" in names
     for module in ("model", "folding", "fused", "ops", "optimize", "graphs", "deploy", "tools/__init__", "tools/cli"):

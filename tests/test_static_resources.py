@@ -31,8 +31,8 @@ from mnv2_fast.kernels import BlockConfig, BlockShape
 from mnv2_fast.kernels.aot import compile_variant, problems, resources
 from mnv2_fast.tools.inventory import Launch, variant
 shape = BlockShape(32, 192, 32, 1, 28, 28, True, True)
-# fp32 operands and 256 pixels per program on 4 warps: over the register file, so it spills.
-cfg = BlockConfig(gather=False, block_p=256, block_h=32, block_k=32, block_co=32, num_warps=4)
+# fp32 operands and 256 pixel pairs per program on 4 warps under a 96-register cap: it spills.
+cfg = BlockConfig(tile_h=16, tile_w=32, block_hid=32, num_warps=4, maxnreg=96)
 fn, args = variant(Launch("block", "oversized", torch.float32, shape, cfg))
 print(problems(resources(compile_variant(fn, args, torch.float32))))
 """

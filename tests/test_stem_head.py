@@ -27,18 +27,72 @@ def test_stem(n, h, w, dtype, layout):
     assert_close(y, reference.stem_conv(*_f64(x, k, bias)), dtype, "stem")
 
 
-def test_stem_small_tiles_and_other_widths():
+@pytest.mark.parametrize("tile_h,tile_w,block_co", [(4, 4, 16), (2, 8, 32), (8, 2, 16), (1, 16, 64)])
+def test_stem_small_tiles_and_other_widths(tile_h, tile_w, block_co):
+    # 13 x 11 -> 7 x 6 outputs: tiles with interior pixels, tiles on every border, ragged tiles;
+    # 24 output channels in one or two channel programs.
     x = torch.randn(2, 3, 13, 11, device=DEVICE)
     weight, bias = torch.randn(27, 24, device=DEVICE), torch.randn(24, device=DEVICE)
-    y = stem_conv(x, weight, bias, config=StemConfig(block_p=16, block_co=16))
+    y = stem_conv(x, weight, bias, config=StemConfig(tile_h=tile_h, tile_w=tile_w, block_co=block_co))
     assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float32, "stem tiles")
+
+
+@pytest.mark.parametrize("cin,stride", [(1, 2), (4, 2), (3, 1)])
+def test_stem_other_input_channels_and_stride_1(cin, stride):
+    # CIN = 1 (one step of 16 columns), CIN = 4 (36 columns: two steps of 32), stride 1.
+    x = torch.randn(2, cin, 9, 10, device=DEVICE)
+    weight, bias = torch.randn(cin * 9, 16, device=DEVICE), torch.randn(16, device=DEVICE)
+    y = stem_conv(x, weight, bias, stride=stride, config=StemConfig(tile_h=4, tile_w=8, block_co=16))
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias), stride=stride), torch.float32, "stem cin/stride")
+
+
+@pytest.mark.parametrize("view", ["cropped", "channel_slice", "batch_slice"])
+def test_stem_any_strides(view):
+    # The kernel is specialised on the strides it is given: views that are neither NCHW- nor
+    # NHWC-contiguous read the right elements.
+    base = torch.randn(4, 5, 12, 14, device=DEVICE)
+    x = {"cropped": base[:, :3, 1:10, 2:13], "channel_slice": nhwc(base)[:, 1:4],
+         "batch_slice": base[::2, 2:]}[view]
+    weight, bias = torch.randn(27, 32, device=DEVICE), torch.randn(32, device=DEVICE)
+    y = stem_conv(x, weight, bias, config=StemConfig(tile_h=4, tile_w=4, block_co=32))
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float32, f"stem {view}")
+
+
+def test_stem_batch_1_at_full_size():
+    # A whole 224 x 224 image: interior tiles far from every border, with the default config.
+    x = torch.randn(1, 3, 224, 224).to(DEVICE, torch.float16)
+    weight = (torch.randn(27, 32, device=DEVICE) * 0.3).half()
+    bias = torch.randn(32, device=DEVICE)
+    y = stem_conv(x, weight, bias)
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float16, "stem 224")
+
+
+def test_stem_batches_beyond_one_grid(monkeypatch):
+    # Grid axis 2 holds the images, at most 65535 per launch: larger batches take several.
+    from mnv2_fast.kernels import stem
+
+    monkeypatch.setattr(stem, "_MAX_GRID_Z", 2)
+    x = torch.randn(5, 3, 6, 7, device=DEVICE)
+    weight, bias = torch.randn(27, 16, device=DEVICE), torch.randn(16, device=DEVICE)
+    y = stem_conv(x, weight, bias, config=StemConfig(tile_h=4, tile_w=4, block_co=16))
+    assert_close(y, reference.stem_conv(*_f64(x, weight, bias)), torch.float32, "stem batches")
+
+
+def test_stem_config_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="tile_h \\* tile_w=24"):
+        StemConfig(tile_h=3, tile_w=8)
+    with pytest.raises(ValueError, match="block_co=8"):
+        StemConfig(block_co=8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("n,cin,h,w,cout,cfg", [
     (2, 320, 7, 7, 1280, None),
     (3, 160, 3, 2, 1280, None),
-    (1, 48, 5, 9, 40, HeadConfig(block_p=16, block_k=16, block_n=16)),  # several pixel steps, ragged
+    (1, 48, 5, 9, 40, HeadConfig(block_p=16, block_k=16, block_n=16)),  # several pixel chunks, ragged
+    (7, 48, 5, 3, 40, HeadConfig(imgs=3, block_p=16, block_k=32, block_n=32)),  # images across chunks, last group short
+    (17, 24, 2, 3, 16, HeadConfig(imgs=16, block_p=64, block_k=16, block_n=16)),  # 16 images, 6 pixels each
+    (4, 40, 7, 7, 72, HeadConfig(imgs=2, block_p=32, block_k=16, block_n=64)),  # CIN ragged in K, COUT in N
 ])
 def test_head_pool(n, cin, h, w, cout, cfg, dtype):
     x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE, dtype)
@@ -46,6 +100,19 @@ def test_head_pool(n, cin, h, w, cout, cfg, dtype):
     out = torch.full((n, cout), float("nan"), dtype=dtype, device=DEVICE)
     y = head_pool(x, weight, bias, config=cfg, out=out)
     assert_close(y, reference.head_pool(*_f64(x, weight, bias)), dtype, "head")
+
+
+@pytest.mark.parametrize("batch", [1, 12])
+def test_head_pool_gpu_configs(batch):
+    # The configs a GPU picks at batch 1 and at large batches (10 images per program, here with
+    # a short last group), run through the interpreter.
+    from mnv2_fast.kernels.choice import choose_head_config
+
+    cfg = choose_head_config(320, 1280, 49, 256 if batch > 1 else 1, torch.device("cuda"))
+    x = nhwc(torch.randn(batch, 320, 7, 7)).to(DEVICE, torch.float16)
+    weight, bias = (torch.randn(320, 1280) / 320 ** 0.5).to(DEVICE, torch.float16), torch.randn(1280, device=DEVICE)
+    y = head_pool(x, weight, bias, config=cfg)
+    assert_close(y, reference.head_pool(*_f64(x, weight, bias)), torch.float16, f"head {cfg}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -57,6 +124,19 @@ def test_linear(m, k, nout, cfg, dtype):
     weight, bias = (torch.randn(k, nout) / k ** 0.5).to(DEVICE, dtype), torch.randn(nout, device=DEVICE)
     y = linear(a, weight, bias, config=cfg)
     assert_close(y, reference.linear(*_f64(a, weight, bias)), dtype, "linear")
+
+
+@pytest.mark.parametrize("batch,m", [(1, 1), (70, 70), (256, 70)])
+def test_linear_gpu_configs(batch, m):
+    # The configs a GPU picks at a batch (16 x 16 tiles at batch <= 16; 64 x 16 and 64 x 32
+    # above), run through the interpreter on m rows; K = 1280 in steps of 256.
+    from mnv2_fast.kernels.choice import choose_linear_config
+
+    cfg = choose_linear_config(batch, 1280, 1000, torch.device("cuda"))
+    a = torch.randn(m, 1280).to(DEVICE, torch.float16)
+    weight, bias = (torch.randn(1280, 1000) / 1280 ** 0.5).to(DEVICE, torch.float16), torch.randn(1000, device=DEVICE)
+    y = linear(a, weight, bias, config=cfg)
+    assert_close(y, reference.linear(*_f64(a, weight, bias)), torch.float16, f"linear {cfg}")
 
 
 def test_errors():

@@ -7,6 +7,7 @@
     mnv2-fast tune           time candidate launch configs per block; write a tuned table (by default
                              <gpu>.json in the user's cache: ~/.cache/mnv2-fast/tuned)
     mnv2-fast static-check   compile every shipped config for Hopper and check its resources
+    mnv2-fast perf-model     predict every launch's time from its compiled sm_90 code (no GPU)
     mnv2-fast infer          batch inference over an image set on Ray Data (the extra mnv2-fast[ray])
     mnv2-fast export         (GPU) an AOTInductor package (.pt2) of the fused model, loadable from
                              Python or C++ without mnv2_fast
@@ -120,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     model_opts(c, "batch size (default: 4 on a GPU, 1 without)")
     c.add_argument("--backend", choices=["triton", "torch"], default="triton")
 
-    t = sub.add_parser("tune", help="time candidate launch configs per block (GPU); write the tuned table")
+    t = sub.add_parser("tune", help="choose launch configs per block: timed on a GPU, or by the performance "
+                       "model (--model, no GPU); write the tuned table")
     t.add_argument("--width", type=_positive(float), action="append", help="width multiplier(s) to tune (default 1.0)")
     t.add_argument("--resolution", type=_positive(int), default=224)
     t.add_argument("--batch", type=_ints, default=[1, 256], help="batch sizes (each covers a range, default 1,256)")
@@ -128,8 +130,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--reps", type=_positive(int), default=20)
     t.add_argument("--out", type=_out_file, help="table path (default: <gpu>.json in $MNV2_FAST_TUNED_DIR, "
                    "else $XDG_CACHE_HOME/mnv2-fast/tuned, else ~/.cache/mnv2-fast/tuned)")
+    t.add_argument("--model", action="store_true",
+                   help="no GPU: rank candidates by the calibrated performance model (compiled for sm_90)")
+    t.add_argument("--gpu", choices=["h100", "h200"], default="h200", help="with --model: the GPU to model")
 
     sub.add_parser("static-check", help="compile every shipped config for sm_90 (no GPU needed)")
+
+    from .perf_model import add_arguments  # imports no kernels
+
+    add_arguments(sub.add_parser("perf-model", help="predict each launch's time with the calibrated performance "
+                                 "model, from its sm_90 code (no GPU needed)"))
 
     e = sub.add_parser("export", help="(GPU) an AOTInductor package (.pt2) of the fused model")
     model_opts(e, "the example's batch, which the launch configs are chosen for (default 1)")
@@ -412,12 +422,20 @@ def _bench_cpu(args, model, dtype) -> int:
 # ---------------------------------------------------------------- tune and static check
 
 def cmd_tune(args) -> int:
-    if not torch.cuda.is_available():
-        raise SystemExit("error: tuning times kernels on a GPU; none is available here")
-    from .tune import tune
-
     widths = args.width or [1.0]
     dtypes = [DTYPES[d] for d in (args.dtype or ["float16"])]
+    if args.model:
+        from ..kernels import tuned
+        from .tune import model_tune
+
+        out = args.out or tuned.user_table_path(args.gpu)
+        path = model_tune(widths, args.resolution, args.batch, dtypes, args.gpu, out, progress=_progress)
+        print(f"wrote {path}")
+        return 0
+    if not torch.cuda.is_available():
+        raise SystemExit("error: tuning times kernels on a GPU; none is available here (--model needs none)")
+    from .tune import tune
+
     path = tune(widths, args.resolution, args.batch, dtypes, args.reps, args.out, progress=_progress)
     print(f"wrote {path}")
     return 0
@@ -427,6 +445,14 @@ def cmd_static_check(args) -> int:
     from .static_check import main as static_main
 
     return static_main([])
+
+
+def cmd_perf_model(args) -> int:
+    from .interpreter import use_compiler
+    from .perf_model import run
+
+    use_compiler()
+    return run(args)
 
 
 # ---------------------------------------------------------------- export
@@ -466,7 +492,7 @@ def cmd_export(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"bench": cmd_bench, "check": cmd_check, "tune": cmd_tune, "static-check": cmd_static_check,
-               "infer": infer.cmd_infer, "export": cmd_export}
+               "perf-model": cmd_perf_model, "infer": infer.cmd_infer, "export": cmd_export}
     try:
         return handler[args.command](args)
     except (ValueError, OSError) as err:  # bad input met past the parser: one line, no traceback

@@ -37,9 +37,7 @@ class Launch:
         return (self.kind, self.shape, self.config, self.dtype, self.tf32)
 
 
-def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experiments: bool = True) -> list[Launch]:
-    """experiments: also the other-staging configs the block benchmark times (provider
-    fused_alt), fp16 at width 1.0, so that a GPU run never meets an untested config."""
+def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> list[Launch]:
     from ..kernels import choice, tuned
 
     tables = {path.stem: tuned.read_table(path) for path in tuned.shipped_tables()}
@@ -61,25 +59,24 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
         specs = block_specs(width, resolution=resolution)
         for spec in specs:
             for dtype in dtypes:
-                for batch in (256, 1):  # the heuristic's two batch classes
+                for batch in (256, 1):  # on a GPU without a table of its own: the reference table, else the heuristic
+                    cfg = (tuned.lookup(tables.get(choice.REFERENCE_TABLE, {}), spec, dtype, batch)
+                           or choice.default_config(spec, dtype.itemsize, batch))
                     add(Launch("block", f"w{width} block {spec.index}" + (" (batch <= 8)" if batch == 1 else ""),
-                               dtype, spec, choice.default_config(spec, dtype.itemsize, batch)))
+                               dtype, spec, cfg))
                 for slug, table in tables.items():
                     for batch in (1, 32, 256):
                         cfg = tuned.lookup(table, spec, dtype, batch)
                         if cfg is not None:
                             add(Launch("block", f"w{width} block {spec.index} ({slug}, batch {batch})", dtype,
                                        spec, cfg))
-            alt = choice.staging_configs(spec, 2)[1]
-            if experiments and width == 1.0 and alt is not None:
-                add(Launch("block", f"w{width} block {spec.index} other staging", torch.float16, spec, alt))
         cin, last, s = specs[-1].cout, head_channels(width), specs[-1].ho
         for dtype in dtypes:
-            add(Launch("head", f"w{width} head", dtype, (cin, last, s, s),
-                       choice.choose_head_config(cin, last, s * s, gpu, dtype.itemsize)))
             for m in (1, 256):
+                add(Launch("head", f"w{width} head, batch {m}", dtype, (cin, last, s, s),
+                           choice.choose_head_config(cin, last, s * s, m, gpu, dtype.itemsize)))
                 add(Launch("linear", f"w{width} classifier, batch {m}", dtype, (m, last, 1000),
-                           choice.choose_linear_config(m, last, 1000, gpu)))
+                           choice.choose_linear_config(m, last, 1000, gpu, dtype.itemsize)))
     # Tuned entries for shapes outside the widths above ship too.
     for slug, table in tables.items():
         for (shape, dtype_name), entries in table.items():
@@ -91,14 +88,15 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION, experi
 def variant(launch: Launch):
     """(jit function, constexpr arguments) of a launch: what it compiles to."""
     from ..kernels.head import _head_pool_kernel, _linear_kernel, head_kernel_args, linear_kernel_args
-    from ..kernels.inverted_residual import _inverted_residual_kernel, kernel_args
+    from ..kernels.block import _inverted_residual_kernel, kernel_args
     from ..kernels.stem import _stem_kernel, stem_kernel_args
 
     s, cfg, dtype, tf32 = launch.shape, launch.config, launch.dtype, launch.tf32
     if launch.kind == "block":
         return _inverted_residual_kernel, kernel_args(s, cfg, dtype, tf32)
     if launch.kind == "stem":
-        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32)
+        # The input as users pass it: contiguous NCHW.
+        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32, (s[2] * s[3], s[3], 1))
     if launch.kind == "head":
         return _head_pool_kernel, head_kernel_args(s[0], s[1], s[2] * s[3], cfg, dtype, tf32)
     if launch.kind == "linear":

@@ -1,8 +1,8 @@
 """The providers every benchmark compares: the fused kernels and the baselines they must beat.
 
     fused            mnv2_fast.optimize / fuse_block, Triton kernels
-    fused_alt        (blocks) the fused kernel in the other stencil staging than the default
-                     (tap <-> gather): the experiment that picks the staging per block
+    fused_heuristic  (blocks) the fused kernel with the heuristic's config instead of the tuned
+                     table's (the performance model's choice): the experiment that checks it
     fused_graph      the same, replayed as one CUDA graph (whole model only)
     eager_cl         the unfused model on cuDNN, channels_last
     eager_cl_folded  the unfused model with BN folded into the convs, channels_last
@@ -23,7 +23,7 @@ from ..fused import fuse_block
 from ..optimize import optimize
 
 MODEL_PROVIDERS = ("fused", "fused_graph", "eager_cl", "eager_cl_folded", "compile")
-BLOCK_PROVIDERS = ("fused", "fused_alt", "eager_cl", "eager_cl_folded", "compile")
+BLOCK_PROVIDERS = ("fused", "fused_heuristic", "eager_cl", "eager_cl_folded", "compile")
 
 
 def _no_grad(fn: Callable) -> Callable:
@@ -72,21 +72,19 @@ def make_model_provider(name: str, model: nn.Module, batch: int, dtype: torch.dt
 def make_block_provider(name: str, block: nn.Module, batch: int, dtype: torch.dtype,
                         device: torch.device | str = "cuda") -> Callable[[torch.Tensor], torch.Tensor]:
     """block: an unfused InvertedResidual in eval mode (left untouched)."""
-    if name in ("fused", "fused_alt"):
+    if name in ("fused", "fused_heuristic"):
         fused = fuse_block(block, backend="triton").to(device, dtype)
         if name == "fused":
             return _no_grad(fused)
 
-        def other_staging(x):
+        def heuristic(x):
             if fused.config is None:  # pinned on the first call, when the input size is known
-                from ..kernels import staging_configs
+                from ..kernels import default_config
 
-                fused.config = staging_configs(fused.spec.at(x.shape[2], x.shape[3]), dtype.itemsize)[1]
-                if fused.config is None:
-                    raise ValueError("this block has a single staging (no expand stage): no alternative")
+                fused.config = default_config(fused.spec.at(x.shape[2], x.shape[3]), dtype.itemsize, batch)
             return fused(x)
 
-        return _no_grad(other_staging)
+        return _no_grad(heuristic)
     fn = _baseline(name, block, lambda b: fuse_block(b, backend="torch"), batch, dtype, device)
     if fn is None:
         raise ValueError(f"unknown provider {name!r}; known: {BLOCK_PROVIDERS}")

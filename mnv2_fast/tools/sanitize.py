@@ -3,7 +3,7 @@
 Meant to run under compute-sanitizer (bench/gpu_run.sh does):
 
     compute-sanitizer --tool memcheck python -m mnv2_fast.tools.sanitize
-    compute-sanitizer --tool racecheck python -m mnv2_fast.tools.sanitize --one-per-staging
+    compute-sanitizer --tool racecheck python -m mnv2_fast.tools.sanitize --one-per-path
 
 --shard I/N takes every N-th launch from the I-th, so N processes share the work (warming
 Triton's cache, or under the sanitizer); --list prints the selection and needs no GPU.
@@ -26,8 +26,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mnv2_fast.tools.sanitize", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--kind", action="append", choices=["block", "stem", "head", "linear"], help="only these kinds")
-    p.add_argument("--one-per-staging", action="store_true",
-                   help="only the first fp16 block config of each stencil staging (tap, gather)")
+    p.add_argument("--one-per-path", action="store_true",
+                   help="only the first fp16 block config of each stride with an expand stage, and of the "
+                        "blocks without one (the kernel's three code paths)")
     p.add_argument("--shard", default="0/1", metavar="I/N", help="every N-th launch, from the I-th (default 0/1)")
     p.add_argument("--list", action="store_true", help="print the selected launches and exit (no GPU needed)")
     args = p.parse_args(argv)
@@ -41,11 +42,11 @@ def main(argv=None) -> int:
     from .inventory import run_once, shipped_launches
 
     launches = [launch for launch in shipped_launches() if not args.kind or launch.kind in args.kind]
-    if args.one_per_staging:
+    if args.one_per_path:
         firsts: dict = {}
-        blocks = [b for b in launches if b.kind == "block" and b.dtype == torch.float16 and b.shape.has_expand]
+        blocks = [b for b in launches if b.kind == "block" and b.dtype == torch.float16]
         for launch in sorted(blocks, key=lambda b: not b.label.startswith("w1.0 ")):  # width 1.0 first
-            firsts.setdefault(launch.config.gather, launch)
+            firsts.setdefault((launch.shape.has_expand, launch.shape.stride), launch)
         launches = [firsts[g] for g in sorted(firsts)]
     launches = launches[index::count]
     if args.list:

@@ -13,12 +13,14 @@ from .interpreter import use_compiler
 from .inventory import shipped_launches, variant
 
 
-def _describe(cfg) -> str:
+def describe(cfg) -> str:
+    """A config in one short line: tile, chunk, warps, register cap, programs per SM."""
     warps = f"w{cfg.num_warps} s{cfg.num_stages}"
     d = cfg.to_dict()
-    if "gather" in d:
-        tile = f"gather {d['imgs']}x{d['tile_h']}x{d['tile_w']}" if d["gather"] else f"tap p{d['block_p']}"
-        return f"{tile} h{d['block_h']} k{d['block_k']} co{d['block_co']} {warps}"
+    if "block_hid" in d:
+        reg = f" r{d['maxnreg']}" if d["maxnreg"] else ""
+        return (f"{d['imgs']}x{d['tile_h']}x{d['tile_w']} h{d['block_hid']}{'' if d['x_resident'] else ' reload'} "
+                f"{warps}{reg} p{d['programs_per_sm']}")
     return " ".join(f"{k.lower()}={v}" for k, v in cfg.constexprs().items()) + f" {warps}"
 
 
@@ -39,7 +41,7 @@ def run(arch: int = 90, out=sys.stdout) -> list[dict]:
         res = seen[key]
         mma = {op: n for op, n in res.sass_ops.items() if op in ("HGMMA", "HMMA", "QGMMA")}
         rows.append(dict(kind=launch.kind, label=launch.label, dtype=str(launch.dtype)[6:],
-                         config=_describe(launch.config), registers=res.registers, shared=res.shared,
+                         config=describe(launch.config), registers=res.registers, shared=res.shared,
                          local=res.local, stack=res.stack, mma=mma, problems=problems(res)))
     print(f"{'launch':<34} {'dtype':<8} {'config':<44} {'regs':>4} {'shared':>7} {'local':>5} {'stack':>5}  mma / status",
           file=out)

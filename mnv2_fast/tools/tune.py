@@ -1,7 +1,13 @@
-"""`mnv2-fast tune`: time candidate launch configs for each block shape on this GPU and write
-the winners to a tuned table, keyed by block shape, dtype and batch range: the path given,
-or <slug>.json in the user's table folder (see mnv2_fast/kernels/tuned.py), which the
-launchers read before the tables the package ships.
+"""`mnv2-fast tune`: choose launch configs for each block shape and write the winners to a
+tuned table, keyed by block shape, dtype and batch range: the path given, or <slug>.json in
+the user's table folder (see mnv2_fast/kernels/tuned.py), which the launchers read before
+the tables the package ships.
+
+Two ways to choose, recorded in the table's "source":
+* "measured" (on a GPU): time every candidate, keep the fastest that computes correctly;
+* "model" (`--model`, no GPU): compile every candidate for sm_90, predict its time with the
+  calibrated performance model (tools/perf_model.py), keep the fastest that does not spill.
+  The shipped tables are made this way until a GPU run replaces them.
 
 Nothing tunes implicitly: the launchers only read the tables.
 """
@@ -14,26 +20,42 @@ from pathlib import Path
 
 import torch
 
+from ..kernels.records import BlockConfig
 from ..model import block_specs
 from .inventory import Launch, random_inputs, run_once
 
 
-def candidates(shape, itemsize: int, batch: int):
-    """A small sweep around the heuristic: both stagings, a few tiles, warps and chunk sizes."""
-    from ..kernels.choice import default_config, gather_candidates
+def _tiles(shape) -> list[tuple[int, int, int]]:
+    """(imgs, tile_h, tile_w) worth trying: 2D tiles of roughly 50-200 pixels, whole rows of
+    small maps, several small images at once (tile_h even: the kernel works on pixel pairs)."""
+    wo = shape.wo
+    if shape.stride == 2:  # the region is about four times the tile: keep it near a power of two
+        if wo >= 20:
+            return [(1, 4, 8), (1, 6, 8), (1, 2, 16), (1, 8, 8), (1, 8, 14)]
+        return [(1, 8, 7), (1, 4, 7), (1, 6, 7), (1, 8, 14), (2, 8, 7)]
+    if wo >= 32:
+        return [(1, 8, 16), (1, 16, 16), (1, 8, 8)]
+    if wo >= 20:
+        return [(1, 8, 14), (1, 4, 28), (1, 8, 8)]
+    if wo >= 10:
+        return [(1, 14, 14), (1, 8, 14), (1, 4, 14)]
+    return [(1, 8, 7), (2, 8, 7), (1, 4, 7)]
 
-    base = default_config(shape, itemsize, batch)
-    out = [base]
-    tap = replace(base, gather=False, block_p=64, tile_h=1, tile_w=1, imgs=1)
-    for block_p in (32, 64, 128):
-        for block_h in (32, 64):
-            for warps in (4, 8):
-                out.append(replace(tap, block_p=block_p, block_h=block_h, num_warps=warps))
-    if shape.has_expand:
-        for g in gather_candidates(shape, itemsize, batch)[:3]:
-            for block_h in (32, 64):
-                for warps in (4, 8):
-                    out.append(replace(g, block_h=block_h, num_warps=warps))
+
+def candidates(shape, itemsize: int, batch: int):
+    """The heuristic's config and a sweep around it: tiles, hidden chunk, warps, register cap
+    (which sets the occupancy), and the input region reloaded per chunk for wide inputs."""
+    from ..kernels.choice import default_config
+
+    out = [default_config(shape, itemsize, batch)]
+    launch = ((4, None), (8, 128), (8, 168), (16, 128))
+    for imgs, tile_h, tile_w in _tiles(shape):
+        for block_hid in (16, 32):
+            for warps, maxnreg in launch:
+                for resident in (True, False) if shape.cin >= 96 else (True,):
+                    out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
+                                           x_resident=resident, num_warps=warps, maxnreg=maxnreg,
+                                           programs_per_sm=16 // warps))
     return list(dict.fromkeys(out))
 
 
@@ -82,5 +104,119 @@ def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Pa
         progress(f"[{j + 1}/{len(jobs)}] {shapes[shape]} {str(dtype)[6:]} batch {batch}: "
                  f"best {best[0]:.4f} ms of {len(cands)} candidates")
         entries.append(tuned.entry(shape, dtype, (lo, hi), best[1], best[0]))
-    meta = dict(run_facts(), resolution=resolution, widths=list(widths), reps=reps)
+    meta = dict(run_facts(), source="measured", resolution=resolution, widths=list(widths), reps=reps)
     return tuned.write_tuned(out or tuned.user_table_path(tuned.device_slug(device)), entries, meta)
+
+
+def model_choice(shape, dtype, batches: list[int], gpu: str, progress=print) -> dict[int, tuple[float, BlockConfig]]:
+    """{batch: (predicted ms, config)}: each candidate compiled for sm_90 (cached on disk) and
+    timed by the performance model at each batch; variants that spill are never chosen.
+    The config's programs_per_sm is set to the occupancy its compiled variant reaches."""
+    from dataclasses import replace as _replace
+
+    from . import perf_model as PM
+
+    best: dict[int, tuple[float, BlockConfig]] = {}
+    for cfg in candidates(shape, dtype.itemsize, max(batches)):
+        launch = Launch("block", "tune", dtype, shape, cfg)
+        try:
+            fn, args = _variant(launch)
+            text, usage = PM.compiled_sass(fn, args, dtype)
+        except Exception as err:  # e.g. ptxas refuses a variant: not a candidate
+            progress(f"    skip {cfg}: {type(err).__name__}: {str(err).splitlines()[0][:100]}")
+            continue
+        if usage.get("local", 0) or " STL" in text or " LDL" in text:
+            continue  # spills: never shipped
+        occ = PM.occupancy(usage["registers"], usage["shared"], cfg.num_warps, gpu)
+        cfg = _replace(cfg, programs_per_sm=occ.programs_per_sm)
+        for batch in batches:
+            try:
+                ms = PM.analyse_launch(Launch("block", "tune", dtype, shape, cfg), batch, gpu)["predicted_ms"]
+            except ValueError as err:  # its SASS does not match the kernel's declared loops
+                progress(f"    skip {cfg}: {str(err).splitlines()[0][:160]}")
+                break
+            if batch not in best or ms < best[batch][0]:
+                best[batch] = (ms, cfg)
+    return best
+
+
+def fallback_candidates(shape, itemsize: int, batch: int):
+    """Configs from the heuristic's towards ever fewer registers: smaller chunks and tiles,
+    the input region reloaded per chunk; the first that compiles without spilling ships for
+    shapes the model did not rank."""
+    from ..kernels.choice import _TILES, default_config
+
+    base = default_config(shape, itemsize, batch)
+    out = [base]
+    tiles = [t for t in _TILES if t[1] <= base.tile_h and t[2] <= base.tile_w and t[0] <= base.imgs]
+    for tile in sorted(tiles, key=lambda t: -t[0] * t[1] * t[2]):
+        for resident in (True, False):
+            for block_hid in (32, 16):
+                for warps in (8, 4):
+                    out.append(BlockConfig(tile_h=tile[1], tile_w=tile[2], imgs=tile[0], block_hid=block_hid,
+                                           x_resident=resident and shape.has_expand, num_warps=warps,
+                                           programs_per_sm=8 // warps))
+    return list(dict.fromkeys(out))
+
+
+def first_fit(shape, dtype, batch: int, gpu: str, prefer=(), progress=print) -> tuple[float, BlockConfig]:
+    """(predicted ms, config): the first of `prefer`, then of `fallback_candidates`, whose
+    compiled variant does not spill."""
+    from dataclasses import replace as _replace
+
+    from . import perf_model as PM
+
+    def spills(cfg) -> bool:
+        # fp32 ships both product precisions (IEEE and TF32) on one table entry: both must fit.
+        for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+            try:
+                text, usage = PM.compiled_sass(*_variant(Launch("block", "tune", dtype, shape, cfg, tf32)), dtype)
+            except Exception as err:  # e.g. ptxas refuses a variant
+                progress(f"    skip {cfg}: {type(err).__name__}: {str(err).splitlines()[0][:100]}")
+                return True
+            if usage.get("local", 0) or " STL" in text or " LDL" in text:
+                return True
+        return False
+
+    for cfg in list(prefer) + fallback_candidates(shape, dtype.itemsize, batch):
+        if spills(cfg):
+            continue
+        launch = Launch("block", "tune", dtype, shape, cfg)
+        text, usage = PM.compiled_sass(*_variant(launch), dtype)
+        occ = PM.occupancy(usage["registers"], usage["shared"], cfg.num_warps, gpu)
+        cfg = _replace(cfg, programs_per_sm=occ.programs_per_sm)
+        return PM.analyse_launch(Launch("block", "tune", dtype, shape, cfg), batch, gpu)["predicted_ms"], cfg
+    raise RuntimeError(f"no config compiles without spilling for {shape} in {dtype}")
+
+
+def _variant(launch):
+    from .inventory import variant
+
+    return variant(launch)
+
+
+def model_tune(widths, resolution: int, batches: list[int], dtypes, gpu: str, out: Path, progress=print) -> Path:
+    """The shipped tables: every block shape of the given widths, chosen by the model."""
+    import triton
+
+    from ..kernels import tuned
+    from .interpreter import use_compiler
+    from .perf_model import CALIBRATED
+
+    use_compiler()
+    shapes = {}
+    for width in widths:
+        for spec in block_specs(width, resolution=resolution):
+            shapes.setdefault(spec, f"w{width} block {spec.index}")
+    entries = []
+    for j, (shape, label) in enumerate(shapes.items()):
+        for dtype in dtypes:
+            chosen = model_choice(shape, dtype, batches, gpu, progress)
+            for batch, lo, hi in batch_ranges(batches):
+                ms, cfg = chosen[batch]
+                entries.append(tuned.entry(shape, dtype, (lo, hi), cfg, ms))
+                progress(f"[{j + 1}/{len(shapes)}] {label} {str(dtype)[6:]} batch {batch}: {ms:.4f} ms predicted")
+    meta = dict(source="model", gpu=gpu, triton=triton.__version__, resolution=resolution, widths=list(widths),
+                model=CALIBRATED.as_dict(),
+                note="predicted by the calibrated performance model (tools/perf_model.py), not measured")
+    return tuned.write_tuned(out, entries, meta)
