@@ -11,10 +11,12 @@ into the package as it does Triton kernels of its own.  Nothing is left to chanc
 that survives the lowering (in the graph, or in the compiled package) is an error naming it,
 and no file is written.
 
-The launch configurations are chosen for the example's batch and kept for every batch the
-package serves (the tuned table and the heuristic pick by batch; a graph with a symbolic
-batch cannot branch on it).  fp32 products follow torch.backends.cudnn.allow_tf32 as it is
-during the export.
+A package is made for the example's batch: each launcher chooses its launch config, its
+grid (the block kernel's persistent grid) and its number of launches (the stem's, in groups
+of 65535 images) by the batch, as it does when run eagerly, and the graph keeps those
+choices.  With a symbolic batch (dynamic_batch=True) the lowering detects a launcher that
+decides on the batch (a new shape guard) and names it.  fp32 products follow
+torch.backends.cudnn.allow_tf32 as it is during the export.
 """
 
 from __future__ import annotations
@@ -96,50 +98,40 @@ def _traced_launches():
             m.launch = original
 
 
-def _lowering(plan_batch: int):
-    """ops.lowering while a package is made: each op by its implementation, the launch configs
-    that depend on the batch (block, classifier) chosen for `plan_batch`."""
-    kernels = ops.kernels()
-    from .kernels.choice import choose_linear_config
-
-    names = {op: name for name, op in ops.OPS.items()}
-
-    def lower(op, *args):
-        name = names[op]
-        try:
-            return lower_one(name, *args)
-        except Exception as err:
-            raise PackageError(f"could not lower mnv2_fast::{name} into its Triton launches for the package: "
-                               f"{type(err).__name__}: {err}") from err
-
-    def lower_one(name, *args):
-        if name == "inverted_residual":
-            x, w_exp, _, w_dw, _, w_proj, _, stride, residual, backend = args
-            config = None
-            if ops.use_triton(backend, x):
-                shape = kernels.BlockShape(x.shape[1], w_dw.shape[1], w_proj.shape[1], stride, x.shape[2], x.shape[3],
-                                           w_exp is not None, residual)
-                config = kernels.choose_block_config(shape, x.dtype, plan_batch, x.device)
-            return ops.inverted_residual(*args, config=config)
-        if name == "linear":
-            a, weight, _, backend = args
-            config = None
-            if ops.use_triton(backend, a):
-                config = choose_linear_config(plan_batch, weight.shape[0], weight.shape[1], a.device)
-            return ops.linear(*args, config=config)
-        return getattr(ops, name)(*args)
-
-    return lower
+def _batch_guards(x: torch.Tensor) -> int | None:
+    """How many shape guards the trace holds, when x's batch is symbolic (None otherwise)."""
+    batch = x.shape[0]
+    return len(batch.node.shape_env.guards) if isinstance(batch, torch.SymInt) else None
 
 
-def lower_for_package(ep: torch.export.ExportedProgram, plan_batch: int) -> torch.export.ExportedProgram:
+def _lower(op, *args):
+    """ops.lowering while a package is made: the op computed by its implementation, whose
+    launcher's Triton launches are traced (see _traced_launches)."""
+    name = next(n for n, o in ops.OPS.items() if o is op)
+    guards = _batch_guards(args[0])
+    try:
+        out = getattr(ops, name)(*args)
+    except Exception as err:
+        raise PackageError(f"could not lower mnv2_fast::{name} into its Triton launches for the package: "
+                           f"{type(err).__name__}: {err}") from err
+    if _batch_guards(args[0]) != guards:
+        # The launcher chose something (its launch config, grid or number of launches) by the
+        # batch: the graph would hold that choice for one batch only.
+        raise PackageError(f"mnv2_fast::{name} cannot be lowered with a dynamic batch: its launcher decides its "
+                           "launch config or grid by the batch, which a graph for every batch cannot hold. Make the "
+                           "package for one batch (dynamic_batch=False, the default)")
+    return out
+
+
+def lower_for_package(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """`ep` with every mnv2_fast op replaced by the Triton kernel launches (or, for parts on
-    the "torch" backend, the PyTorch ops) that compute it.  Needs the compiled kernels (not
-    Triton's interpreter: its kernels cannot be captured)."""
+    the "torch" backend, the PyTorch ops) that compute it, as its launcher makes them for the
+    program's batch.  Needs the compiled kernels (not Triton's interpreter: its kernels cannot
+    be captured).  Raises PackageError naming the op that cannot be lowered."""
     if ops.kernels().interpreting():
         raise PackageError("a package holds compiled Triton kernels, and TRITON_INTERPRET=1 makes Triton run them "
                            "through its interpreter instead: unset TRITON_INTERPRET before importing torch")
-    ops.lowering = _lowering(plan_batch)
+    ops.lowering = _lower
     try:
         with _traced_launches():
             return ep.run_decompositions({})
@@ -165,15 +157,16 @@ def _fused_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
     return model
 
 
-def export(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, dynamic_batch: bool = True,
+def export(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, dynamic_batch: bool = False,
            max_batch: int = 4096) -> Path:
     """Write `model`, fused, as an AOTInductor package to `path` (conventionally *.pt2).
 
     model:   the unfused model (optimized here with backend="triton", on a copy) or what
              ``optimize`` returned (a CUDAGraphRunner is unwrapped), on example's device and dtype.
-    example: an input on a CUDA device: its shape (but the batch), dtype and memory format
-             are the package's.  Its batch is the one launch configurations are chosen for.
-    dynamic_batch: the package takes any batch from 1 to max_batch (else only example's).
+    example: an input on a CUDA device: its shape, dtype and memory format are the package's.
+    dynamic_batch: a package for any batch from 1 to max_batch rather than the example's
+             only.  The launchers choose their launch config and grid by the batch, so today
+             this raises PackageError naming the first op whose launcher does (see README).
 
     Returns the path.  Load it with ``torch._inductor.aoti_load_package(path)`` (no mnv2_fast
     needed).  Raises PackageError, writing nothing, when the package could not be made
@@ -202,7 +195,7 @@ def export(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, 
         dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
     with torch.no_grad():
         ep = torch.export.export(fast, (traced,), dynamic_shapes=dynamic_shapes)
-        lowered = lower_for_package(ep, plan_batch=example.shape[0])
+        lowered = lower_for_package(ep)
     left = ops_in_graph(lowered)
     if left:
         raise PackageError(f"cannot make a self-contained package: the program still calls {', '.join(left)}, "

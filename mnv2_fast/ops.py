@@ -97,7 +97,8 @@ def _kernel_layout(y: torch.Tensor) -> torch.Tensor:
         want, memory_format = (h * w * c, 1, w * c, c), _CL
     else:
         want, memory_format = (y.shape[1], 1), torch.contiguous_format
-    if all(st == ws for size, st, ws in zip(y.shape, y.stride(), want) if size > 1):
+    # (A symbolic size, the batch of a traced graph, is taken as > 1: no guard on it.)
+    if all(st == ws for size, st, ws in zip(y.shape, y.stride(), want) if isinstance(size, torch.SymInt) or size > 1):
         return y
     return y.contiguous(memory_format=memory_format)
 

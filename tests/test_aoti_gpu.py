@@ -1,7 +1,8 @@
 """(gpu) The AOTInductor round trip: `mnv2-fast export` (mnv2_fast.export underneath) writes a
 .pt2 package; a fresh Python process in which mnv2_fast cannot be imported loads it with
-torch._inductor.aoti_load_package and runs it at three batches; its logits match the eager
-fused model and the unfused float64 model.
+torch._inductor.aoti_load_package and runs it; its logits match the eager fused model and the
+unfused float64 model.  And a package for a dynamic batch: refused, naming the op whose
+launcher decides by the batch, or (once none does) right at every batch.
 
 The slowest GPU test (Inductor compiles the 20 Triton launches and the package's C++
 wrapper, a minute or so): its file name puts it first in collection, so under pytest-xdist
@@ -10,6 +11,7 @@ wrapper, a minute or so): its file name puts it first in collection, so under py
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 from helpers import MODEL_TOLERANCE_FACTOR, assert_close, reference64
+import mnv2_fast
 from mnv2_fast import deploy, optimize
 from mnv2_fast.tools import cli
 
@@ -55,7 +58,7 @@ def test_package_runs_without_mnv2_fast_and_matches_the_eager_model(tmp_path):
 
     model = cli.build_model(width, classes, None, 0)  # the command's model: same seed, same weights
     fast = optimize(model, backend="triton").to("cuda", dtype)
-    xs = [torch.randn(n, 3, size, size, dtype=dtype) for n in (4, 1, 9)]  # the example's batch, and others
+    xs = [torch.randn(4, 3, size, size, dtype=dtype) for _ in range(2)]  # the package's batch
     torch.save(xs, tmp_path / "inputs.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run([sys.executable, "-c", LOAD, str(path), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
@@ -69,3 +72,21 @@ def test_package_runs_without_mnv2_fast_and_matches_the_eager_model(tmp_path):
         assert_close(y, eager, dtype, f"package vs eager fused, batch {x.shape[0]}", factor=MODEL_TOLERANCE_FACTOR)
         assert_close(y, reference64(model, x), dtype, f"package vs unfused, batch {x.shape[0]}",
                      factor=MODEL_TOLERANCE_FACTOR)
+
+
+def test_a_dynamic_batch_package_is_refused_by_name_or_takes_every_batch(tmp_path):
+    model = cli.build_model(0.5, 10, None, 0)
+    fast = optimize(model, backend="triton").to("cuda", torch.float16)
+    example = torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float16)
+    path = tmp_path / "dynamic.pt2"
+    try:
+        mnv2_fast.export(fast, example, path, dynamic_batch=True, max_batch=16)
+    except deploy.PackageError as err:
+        assert re.match(r"mnv2_fast::\w+ cannot be lowered with a dynamic batch: its launcher decides", str(err)), err
+        assert not list(tmp_path.iterdir()), "a refused package left files"
+        return
+    runner = torch._inductor.aoti_load_package(str(path))
+    for n in (1, 3, 16):
+        x = torch.randn(n, 3, 64, 64, device="cuda", dtype=torch.float16)
+        with torch.no_grad():
+            assert_close(runner(x), fast(x), torch.float16, f"dynamic package, batch {n}", factor=MODEL_TOLERANCE_FACTOR)

@@ -198,8 +198,8 @@ def test_a_single_block_exports_as_one_op():
 def test_a_pinned_launch_config_is_eager_only():
     block = make_block(16, 16, 1, 6)
     fused = fuse_block(block, backend="triton").to(DEVICE)
-    fused.config = mnv2_fast.kernels.BlockConfig(block_p=16, block_h=32, block_k=16, block_co=16)
     x = torch.randn(1, 16, 6, 6, device=DEVICE)
+    fused.config = mnv2_fast.kernels.default_config(fused.spec.at(6, 6), 4, 1)  # the GPU heuristic's, fp32
     with torch.no_grad():
         assert_close(fused(x), reference64(block, x), torch.float32, "pinned config, eager")
     with pytest.raises(ValueError, match="config applies to eager calls only.*set config to None"):

@@ -142,10 +142,11 @@ def _parser() -> argparse.ArgumentParser:
                                  "model, from its sm_90 code (no GPU needed)"))
 
     e = sub.add_parser("export", help="(GPU) an AOTInductor package (.pt2) of the fused model")
-    model_opts(e, "the example's batch, which the launch configs are chosen for (default 1)")
+    model_opts(e, "the batch the package takes (default 1)")
     e.add_argument("--out", type=_out_file, default=Path("mnv2-fast.pt2"), help="the package (default mnv2-fast.pt2)")
-    e.add_argument("--max-batch", type=_positive(int), default=4096, help="largest batch the package takes (default 4096)")
-    e.add_argument("--static-batch", action="store_true", help="take only the example's batch (default: 1 to --max-batch)")
+    e.add_argument("--dynamic-batch", action="store_true",
+                   help="any batch from 1 to --max-batch (refused while a launcher decides by the batch)")
+    e.add_argument("--max-batch", type=_positive(int), default=4096, help="with --dynamic-batch (default 4096)")
     infer.add_parser(sub)
     return p
 
@@ -469,7 +470,7 @@ def cmd_export(args) -> int:
     from ..deploy import PackageError, export
 
     if args.batch and len(args.batch) > 1:
-        raise SystemExit("error: export takes one --batch: the example's, which the launch configs are chosen for")
+        raise SystemExit("error: export takes one --batch: a package is made for one batch")
     dtype = DTYPES[args.dtype or "float16"]
     resolution = args.resolution or 224
     batch = (args.batch or [1])[0]
@@ -479,10 +480,10 @@ def cmd_export(args) -> int:
               "the graph, AOTInductor compiling them: a minute or two)")
     start = time.time()
     try:
-        path = export(model, example, args.out, dynamic_batch=not args.static_batch, max_batch=args.max_batch)
+        path = export(model, example, args.out, dynamic_batch=args.dynamic_batch, max_batch=args.max_batch)
     except PackageError as err:
         raise SystemExit(f"error: {err}") from None
-    batches = f"batch {batch}" if args.static_batch else f"batch 1 to {args.max_batch}"
+    batches = f"batch 1 to {args.max_batch}" if args.dynamic_batch else f"batch {batch}"
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.time() - start:.0f} s): input "
           f"[N, 3, {resolution}, {resolution}] {str(dtype).removeprefix('torch.')} NCHW on the GPU, {batches}. "
           f"Load it with torch._inductor.aoti_load_package({str(path)!r}); mnv2_fast is not needed there")
