@@ -73,10 +73,11 @@ def ops_in_package(path: str | os.PathLike) -> list[str]:
 def _traced_launches():
     """Every launcher's launch goes through wrap_triton while a program is lowered.
 
-    kernels/ launches with `_common.launch(kernel, grid, x, ...)` (which `kernel[grid](...)`
-    cannot be traced); the launcher modules import that name, so it is swapped in each of
-    them and put back afterwards.  Called with real tensors meanwhile (another thread) the
-    traced launch still runs the kernel, through the wrapper's eager path."""
+    Every launcher ends with `_common.launch(kernel, grid, x, ...)`, whose `kernel[grid](...)`
+    a tracer cannot see.  The launcher modules import that name, so it is swapped in each of
+    them and put back afterwards (kernels/ stays free of tracing concerns).  Called with real
+    tensors meanwhile (another thread), the traced launch still runs the kernel, through the
+    wrapper's eager path."""
     kernels = ops.kernels()
     common = importlib.import_module(kernels.__name__ + "._common")
     original = common.launch
@@ -104,17 +105,18 @@ def _batch_guards(x: torch.Tensor) -> int | None:
     return len(batch.node.shape_env.guards) if isinstance(batch, torch.SymInt) else None
 
 
-def _lower(op, *args):
+def _lower(op, *args, **kwargs):
     """ops.lowering while a package is made: the op computed by its implementation, whose
     launcher's Triton launches are traced (see _traced_launches)."""
     name = next(n for n, o in ops.OPS.items() if o is op)
-    guards = _batch_guards(args[0])
+    x = args[0] if args else next(iter(kwargs.values()))  # the activation: the schema's first argument
+    guards = _batch_guards(x)
     try:
-        out = getattr(ops, name)(*args)
+        out = getattr(ops, name)(*args, **kwargs)
     except Exception as err:
         raise PackageError(f"could not lower mnv2_fast::{name} into its Triton launches for the package: "
                            f"{type(err).__name__}: {err}") from err
-    if _batch_guards(args[0]) != guards:
+    if _batch_guards(x) != guards:
         # The launcher chose something (its launch config, grid or number of launches) by the
         # batch: the graph would hold that choice for one batch only.
         raise PackageError(f"mnv2_fast::{name} cannot be lowered with a dynamic batch: its launcher decides its "

@@ -16,8 +16,9 @@ Why `torch.library.custom_op` (opaque) and not `triton_op` + `wrap_triton`: trit
 the implementation itself as the fake kernel and makes Inductor trace it.  That fails under
 Triton's interpreter (CPU machines and CI: the kernels are InterpretedFunctions, which
 wrap_triton cannot capture, so tracing hands fake tensors to the interpreter), it would trace
-the launchers' checks and config choice with a symbolic batch (specialising the graph on the
-tuned table's batch ranges), and it needs every launch written as `wrap_triton(kernel)[grid]`
+the launchers with a symbolic batch although they decide by the batch (the tuned config, the
+block kernel's persistent grid, the stem's launches), so a compiled graph would be
+specialised to one batch, and it needs every launch written as `wrap_triton(kernel)[grid]`
 inside kernels/.  An opaque op with `register_fake` behaves the same on torch 2.11 / Triton
 3.6 and torch 2.14 / Triton 3.8, on the GPU and under the interpreter; at run time it picks
 the launch config from the real batch.  The one place that needs the kernels visible,
@@ -132,10 +133,9 @@ def head_pool(x, weight, bias, backend: str) -> torch.Tensor:
     return _kernel_layout(kernels().reference.head_pool(x, weight, bias))
 
 
-def linear(a, weight, bias, backend: str, config=None) -> torch.Tensor:
-    """config: a kernels.LinearConfig pinning the launch (eager calls only)."""
+def linear(a, weight, bias, backend: str) -> torch.Tensor:
     if use_triton(backend, a):
-        return kernels().linear(a.contiguous(), weight, bias, config=config)
+        return kernels().linear(a.contiguous(), weight, bias)
     return _kernel_layout(kernels().reference.linear(a, weight, bias))
 
 
@@ -201,17 +201,14 @@ def _register(name: str, schema: str, impl, fake):
     return op
 
 
-_stem_conv_op = _register("stem_conv", "(Tensor x, Tensor weight, Tensor bias, int stride, str backend) -> Tensor",
-                          stem_conv, _fake_stem_conv)
-_inverted_residual_op = _register(
-    "inverted_residual",
-    "(Tensor x, Tensor? w_exp, Tensor? b_exp, Tensor w_dw, Tensor b_dw, Tensor w_proj, Tensor b_proj, int stride, "
-    "bool residual, str backend) -> Tensor",
-    inverted_residual, _fake_inverted_residual)
-_head_pool_op = _register("head_pool", "(Tensor x, Tensor weight, Tensor bias, str backend) -> Tensor",
-                          head_pool, _fake_head_pool)
-_linear_op = _register("linear", "(Tensor a, Tensor weight, Tensor bias, str backend) -> Tensor",
-                       linear, _fake_linear)
+_register("stem_conv", "(Tensor x, Tensor weight, Tensor bias, int stride, str backend) -> Tensor",
+          stem_conv, _fake_stem_conv)
+_register("inverted_residual",
+          "(Tensor x, Tensor? w_exp, Tensor? b_exp, Tensor w_dw, Tensor b_dw, Tensor w_proj, Tensor b_proj, int stride, "
+          "bool residual, str backend) -> Tensor",
+          inverted_residual, _fake_inverted_residual)
+_register("head_pool", "(Tensor x, Tensor weight, Tensor bias, str backend) -> Tensor", head_pool, _fake_head_pool)
+_register("linear", "(Tensor a, Tensor weight, Tensor bias, str backend) -> Tensor", linear, _fake_linear)
 
 # name -> the registered op's overload (what graphs hold: torch.ops.mnv2_fast.<name>.default)
 OPS = {name: getattr(torch.ops.mnv2_fast, name).default
