@@ -77,17 +77,22 @@ def error_ratio(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, factor
 
 def randomize_bn(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Give every BatchNorm trained-looking statistics: small variances (large folded scales),
-    non-zero means, gammas of both signs, non-zero betas."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            c = m.num_features
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(c, generator=generator) * 0.5)
-                m.running_var.copy_(torch.exp(torch.empty(c).uniform_(-4.0, 0.7, generator=generator)))
-                sign = torch.where(torch.rand(c, generator=generator) < 0.2, -1.0, 1.0)
-                if m.weight is not None:
-                    m.weight.copy_(sign * torch.empty(c).uniform_(0.3, 1.2, generator=generator))
-                    m.bias.copy_(torch.randn(c, generator=generator) * 0.5)
+    non-zero means, gammas of both signs, non-zero betas, and an eps of 1e-5 (PyTorch's
+    default) or 1e-3 (Keras', and so of many ported weights), alternating from a random
+    start, so that a module with two or more BatchNorms has both."""
+    eps = (1e-5, 1e-3)
+    start = int(torch.randint(2, (1,), generator=generator))
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for i, m in enumerate(bns):
+        c = m.num_features
+        m.eps = eps[(start + i) % 2]
+        with torch.no_grad():
+            m.running_mean.copy_(torch.randn(c, generator=generator) * 0.5)
+            m.running_var.copy_(torch.exp(torch.empty(c).uniform_(-4.0, 0.7, generator=generator)))
+            sign = torch.where(torch.rand(c, generator=generator) < 0.2, -1.0, 1.0)
+            if m.weight is not None:
+                m.weight.copy_(sign * torch.empty(c).uniform_(0.3, 1.2, generator=generator))
+                m.bias.copy_(torch.randn(c, generator=generator) * 0.5)
     return module
 
 
