@@ -1,6 +1,9 @@
 """The fused inverted-residual kernel against the unfused float64 PyTorch block.
 
-On a CPU-only machine these run through Triton's interpreter at small spatial sizes.
+On a CPU-only machine these run through Triton's interpreter at small spatial sizes.  Every
+launch reads its input and weights from, and writes its output into, views of larger buffers
+whose rest holds NaN (helpers.call_guarded): a stray load shows in the output, a stray store
+in the guard.
 Every block shape of MobileNetV2 at widths 1.0, 0.5 and 1.4 is covered, plus tilings that
 split images unevenly, stack several images per tile, split input and output channels into
 two power-of-two parts, leave a last hidden chunk partial, and make each program of the
@@ -14,7 +17,7 @@ import itertools
 import pytest
 import torch
 
-from helpers import DEVICE, assert_close, make_block, nhwc, poisoned_like, reference64
+from helpers import DEVICE, assert_close, call_guarded, make_block, nhwc, poisoned_like, reference64
 from mnv2_fast import fuse_block
 from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
 from mnv2_fast.kernels.choice import interpreter_config
@@ -65,13 +68,13 @@ def _fused(spec, dtype):
 
 
 def _run(fused, x, cfg):
+    """The kernel on guarded copies of x and the weights, into a guarded output: as many
+    guard images as a tile has images (a missing image mask stores up to imgs - 1 past)."""
     n, _, h, w = x.shape
     s = fused.spec
-    out = poisoned_like(n, s.cout, output_size(h, s.stride), output_size(w, s.stride), x.dtype)
-    y = inverted_residual(x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj, fused.b_proj,
-                          stride=s.stride, residual=s.residual, config=cfg, out=out)
-    assert y.data_ptr() == out.data_ptr()
-    return y
+    return call_guarded(inverted_residual, x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj,
+                        fused.b_proj, out_shape=(n, s.cout, output_size(h, s.stride), output_size(w, s.stride)),
+                        images=cfg.imgs, stride=s.stride, residual=s.residual, config=cfg)
 
 
 @pytest.mark.parametrize("spec,batch,h,w,dtype", _cases())
@@ -232,3 +235,4 @@ def test_cpu_tensor_without_interpreter_is_an_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensor"):
         inverted_residual(_x(), **_args(), stride=2, residual=False)
+

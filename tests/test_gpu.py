@@ -11,7 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import MODEL_TOLERANCE_FACTOR, assert_close, error_ratio, make_block, nhwc, poisoned_like, randomize_bn
+from helpers import (
+    MODEL_TOLERANCE_FACTOR,
+    assert_close,
+    call_guarded,
+    error_ratio,
+    make_block,
+    nhwc,
+    randomize_bn,
+)
 from mnv2_fast import CUDAGraphRunner, fuse_block, optimize
 from mnv2_fast.kernels import reference
 from mnv2_fast.model import block_specs, mobilenet_v2
@@ -49,11 +57,12 @@ def test_blocks_at_224px_batch_256(spec, dtype):
     block = make_block(spec.cin, spec.cout, spec.stride, spec.t)
     fused = fuse_block(block, backend="triton").to(CUDA, dtype)
     x = nhwc(torch.randn(256, spec.cin, spec.h, spec.w, device=CUDA, dtype=dtype))
-    out = poisoned_like(256, spec.cout, spec.ho, spec.wo, dtype, CUDA)
     from mnv2_fast.kernels import inverted_residual
 
-    y = inverted_residual(x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj, fused.b_proj,
-                          stride=spec.stride, residual=spec.residual, out=out)
+    # Guarded: NaN around the input, the weights and the output (two images: tiles of 2).
+    y = call_guarded(inverted_residual, x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj,
+                     fused.b_proj, out_shape=(256, spec.cout, spec.ho, spec.wo), images=2, stride=spec.stride,
+                     residual=spec.residual)
     assert_close(y, _ref_gpu64(block, x), dtype, f"block {spec.index}")
 
 
