@@ -173,9 +173,11 @@ def _inverted_residual_kernel(
     hh0 = tl.arange(0, BLOCK_HID)
     scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * BLOCK_HID)
     stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
-    # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.
-    pair_ptrs = scratch + (q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE)[:, None] * BLOCK_HID \
-        + hh0[None, :]
+    # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
+    # padding pairs (q_in false) read pair 0's windows: theirs would lie past the staged region,
+    # in another program's scratch or past its end.
+    q_win = tl.where(q_in, q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE, 0)
+    pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
 
     step = 0  # chunks staged so far: the buffer parity, carried across tiles
     for tile in range(pid, n_tiles, tl.num_programs(0)):

@@ -17,9 +17,10 @@ import itertools
 import pytest
 import torch
 
-from helpers import DEVICE, assert_close, call_guarded, make_block, nhwc, poisoned_like, reference64
+from helpers import DEVICE, INTERPRETER, assert_close, call_guarded, make_block, nhwc, poisoned_like, reference64
+from interpreter_checks import block_scratch, checked_launches
 from mnv2_fast import fuse_block
-from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
+from mnv2_fast.kernels import BlockConfig, BlockShape, block, default_config, inverted_residual, output_size
 from mnv2_fast.kernels.choice import interpreter_config
 from mnv2_fast.model import block_specs
 
@@ -236,3 +237,34 @@ def test_cpu_tensor_without_interpreter_is_an_error(monkeypatch):
     with pytest.raises(ValueError, match="CUDA tensor"):
         inverted_residual(_x(), **_args(), stride=2, residual=False)
 
+
+# ---- every access in bounds, the scratch in barrier order (the interpreter's memcheck)
+
+ACCESS_CASES = [
+    # (cin, t, cout, stride, n, h, w, config): one pixel pair padded to 16 (the whole-image tile
+    # of a 1 x 1 image); tiles over two images and a ragged batch; an odd number of hidden chunks
+    # (3) over several tiles per program, so that the scratch buffers must alternate across
+    # tiles; no expand stage; two output-channel parts.
+    (16, 6, 16, 1, 1, 1, 1, None),
+    (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16)),
+    (16, 3, 16, 1, 2, 6, 6, BlockConfig(tile_h=2, tile_w=3, block_hid=16, x_resident=False)),
+    (32, 1, 40, 1, 2, 5, 4, BlockConfig(tile_h=4, tile_w=2, block_hid=16)),
+]
+
+
+@pytest.mark.skipif(not INTERPRETER, reason="checks the interpreter's loads and stores")
+@pytest.mark.parametrize("cin,t,cout,stride,n,h,w,cfg", ACCESS_CASES)
+def test_every_access_is_in_bounds_and_the_scratch_in_barrier_order(cin, t, cout, stride, n, h, w, cfg):
+    """No load or store outside the launch's tensors (padding rows and pixel pairs included,
+    whose values never reach the output), each program in its own scratch, and every scratch
+    buffer read only after a barrier that follows its write, overwritten only after a barrier
+    that follows its read (tests/interpreter_checks.py)."""
+    block_, fused = _fused(BlockShape(cin, cin * t, cout, stride, h, w, t > 1, stride == 1 and cin == cout),
+                           torch.float32)
+    x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE)
+    cfg = cfg or _config(fused.spec.at(h, w), n)
+    with checked_launches(block, scratch_arg=7, per_program=block_scratch) as check:
+        y = _run(fused, x, cfg)
+    assert check.launches == 1 and check.barriers > 0 and check.accesses > 0
+    assert not check.problems, check.report()
+    assert_close(y, reference64(block_, x), torch.float32, str(cfg))

@@ -6,8 +6,10 @@ NCHW inputs also have NaN channels, rows and columns around each image."""
 import pytest
 import torch
 
-from helpers import DEVICE, assert_close, call_guarded, check_guard, guarded_empty, nhwc
-from mnv2_fast.kernels import HeadConfig, LinearConfig, StemConfig, head_pool, linear, output_size, reference, stem_conv
+from helpers import DEVICE, INTERPRETER, assert_close, call_guarded, check_guard, guarded_empty, nhwc
+from interpreter_checks import checked_launches
+from mnv2_fast.kernels import HeadConfig, LinearConfig, StemConfig, head, head_pool, linear, output_size, reference, stem
+from mnv2_fast.kernels import stem_conv
 
 
 def _f64(*tensors):
@@ -175,3 +177,27 @@ def test_errors():
     with pytest.raises(ValueError, match="bias has shape"):
         linear(torch.randn(2, 3, device=DEVICE), torch.randn(3, 4, device=DEVICE), torch.randn(5, device=DEVICE))
 
+
+@pytest.mark.skipif(not INTERPRETER, reason="checks the interpreter's loads and stores")
+@pytest.mark.parametrize("kind,cfg", [
+    ("stem", StemConfig(tile_h=4, tile_w=4, block_co=16)), ("stem", StemConfig(tile_h=8, tile_w=16, block_co=32)),
+    ("head", HeadConfig(imgs=3, block_p=16, block_k=32, block_n=32)), ("head", HeadConfig(block_p=64, block_k=64)),
+    ("linear", LinearConfig(block_m=16, block_n=16, block_k=16)), ("linear", LinearConfig(block_k=128)),
+])
+def test_every_access_is_in_bounds(kind, cfg):
+    """No load or store outside the launch's tensors, ragged tiles, channels and image groups
+    included (tests/interpreter_checks.py)."""
+    if kind == "stem":
+        x, w, b = torch.randn(2, 3, 13, 11), torch.randn(27, 24), torch.randn(24)
+        call, ref = (lambda: _stem(x, w, b, config=cfg)), reference.stem_conv
+    elif kind == "head":
+        x, w, b = nhwc(torch.randn(7, 48, 5, 3)), torch.randn(48, 40) / 7, torch.randn(40)
+        call, ref = (lambda: _head(x, w, b, config=cfg)), reference.head_pool
+    else:
+        x, w, b = torch.randn(33, 72), torch.randn(72, 10) / 8, torch.randn(10)
+        call, ref = (lambda: _linear(x, w, b, config=cfg)), reference.linear
+    with checked_launches(stem if kind == "stem" else head) as check:
+        y = call()
+    assert check.launches == 1 and check.accesses > 0
+    assert not check.problems, check.report()
+    assert_close(y, ref(*_f64(x, w, b)), torch.float32, kind)
