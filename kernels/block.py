@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_activation, check_param, launch, launch_args, next_pow2, output, split_pow2, tf32
+from ._common import (INT32_MAX, check_activation, check_param, launch, launch_args, next_pow2, output, split_pow2,
+                      tf32)
 from .choice import choose_block_config
 from .records import BlockConfig, BlockShape
 
@@ -335,7 +336,7 @@ def inverted_residual(
     staged chunks per program of the persistent grid (`scratch_elements`: at most a few MiB
     on an H100/H200 whatever the batch), rewritten for every chunk, so it stays in L1/L2.
     Offsets are 64-bit per image and 32-bit within one, so batches beyond 2^31 elements are
-    safe (one image must stay below 2^31 elements).
+    safe; a tile's images (config.imgs) must stay below 2^31 elements, or this raises.
     """
     check_activation("x", x)
     n, cin, h, w = x.shape
@@ -365,6 +366,11 @@ def inverted_residual(
     shape = BlockShape(cin, hidden, cout, stride, h, w, has_expand, residual)
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
+    span = cfg.imgs * max(h * w * cin, shape.ho * shape.wo * cout)
+    if span > INT32_MAX:
+        raise ValueError(f"{cfg.imgs} image(s) of x {tuple(x.shape)}, or of the output, span {span} elements, more "
+                         "than 2^31: the block kernel indexes within a tile's images in 32 bits (take imgs=1, or "
+                         "smaller images)")
     out = output(out, (n, cout, shape.ho, shape.wo), x, reads=(w_exp, b_exp, w_dw, b_dw, w_proj, b_proj))
     programs = programs_for(shape, cfg, n, x.device)
     scratch = torch.empty(scratch_elements(shape, cfg, programs), dtype=x.dtype, device=x.device)

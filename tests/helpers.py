@@ -5,6 +5,8 @@ buffers: every tensor a kernel test hands a kernel is a view into a larger buffe
 
 from __future__ import annotations
 
+import mmap
+
 import torch
 from torch import nn
 
@@ -158,3 +160,31 @@ def call_guarded(fn, *args, out_shape: tuple[int, ...], out_layout: str = "nhwc"
         check_unchanged(a, b, f"input {i}")
     return y
 
+
+# ---- tensors of more than 2^31 elements without the memory
+
+MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # Linux's value (the constant is Python >= 3.13's)
+_MAPPINGS: list = []
+
+
+def sparse_empty(shape: tuple[int, ...], dtype: torch.dtype = torch.float16, device=DEVICE,
+                 channels_last: bool = False) -> torch.Tensor:
+    """An uninitialised tensor that costs memory only where it is written: on the CPU, an
+    anonymous mapping that reserves nothing (untouched pages read as zeros); on a GPU, a
+    plain allocation.  channels_last: [N, C, H, W] in NHWC memory."""
+    if channels_last:
+        n, c, h, w = shape
+        return sparse_empty((n, h, w, c), dtype, device).permute(0, 3, 1, 2)
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    numel = 1
+    for d in shape:
+        numel *= d
+    mm = mmap.mmap(-1, max(1, numel * dtype.itemsize), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE)
+    _MAPPINGS.append(mm)  # the tensor borrows the mapping's memory: kept for the process's life
+    return torch.frombuffer(mm, dtype=dtype, count=numel).view(shape)
+
+
+def release_sparse() -> None:
+    """Unmap what sparse_empty mapped (its tensors must be gone)."""
+    _MAPPINGS.clear()
