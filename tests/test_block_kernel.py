@@ -114,9 +114,10 @@ def test_block_tilings(tiling, stride):
 
 
 # The GPU's configs (224-px shapes) for every block shape at large batch, and for a few at
-# small batch; on the GPU, mnv2_fast.tools.sanitize runs every shipped config.
-@pytest.mark.parametrize("index,batch_class", [(b.index, 256) for b in _unique_specs(1.0)]
-                         + [(8, 1), (14, 1), (16, 1)])
+# small batch; on the GPU, mnv2_fast.tools.sanitize runs every shipped config.  The widest
+# blocks (hidden 960) are the next test's.
+@pytest.mark.parametrize("index,batch_class", [(b.index, 256) for b in _unique_specs(1.0) if b.hidden < 960]
+                         + [(8, 1), (14, 1)])
 def test_default_gpu_configs_compute_the_block(index, batch_class):
     """The heuristic's GPU launch configs (for 224-px shapes, small and large batch) are right too."""
     spec = block_specs(1.0, resolution=224)[index - 1]
@@ -126,6 +127,30 @@ def test_default_gpu_configs_compute_the_block(index, batch_class):
     x = nhwc(torch.randn(n, spec.cin, h, w)).to(DEVICE, torch.float16)
     y = _run(fused, x, cfg)
     assert_close(y, reference64(block, x), torch.float16, f"block {index} with {cfg}")
+
+
+def _shipped_widest():
+    """Every shipped fp16 launch (the heuristic's and the tuned tables') of MobileNetV2 1.0's
+    widest blocks, hidden 960: the longest fp32 sums across hidden chunks (30 to 60)."""
+    from mnv2_fast.tools.inventory import shipped_launches
+
+    launches = {}
+    for launch in shipped_launches(widths=(1.0,)):
+        if launch.kind == "block" and launch.dtype == torch.float16 and launch.shape.hidden == 960:
+            launches.setdefault((launch.shape, launch.config), launch)
+    return [pytest.param(launch, id=launch.label.replace(" ", "_")) for launch in launches.values()]
+
+
+@pytest.mark.parametrize("launch", _shipped_widest())
+def test_shipped_gpu_configs_of_the_widest_blocks_in_fp16(launch):
+    """One whole tile per image (the 7 x 7 map cropped to the tile: the interpreter's time goes
+    by tiles), with a short last image group where a tile holds several."""
+    spec, cfg = launch.shape, launch.config
+    block, fused = _fused(spec, torch.float16)
+    h, w = min(spec.h, cfg.tile_h), min(spec.w, cfg.tile_w)
+    x = nhwc(torch.randn(cfg.imgs + 1, spec.cin, h, w)).to(DEVICE, torch.float16)
+    y = _run(fused, x, cfg)
+    assert_close(y, reference64(block, x), torch.float16, f"{launch.label}: {cfg}")
 
 
 def test_large_spatial_size_odd():
