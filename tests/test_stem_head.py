@@ -24,8 +24,11 @@ def _stem(x, weight, bias, pad=1, stride=2, **kwargs):
     return call_guarded(stem_conv, x, weight, bias, out_shape=out_shape, pad=pad, stride=stride, **kwargs)
 
 
-def _head(x, weight, bias, **kwargs):
-    return call_guarded(head_pool, x, weight, bias, out_shape=(x.shape[0], weight.shape[1]), out_layout="rows", **kwargs)
+def _head(x, weight, bias, config=None, **kwargs):
+    """Guarded as many rows deep as a program has images (a missing image mask stores up to
+    imgs - 1 rows past the output)."""
+    return call_guarded(head_pool, x, weight, bias, out_shape=(x.shape[0], weight.shape[1]), out_layout="rows",
+                        images=config.imgs if config else 16, config=config, **kwargs)
 
 
 def _linear(a, weight, bias, **kwargs):
