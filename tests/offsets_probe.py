@@ -42,10 +42,11 @@ from mnv2_fast.tools.testing import error_ratio  # noqa: E402
 
 INT32 = 2**31
 FP16 = torch.float16
+CPU = torch.device("cpu")  # the interpreter's tensors, on a GPU machine too
 
 
 def sparse_nhwc(n: int, c: int, h: int, w: int) -> torch.Tensor:
-    return sparse_empty((n, c, h, w), channels_last=True)
+    return sparse_empty((n, c, h, w), device=CPU, channels_last=True)
 
 
 @contextlib.contextmanager
@@ -138,7 +139,7 @@ def probe_stem() -> str:
     n = -(-INT32 // per_image) + 1
     last = n - 1
     assert last * per_image >= INT32
-    x = sparse_empty((n + 1, cin, h, w))
+    x = sparse_empty((n + 1, cin, h, w), device=CPU)
     y = sparse_nhwc(n + 1, cout, ho, ho)
     g = torch.Generator().manual_seed(1)
     x[last] = torch.randn(cin, h, w, generator=g).to(FP16)
@@ -170,7 +171,7 @@ def probe_head() -> str:
     n = first + 10
     assert first * per_image >= INT32
     x = sparse_nhwc(n + 1, cin, h, w)
-    y = sparse_empty((n + 1, cout))
+    y = sparse_empty((n + 1, cout), device=CPU)
     g = torch.Generator().manual_seed(2)
     x[first - 1].fill_(float("nan"))
     x[first:n] = torch.randn(n - first, cin, h, w, generator=g).to(FP16)
@@ -194,8 +195,8 @@ def probe_linear() -> str:
     m = -(-INT32 // k // block_m) * block_m + block_m
     first = m - block_m
     assert first * k >= INT32
-    a = sparse_empty((m + 1, k))
-    y = sparse_empty((m + 1, nout))
+    a = sparse_empty((m + 1, k), device=CPU)
+    y = sparse_empty((m + 1, nout), device=CPU)
     g = torch.Generator().manual_seed(3)
     a[first - 1].fill_(float("nan"))
     a[first:m] = torch.randn(block_m, k, generator=g).to(FP16)
