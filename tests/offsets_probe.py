@@ -90,6 +90,14 @@ def _all_nan(t, what: str) -> None:
         raise AssertionError(f"{what}: {int((~torch.isnan(t)).sum())} element(s) overwritten (a stray store)")
 
 
+def _check_window(y, lo: int, hi: int, ref, what: str) -> None:
+    """y[lo:hi] (images or rows past 2^31 elements) against ref; y[lo - 1] and y[hi] (y holds
+    one more at the end) still NaN."""
+    _compare(y[lo:hi], ref, f"{what}, past 2^31")
+    _all_nan(y[lo - 1], f"{what}, the output before")
+    _all_nan(y[hi], f"{what}, the output past the end")
+
+
 def probe_block() -> str:
     """8 x 8 images of 320 channels (20480 elements): images from 104858 on start past 2^31, in
     the input and in the output.  Expand to 64, project to 320 (two output parts), residual;
@@ -125,9 +133,7 @@ def probe_block() -> str:
         block.programs_for = real_programs_for
     assert ran == [len(window_tiles)]
     ref = reference.inverted_residual(x[win].double(), *[t.double() for t in weights], stride=1, residual=True)
-    _compare(y[win], ref, "block, images past 2^31")
-    _all_nan(y[first - 1], "block, the output image before the window")
-    _all_nan(y_all[n], "block, the output past the end")
+    _check_window(y_all, first, n, ref, "block")
     return f"{n} images of {per_image} elements: programs of images {first}..{n - 1} (offsets up to {n * per_image})"
 
 
@@ -156,9 +162,7 @@ def probe_stem() -> str:
         stem.stem_conv(x[:n], weight, bias, config=cfg, out=y[:n])
     assert ran == [28]  # 4 x 7 tiles of the last image
     ref = reference.stem_conv(x[last:n].double(), weight.double(), bias.double())
-    _compare(y[last:n], ref, "stem, the image past 2^31")
-    _all_nan(y[last - 1], "stem, the output image before")
-    _all_nan(y[n], "stem, the output past the end")
+    _check_window(y, last, n, ref, "stem")
     return f"{n} images of {per_image} elements: the programs of image {last} (offsets up to {n * per_image})"
 
 
@@ -183,9 +187,7 @@ def probe_head() -> str:
         head.head_pool(x[:n], weight, bias, config=cfg, out=y[:n])
     assert ran == [1]
     ref = reference.head_pool(x[first:n].double(), weight.double(), bias.double())
-    _compare(y[first:n], ref, "head, images past 2^31")
-    _all_nan(y[first - 1], "head, the output row before")
-    _all_nan(y[n], "head, the output past the end")
+    _check_window(y, first, n, ref, "head")
     return f"{n} images of {per_image} elements: the program of images {first}..{n - 1} (offsets up to {n * per_image})"
 
 
@@ -208,9 +210,7 @@ def probe_linear() -> str:
         head.linear(a[:m], weight, bias, config=cfg, out=y[:m])
     assert ran == [1]
     ref = reference.linear(a[first:m].double(), weight.double(), bias.double())
-    _compare(y[first:m], ref, "linear, rows past 2^31")
-    _all_nan(y[first - 1], "linear, the output row before")
-    _all_nan(y[m], "linear, the output past the end")
+    _check_window(y, first, m, ref, "linear")
     return f"{m} rows of {k}: the program of rows {first}..{m - 1} (offsets up to {m * k})"
 
 
