@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_activation, check_param, launch, launch_args, next_pow2, output, split_pow2, tf32
+from ._common import (INT32_MAX, check_activation, check_param, launch, launch_args, next_pow2, output, split_pow2,
+                      tf32)
 from .choice import choose_block_config
 from .records import BlockConfig, BlockShape
 
@@ -173,9 +174,11 @@ def _inverted_residual_kernel(
     hh0 = tl.arange(0, BLOCK_HID)
     scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * BLOCK_HID)
     stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
-    # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.
-    pair_ptrs = scratch + (q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE)[:, None] * BLOCK_HID \
-        + hh0[None, :]
+    # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
+    # padding pairs (q_in false) read pair 0's windows: theirs would lie past the staged region,
+    # in another program's scratch or past its end.
+    q_win = tl.where(q_in, q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE, 0)
+    pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
 
     step = 0  # chunks staged so far: the buffer parity, carried across tiles
     for tile in range(pid, n_tiles, tl.num_programs(0)):
@@ -333,7 +336,7 @@ def inverted_residual(
     staged chunks per program of the persistent grid (`scratch_elements`: at most a few MiB
     on an H100/H200 whatever the batch), rewritten for every chunk, so it stays in L1/L2.
     Offsets are 64-bit per image and 32-bit within one, so batches beyond 2^31 elements are
-    safe (one image must stay below 2^31 elements).
+    safe; a tile's images (config.imgs) must stay below 2^31 elements, or this raises.
     """
     check_activation("x", x)
     n, cin, h, w = x.shape
@@ -363,6 +366,11 @@ def inverted_residual(
     shape = BlockShape(cin, hidden, cout, stride, h, w, has_expand, residual)
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
+    span = cfg.imgs * max(h * w * cin, shape.ho * shape.wo * cout)
+    if span > INT32_MAX:
+        raise ValueError(f"{cfg.imgs} image(s) of x {tuple(x.shape)}, or of the output, span {span} elements, more "
+                         "than 2^31: the block kernel indexes within a tile's images in 32 bits (take imgs=1, or "
+                         "smaller images)")
     out = output(out, (n, cout, shape.ho, shape.wo), x, reads=(w_exp, b_exp, w_dw, b_dw, w_proj, b_proj))
     programs = programs_for(shape, cfg, n, x.device)
     scratch = torch.empty(scratch_elements(shape, cfg, programs), dtype=x.dtype, device=x.device)
