@@ -56,7 +56,27 @@ def candidates(shape, itemsize: int, batch: int):
                     out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
                                            x_resident=resident, num_warps=warps, maxnreg=maxnreg,
                                            programs_per_sm=16 // warps))
+    out += _stage_image_candidates(shape)
     return list(dict.fromkeys(out))
+
+
+def _stage_image_candidates(shape) -> list[BlockConfig]:
+    """Tiles of whole images (stride 1, small maps): only the image's pixels are expanded, so
+    the chunk's expand has half the rows (7x7: 64 instead of 128), which frees registers for
+    wider chunks and the compiler's own register choice."""
+    if shape.stride != 1:
+        return []
+    out = []
+    for imgs, tile_h, tile_w in _tiles(shape):
+        if tile_h < shape.ho or tile_w < shape.wo:
+            continue
+        for block_hid in (16, 32, 64):
+            for warps, maxnreg in ((4, None), (8, None), (8, 168), (16, 128)):
+                for resident in (True, False) if shape.cin >= 96 else (True,):
+                    out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
+                                           x_resident=resident, num_warps=warps, maxnreg=maxnreg,
+                                           programs_per_sm=16 // warps, stage_image=True))
+    return out
 
 
 def batch_ranges(batches: list[int]) -> list[tuple[int, int, int]]:
