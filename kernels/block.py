@@ -18,6 +18,9 @@ BLOCK_HID.  For each chunk it
 3. *projects*: relu6 + the depthwise bias, then straight into the project product, which
    accumulates in fp32 registers for the whole tile like the second matrix of a fused MLP.
 
+With JOIN_PAIRS the two pixels of each pair go through the project as one product of 2*P2
+rows (small tiles: one padded wgmma tile instead of two).
+
 With STAGE_IMAGE (stride 1, one tile per image: the 7x7 blocks), step 1 expands only the
 tile's own pixels: the region's one-pixel ring is all padding, and is zeroed once per program
 instead of recomputed per chunk (a 7x7 image: 64 staged rows instead of 128).
@@ -131,6 +134,20 @@ def _depthwise_pairs(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constex
 
 
 @triton.jit
+def _join_pairs(top, bot, P2: tl.constexpr, BLOCK_HID: tl.constexpr):
+    """[2*P2, BLOCK_HID]: the pairs' top and bottom pixels interleaved (rows 2q and 2q + 1), so
+    that one project product serves both: a product of fewer than 64 rows (a wgmma tile) pads
+    to 64, and two of them pay the padding twice."""
+    return tl.reshape(tl.permute(tl.join(top, bot), (0, 2, 1)), (2 * P2, BLOCK_HID))
+
+
+@triton.jit
+def _split_pairs(acc, P2: tl.constexpr, CO: tl.constexpr):
+    """The inverse of `_join_pairs` for the accumulators: (top, bottom), [P2, CO] each."""
+    return tl.split(tl.permute(tl.reshape(acc, (P2, 2, CO)), (0, 2, 1)))
+
+
+@triton.jit
 def _project_part(d, acc, w_proj_ptr, hh, h_ok, CO0: tl.constexpr, BCO: tl.constexpr, COUT: tl.constexpr,
                   DOT_PRECISION: tl.constexpr):
     """acc + d @ w_proj[chunk, CO0:CO0+BCO]: one power-of-two part of the project product."""
@@ -184,6 +201,7 @@ def _inverted_residual_kernel(
     X_RESIDENT: tl.constexpr,  # load the region's input once per tile (else once per chunk)
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 products
     STAGE_IMAGE: tl.constexpr = False,  # tiles of whole images (stride 1): stage only the tile's pixels
+    JOIN_PAIRS: tl.constexpr = False,  # project top and bottom pixels in one product of 2*P2 rows
     P_STAGE: tl.constexpr = 0,  # rows the expand computes per chunk: P_IN, or with STAGE_IMAGE
     # next_pow2(IMGS*TILE_H*TILE_W)
 ):
@@ -238,11 +256,16 @@ def _inverted_residual_kernel(
             x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
             if K_B > 0:
                 x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
-        acc_ta = tl.zeros([P2, CO_A], dtype=tl.float32)  # top pixels, first output part
-        acc_ba = tl.zeros([P2, CO_A], dtype=tl.float32)  # bottom pixels
-        if CO_B > 0:
-            acc_tb = tl.zeros([P2, CO_B], dtype=tl.float32)
-            acc_bb = tl.zeros([P2, CO_B], dtype=tl.float32)
+        if JOIN_PAIRS:  # one product per part for both pixels of each pair: rows 2q (top), 2q + 1
+            acc_a = tl.zeros([2 * P2, CO_A], dtype=tl.float32)
+            if CO_B > 0:
+                acc_b = tl.zeros([2 * P2, CO_B], dtype=tl.float32)
+        else:
+            acc_ta = tl.zeros([P2, CO_A], dtype=tl.float32)  # top pixels, first output part
+            acc_ba = tl.zeros([P2, CO_A], dtype=tl.float32)  # bottom pixels
+            if CO_B > 0:
+                acc_tb = tl.zeros([P2, CO_B], dtype=tl.float32)
+                acc_bb = tl.zeros([P2, CO_B], dtype=tl.float32)
         for h0 in range(0, HIDDEN, BLOCK_HID):
             hh = h0 + hh0
             h_ok = hh < HIDDEN
@@ -275,11 +298,21 @@ def _inverted_residual_kernel(
             d_top = d_top.to(dtype)
             d_bot = d_bot.to(dtype)
             # 3. Project into the accumulators.
-            acc_ta = _project_part(d_top, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-            acc_ba = _project_part(d_bot, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+            if JOIN_PAIRS:
+                d = _join_pairs(d_top, d_bot, P2, BLOCK_HID)
+                acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                if CO_B > 0:
+                    acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+            else:
+                acc_ta = _project_part(d_top, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                acc_ba = _project_part(d_bot, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                if CO_B > 0:
+                    acc_tb = _project_part(d_top, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                    acc_bb = _project_part(d_bot, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+        if JOIN_PAIRS:
+            acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
             if CO_B > 0:
-                acc_tb = _project_part(d_top, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                acc_bb = _project_part(d_bot, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
         oh = t_h * TILE_H + q_y
         ow = t_w * TILE_W + q_x
         ok_top = q_in & (n0 + q_img < N) & (oh < HO) & (ow < WO)

@@ -126,7 +126,8 @@ class BlockConfig(LaunchConfig):
     persistent grid of programs_per_sm programs per multiprocessor (the occupancy the
     compiled variant reaches; maxnreg caps its registers to reach it).  stage_image: for
     stride 1 and a tile covering the whole image, only the image's pixels are expanded per
-    chunk (the halo ring is padding, zeroed once per program)."""
+    chunk (the halo ring is padding, zeroed once per program).  join_pairs: the pairs' top and
+    bottom pixels projected in one product of twice the rows."""
 
     tile_h: int = 8  # output tile rows (even) ...
     tile_w: int = 8  # ... columns ...
@@ -135,6 +136,7 @@ class BlockConfig(LaunchConfig):
     x_resident: bool = True  # input region loaded once per tile (else once per chunk)
     maxnreg: int | None = None  # register cap per thread (None: the compiler's choice)
     programs_per_sm: int = 2  # resident programs per multiprocessor: sizes the persistent grid
+    join_pairs: bool = False  # project both pixels of each pair in one product (2x the rows)
     stage_image: bool = False  # stride 1, one tile per image: expand only the image's pixels (the halo is padding)
 
     def validate(self, shape: BlockShape) -> None:

@@ -116,6 +116,7 @@ TILINGS = [
     dict(tile_h=4, tile_w=2, imgs=1, block_hid=16, num_warps=2),
     dict(tile_h=6, tile_w=3, imgs=1, block_hid=16, x_resident=False),
     dict(tile_h=10, tile_w=7, imgs=2, block_hid=32),
+    dict(tile_h=4, tile_w=3, imgs=2, block_hid=16, join_pairs=True),
 ]
 
 
@@ -144,6 +145,7 @@ STAGE_IMAGE_CASES = [
     (40, 3, 48, 4, 5, 6, torch.float16, dict(tile_h=6, tile_w=7, imgs=1, block_hid=16, x_resident=False)),
     (32, 1, 24, 5, 4, 3, torch.float32, dict(tile_h=4, tile_w=4, imgs=1, block_hid=32)),
     (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=2, block_hid=64, num_warps=8)),
+    (40, 3, 48, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=1, block_hid=32, join_pairs=True)),
 ]
 
 
@@ -350,6 +352,7 @@ ACCESS_CASES = [
     # stage_image: the halo ring, zeroed once per program, then only read; the padding rows of
     # the pixel enumeration never stored; three programs over four images.
     (16, 3, 24, 1, 4, 5, 5, BlockConfig(tile_h=6, tile_w=5, block_hid=16, stage_image=True)),
+    (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16, join_pairs=True)),
 ]
 
 

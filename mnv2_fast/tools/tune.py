@@ -44,8 +44,8 @@ def _tiles(shape) -> list[tuple[int, int, int]]:
 
 def candidates(shape, itemsize: int, batch: int):
     """The heuristic's config and a sweep around it: tiles, hidden chunk, warps, register cap
-    (which sets the occupancy), the input region reloaded per chunk for wide inputs, and for
-    tiles that cover the whole image (stride 1) the same with stage_image."""
+    (which sets the occupancy), and for tiles that cover the whole image (stride 1) the same with stage_image; for tiles of
+    28-32 pixel pairs (half a wgmma tile), the same with join_pairs."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
@@ -53,10 +53,15 @@ def candidates(shape, itemsize: int, batch: int):
         whole = shape.stride == 1 and tile_h >= shape.ho and tile_w >= shape.wo
         for stage_image in (False, True) if whole else (False,):
             for block_hid, warps, maxnreg in _LAUNCHES:
-                for resident in (True, False) if shape.cin >= 96 else (True,):
-                    out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
-                                           x_resident=resident, num_warps=warps, maxnreg=maxnreg,
-                                           programs_per_sm=16 // warps, stage_image=stage_image))
+                # The input reloaded per chunk (x_resident off) never won a block in attempt 1's
+                # sweep, and 8 warps uncapped now give the registers it would free.
+                for resident in (True,):
+                    # Products of fewer than 64 rows: both pixels of each pair in one.
+                    for join in (False, True) if 28 <= imgs * tile_h // 2 * tile_w <= 32 else (False,):
+                        out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
+                                               x_resident=resident, num_warps=warps, maxnreg=maxnreg,
+                                               programs_per_sm=16 // warps, stage_image=stage_image,
+                                               join_pairs=join))
     return list(dict.fromkeys(out))
 
 
