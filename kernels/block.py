@@ -18,6 +18,13 @@ BLOCK_HID.  For each chunk it
 3. *projects*: relu6 + the depthwise bias, then straight into the project product, which
    accumulates in fp32 registers for the whole tile like the second matrix of a fused MLP.
 
+With JOIN_PAIRS the two pixels of each pair go through the project as one product of 2*P2
+rows (small tiles: one padded wgmma tile instead of two).
+
+With STAGE_IMAGE (stride 1, one tile per image: the 7x7 blocks), step 1 expands only the
+tile's own pixels: the region's one-pixel ring is all padding, and is zeroed once per program
+instead of recomputed per chunk (a 7x7 image: 64 staged rows instead of 128).
+
 The grid is persistent: as many programs as fit on the GPU at once, each walking over
 tiles, so the scratch is bounded by the GPU's size, not the batch's.  Two scratch buffers
 alternate between chunks, so one barrier per chunk orders writes and reads.
@@ -50,6 +57,34 @@ def _load_region(x_img, r_off, r_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl
     """Channels K0..K0+BK of the tile's input region, 0 outside the image."""
     kk = K0 + tl.arange(0, BK)
     return tl.load(x_img + r_off[:, None] + kk[None, :], mask=r_ok[:, None] & (kk < CIN)[None, :], other=0.0)
+
+
+@triton.jit
+def _image_rows(REG_H: tl.constexpr, REG_W: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+                IMGS: tl.constexpr, P_STAGE: tl.constexpr):
+    """The staged rows of a tile of whole images (stride 1): the tile's own pixels, image-major,
+    as (scratch row, image, region row, region column, valid).  The region's one-pixel ring
+    around them is padding only; `_zero_scratch` zeroes it once per program, so each chunk
+    expands and stores TILE_H x TILE_W pixels per image instead of REG_H x REG_W (a 7x7 image:
+    64 rows instead of 128)."""
+    p = tl.arange(0, P_STAGE)
+    p_img = p // (TILE_H * TILE_W)
+    p_y = (p // TILE_W) % TILE_H + 1
+    p_x = p % TILE_W + 1
+    p_in = p < IMGS * TILE_H * TILE_W
+    return p_img * (REG_H * REG_W) + p_y * REG_W + p_x, p_img, p_y, p_x, p_in
+
+
+@triton.jit
+def _zero_scratch(scratch, P_IN: tl.constexpr, BLOCK_HID: tl.constexpr):
+    """Zero both staging buffers of this program: the rows no chunk writes (the halo ring of
+    whole-image tiles) then read as the depthwise's zero padding.  The barrier orders these
+    stores before the first chunk's, which may hit the same addresses from another warp."""
+    rows = tl.arange(0, 2 * P_IN)
+    hh = tl.arange(0, BLOCK_HID)
+    tl.store(scratch + rows[:, None] * BLOCK_HID + hh[None, :], tl.zeros([2 * P_IN, BLOCK_HID],
+                                                                          scratch.dtype.element_ty))
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -96,6 +131,20 @@ def _depthwise_pairs(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constex
         top = tl.where(h_ok[None, :], top, 0.0)
         bot = tl.where(h_ok[None, :], bot, 0.0)
     return top, bot
+
+
+@triton.jit
+def _join_pairs(top, bot, P2: tl.constexpr, BLOCK_HID: tl.constexpr):
+    """[2*P2, BLOCK_HID]: the pairs' top and bottom pixels interleaved (rows 2q and 2q + 1), so
+    that one project product serves both: a product of fewer than 64 rows (a wgmma tile) pads
+    to 64, and two of them pay the padding twice."""
+    return tl.reshape(tl.permute(tl.join(top, bot), (0, 2, 1)), (2 * P2, BLOCK_HID))
+
+
+@triton.jit
+def _split_pairs(acc, P2: tl.constexpr, CO: tl.constexpr):
+    """The inverse of `_join_pairs` for the accumulators: (top, bottom), [P2, CO] each."""
+    return tl.split(tl.permute(tl.reshape(acc, (P2, 2, CO)), (0, 2, 1)))
 
 
 @triton.jit
@@ -151,6 +200,10 @@ def _inverted_residual_kernel(
     CO_B: tl.constexpr,  # ... + CO_B (0: one part)
     X_RESIDENT: tl.constexpr,  # load the region's input once per tile (else once per chunk)
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 products
+    STAGE_IMAGE: tl.constexpr = False,  # tiles of whole images (stride 1): stage only the tile's pixels
+    JOIN_PAIRS: tl.constexpr = False,  # project top and bottom pixels in one product of 2*P2 rows
+    P_STAGE: tl.constexpr = 0,  # rows the expand computes per chunk: P_IN, or with STAGE_IMAGE
+    # next_pow2(IMGS*TILE_H*TILE_W)
 ):
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
@@ -158,12 +211,15 @@ def _inverted_residual_kernel(
     tiles_hw = tl.cdiv(HO, TILE_H) * tiles_w
     n_tiles = tl.cdiv(N, IMGS) * tiles_hw
     # Tile-invariant index math, once per program: offsets relative to a tile's origin.
-    r = tl.arange(0, P_IN)  # staged rows: region pixels, image-major
-    r_img = r // (REG_H * REG_W)
-    r_y = (r // REG_W) % REG_H
-    r_x = r % REG_W
+    if STAGE_IMAGE:
+        r, r_img, r_y, r_x, r_in = _image_rows(REG_H, REG_W, TILE_H, TILE_W, IMGS, P_STAGE)
+    else:
+        r = tl.arange(0, P_IN)  # staged rows: region pixels, image-major
+        r_img = r // (REG_H * REG_W)
+        r_y = (r // REG_W) % REG_H
+        r_x = r % REG_W
+        r_in = r < IMGS * REG_H * REG_W
     r_rel = ((r_img * H + r_y) * W + r_x) * CIN
-    r_in = r < IMGS * REG_H * REG_W
     q = tl.arange(0, P2)  # pixel pairs: rows q_y (top) and q_y + 1 (bottom) of column q_x
     q_img = q // (TILE_H // 2 * TILE_W)
     q_y = (q // TILE_W) % (TILE_H // 2) * 2
@@ -179,6 +235,8 @@ def _inverted_residual_kernel(
     # in another program's scratch or past its end.
     q_win = tl.where(q_in, q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE, 0)
     pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
+    if STAGE_IMAGE:
+        _zero_scratch(scratch, P_IN, BLOCK_HID)
 
     step = 0  # chunks staged so far: the buffer parity, carried across tiles
     for tile in range(pid, n_tiles, tl.num_programs(0)):
@@ -198,11 +256,16 @@ def _inverted_residual_kernel(
             x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
             if K_B > 0:
                 x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
-        acc_ta = tl.zeros([P2, CO_A], dtype=tl.float32)  # top pixels, first output part
-        acc_ba = tl.zeros([P2, CO_A], dtype=tl.float32)  # bottom pixels
-        if CO_B > 0:
-            acc_tb = tl.zeros([P2, CO_B], dtype=tl.float32)
-            acc_bb = tl.zeros([P2, CO_B], dtype=tl.float32)
+        if JOIN_PAIRS:  # one product per part for both pixels of each pair: rows 2q (top), 2q + 1
+            acc_a = tl.zeros([2 * P2, CO_A], dtype=tl.float32)
+            if CO_B > 0:
+                acc_b = tl.zeros([2 * P2, CO_B], dtype=tl.float32)
+        else:
+            acc_ta = tl.zeros([P2, CO_A], dtype=tl.float32)  # top pixels, first output part
+            acc_ba = tl.zeros([P2, CO_A], dtype=tl.float32)  # bottom pixels
+            if CO_B > 0:
+                acc_tb = tl.zeros([P2, CO_B], dtype=tl.float32)
+                acc_bb = tl.zeros([P2, CO_B], dtype=tl.float32)
         for h0 in range(0, HIDDEN, BLOCK_HID):
             hh = h0 + hh0
             h_ok = hh < HIDDEN
@@ -212,7 +275,7 @@ def _inverted_residual_kernel(
                     x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
                     if K_B > 0:
                         x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
-                e = _expand_part(x_a, tl.zeros([P_IN, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0, K_A,
+                e = _expand_part(x_a, tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0, K_A,
                                  CIN, HIDDEN, DOT_PRECISION)
                 if K_B > 0:
                     e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION)
@@ -224,7 +287,10 @@ def _inverted_residual_kernel(
             # which every warp reaches after reading it, so one barrier per chunk suffices.
             buf = (step % 2) * (P_IN * BLOCK_HID)
             step += 1
-            tl.store(stage_ptrs + buf, e.to(dtype))
+            if STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
+                tl.store(stage_ptrs + buf, e.to(dtype), mask=r_in[:, None])
+            else:
+                tl.store(stage_ptrs + buf, e.to(dtype))
             tl.debug_barrier()
             # 2. Depthwise for the tile's pixel pairs.
             d_top, d_bot = _depthwise_pairs(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE,
@@ -232,11 +298,21 @@ def _inverted_residual_kernel(
             d_top = d_top.to(dtype)
             d_bot = d_bot.to(dtype)
             # 3. Project into the accumulators.
-            acc_ta = _project_part(d_top, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-            acc_ba = _project_part(d_bot, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+            if JOIN_PAIRS:
+                d = _join_pairs(d_top, d_bot, P2, BLOCK_HID)
+                acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                if CO_B > 0:
+                    acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+            else:
+                acc_ta = _project_part(d_top, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                acc_ba = _project_part(d_bot, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                if CO_B > 0:
+                    acc_tb = _project_part(d_top, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                    acc_bb = _project_part(d_bot, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+        if JOIN_PAIRS:
+            acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
             if CO_B > 0:
-                acc_tb = _project_part(d_top, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                acc_bb = _project_part(d_bot, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
         oh = t_h * TILE_H + q_y
         ow = t_w * TILE_W + q_x
         ok_top = q_in & (n0 + q_img < N) & (oh < HO) & (ow < WO)
@@ -272,6 +348,7 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         REG_W=reg_w,
         # tl.dot needs at least 16 rows; extra rows are masked.
         P_IN=max(16, next_pow2(cfg.imgs * reg_h * reg_w)),
+        P_STAGE=max(16, next_pow2(cfg.imgs * (cfg.tile_h * cfg.tile_w if cfg.stage_image else reg_h * reg_w))),
         P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * cfg.tile_w)),
         K_A=k_a,
         K_B=k_b,

@@ -124,7 +124,10 @@ class BlockConfig(LaunchConfig):
     pixels (tile_h even: the kernel works on vertical pairs), hidden channels in chunks of
     block_hid, the tile's input region kept on chip across chunks when x_resident, and a
     persistent grid of programs_per_sm programs per multiprocessor (the occupancy the
-    compiled variant reaches; maxnreg caps its registers to reach it)."""
+    compiled variant reaches; maxnreg caps its registers to reach it).  stage_image: for
+    stride 1 and a tile covering the whole image, only the image's pixels are expanded per
+    chunk (the halo ring is padding, zeroed once per program).  join_pairs: the pairs' top and
+    bottom pixels projected in one product of twice the rows."""
 
     tile_h: int = 8  # output tile rows (even) ...
     tile_w: int = 8  # ... columns ...
@@ -133,6 +136,8 @@ class BlockConfig(LaunchConfig):
     x_resident: bool = True  # input region loaded once per tile (else once per chunk)
     maxnreg: int | None = None  # register cap per thread (None: the compiler's choice)
     programs_per_sm: int = 2  # resident programs per multiprocessor: sizes the persistent grid
+    join_pairs: bool = False  # project both pixels of each pair in one product (2x the rows)
+    stage_image: bool = False  # stride 1, one tile per image: expand only the image's pixels (the halo is padding)
 
     def validate(self, shape: BlockShape) -> None:
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):
@@ -145,6 +150,9 @@ class BlockConfig(LaunchConfig):
                              f"programs_per_sm={self.programs_per_sm} is invalid")
         if self.maxnreg is not None and not 24 <= self.maxnreg <= 255:
             raise ValueError(f"config maxnreg={self.maxnreg} must be in 24..255")
+        if self.stage_image and (shape.stride != 1 or self.tile_h < shape.ho or self.tile_w < shape.wo):
+            raise ValueError(f"config stage_image needs stride 1 and a tile covering the image; got stride "
+                             f"{shape.stride}, tile {self.tile_h}x{self.tile_w} for {shape.ho}x{shape.wo} outputs")
 
 
 def _check_pow2(cfg: LaunchConfig, **values: int) -> None:

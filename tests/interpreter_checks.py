@@ -9,7 +9,8 @@ compute-sanitizer's memcheck, and a race check of the block kernel's per-program
 * Order: the interpreter runs a program's warps in lockstep, so a missing barrier changes no
   result here.  The check follows the barriers (tl.debug_barrier) instead: a program may read
   a scratch buffer only after a barrier that follows its last write there, and may overwrite
-  it only after a barrier that follows its last read (what lets a GPU's warps run apart).
+  it only after a barrier that follows its last read or write (what lets a GPU's warps run
+  apart).
 
 Used by the kernel tests; hooks into Triton's interpreter (its builder's load, store,
 barrier and program-index calls), so it runs only where the interpreter does.
@@ -91,6 +92,9 @@ class _Launch:
             if kind == "store" and self.last.get((mine, "r")) == self.epoch:
                 self.check.problems.append(f"program {self.pid}: overwrites scratch buffer {mine} with no barrier "
                                            "since it last read it (another warp may still be reading)")
+            if kind == "store" and self.last.get((mine, "w")) == self.epoch:
+                self.check.problems.append(f"program {self.pid}: writes scratch buffer {mine} twice with no barrier "
+                                           "between (two warps' stores to one address race)")
             if kind == "load" and self.last.get((mine, "w")) == self.epoch:
                 self.check.problems.append(f"program {self.pid}: reads scratch buffer {mine} with no barrier since "
                                            "it wrote it (another warp's part may not be there yet)")

@@ -116,6 +116,7 @@ TILINGS = [
     dict(tile_h=4, tile_w=2, imgs=1, block_hid=16, num_warps=2),
     dict(tile_h=6, tile_w=3, imgs=1, block_hid=16, x_resident=False),
     dict(tile_h=10, tile_w=7, imgs=2, block_hid=32),
+    dict(tile_h=4, tile_w=3, imgs=2, block_hid=16, join_pairs=True),
 ]
 
 
@@ -131,6 +132,60 @@ def test_block_tilings(tiling, stride):
     x = nhwc(torch.randn(5 if tiling.get("imgs", 1) > 1 else 2, cin, 9, 7)).to(DEVICE)
     y = _run(fused, x, BlockConfig(**tiling))
     assert_close(y, reference64(block, x), torch.float32, str(tiling))
+
+
+# Whole-image tiles with stage_image (stride 1): only the image's pixels are expanded and
+# staged; the halo ring of the scratch is zeroed once per program and must stay zero across
+# chunks and tiles.  Tiles overhanging the image by a row and a column (those staged pixels
+# are padding too), ragged image groups, a partial last hidden chunk (120 = 3 x 32 + 24), the
+# input reloaded per chunk, no expand stage (t = 1), and several tiles per program.
+STAGE_IMAGE_CASES = [
+    # (cin, t, cout, n, h, w, dtype, config)
+    (40, 3, 40, 5, 7, 7, torch.float32, dict(tile_h=8, tile_w=7, imgs=2, block_hid=32)),
+    (40, 3, 48, 4, 5, 6, torch.float16, dict(tile_h=6, tile_w=7, imgs=1, block_hid=16, x_resident=False)),
+    (32, 1, 24, 5, 4, 3, torch.float32, dict(tile_h=4, tile_w=4, imgs=1, block_hid=32)),
+    (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=2, block_hid=64, num_warps=8)),
+    (40, 3, 48, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=1, block_hid=32, join_pairs=True)),
+]
+
+
+@pytest.mark.parametrize("cin,t,cout,n,h,w,dtype,tiling", STAGE_IMAGE_CASES,
+                         ids=lambda v: "-".join(f"{k}{x}" for k, x in v.items()) if isinstance(v, dict) else None)
+def test_block_stage_image_tiles(cin, t, cout, n, h, w, dtype, tiling):
+    block = make_block(cin, cout, 1, t)
+    with torch.no_grad():  # relu6(bias) > 0 everywhere: a halo row staged as anything but 0 shows
+        block.conv[0][1].bias.uniform_(1.0, 3.0)
+    fused = fuse_block(block, backend="triton").to(DEVICE, dtype)
+    x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE, dtype)
+    y = _run(fused, x, BlockConfig(**tiling, stage_image=True))
+    assert_close(y, reference64(block, x), dtype, str(tiling))
+
+
+def test_block_stage_image_keeps_nan_and_inf_inside_the_image():
+    """NaN and Inf on the image's border: the staged ring must stay zero for the next tiles of
+    the same program (three programs walk over four images), so only the pixels whose 3x3
+    windows hold them may differ from finite."""
+    block = make_block(24, 24, 1, 6)
+    fused = fuse_block(block, backend="triton").to(DEVICE)
+    x = torch.randn(4, 24, 7, 7)
+    x[0, 3, 0, 6] = float("nan")
+    x[1, 1, 6, 0] = float("inf")
+    x[2, 2, 3, 0] = float("-inf")
+    x = nhwc(x).to(DEVICE)
+    y = _run(fused, x, BlockConfig(tile_h=8, tile_w=7, block_hid=32, stage_image=True)).double().cpu()
+    ref = reference64(block, x)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    assert torch.isfinite(ref[3]).all()
+    finite = torch.isfinite(ref)
+    assert_close(torch.where(finite, y, 0), torch.where(finite, ref, 0), torch.float32, "finite part")
+
+
+def test_stage_image_needs_stride_1_and_a_tile_covering_the_image():
+    a = _args()
+    for stride, tile in ((2, dict(tile_h=4, tile_w=4)), (1, dict(tile_h=4, tile_w=4))):
+        with pytest.raises(ValueError, match="stage_image needs stride 1 and a tile covering the image"):
+            inverted_residual(_x(), **a, stride=stride, residual=False, config=BlockConfig(**tile, stage_image=True))
 
 
 # The GPU's configs (224-px shapes) for every block shape at large batch, and for a few at
@@ -294,6 +349,10 @@ ACCESS_CASES = [
     (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16)),
     (16, 3, 16, 1, 2, 6, 6, BlockConfig(tile_h=2, tile_w=3, block_hid=16, x_resident=False)),
     (32, 1, 40, 1, 2, 5, 4, BlockConfig(tile_h=4, tile_w=2, block_hid=16)),
+    # stage_image: the halo ring, zeroed once per program, then only read; the padding rows of
+    # the pixel enumeration never stored; three programs over four images.
+    (16, 3, 24, 1, 4, 5, 5, BlockConfig(tile_h=6, tile_w=5, block_hid=16, stage_image=True)),
+    (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16, join_pairs=True)),
 ]
 
 

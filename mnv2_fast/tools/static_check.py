@@ -20,7 +20,9 @@ def describe(cfg) -> str:
     d = cfg.to_dict()
     if "block_hid" in d:
         reg = f" r{d['maxnreg']}" if d["maxnreg"] else ""
-        return (f"{d['imgs']}x{d['tile_h']}x{d['tile_w']} h{d['block_hid']}{'' if d['x_resident'] else ' reload'} "
+        return (f"{d['imgs']}x{d['tile_h']}x{d['tile_w']}{' image' if d.get('stage_image') else ''}"
+                f"{' join' if d.get('join_pairs') else ''} "
+                f"h{d['block_hid']}{'' if d['x_resident'] else ' reload'} "
                 f"{warps}{reg} p{d['programs_per_sm']}")
     return " ".join(f"{k.lower()}={v}" for k, v in cfg.constexprs().items()) + f" {warps}"
 

@@ -44,19 +44,31 @@ def _tiles(shape) -> list[tuple[int, int, int]]:
 
 def candidates(shape, itemsize: int, batch: int):
     """The heuristic's config and a sweep around it: tiles, hidden chunk, warps, register cap
-    (which sets the occupancy), and the input region reloaded per chunk for wide inputs."""
+    (which sets the occupancy), and for tiles that cover the whole image (stride 1) the same with stage_image; for tiles of
+    28-32 pixel pairs (half a wgmma tile), the same with join_pairs."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
-    launch = ((4, None), (8, 128), (8, 168), (16, 128))
     for imgs, tile_h, tile_w in _tiles(shape):
-        for block_hid in (16, 32):
-            for warps, maxnreg in launch:
-                for resident in (True, False) if shape.cin >= 96 else (True,):
-                    out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
-                                           x_resident=resident, num_warps=warps, maxnreg=maxnreg,
-                                           programs_per_sm=16 // warps))
+        whole = shape.stride == 1 and tile_h >= shape.ho and tile_w >= shape.wo
+        for stage_image in (False, True) if whole else (False,):
+            for block_hid, warps, maxnreg in _LAUNCHES:
+                # The input reloaded per chunk (x_resident off) never won a block in attempt 1's
+                # sweep, and 8 warps uncapped now give the registers it would free.
+                for resident in (True,):
+                    # Products of fewer than 64 rows: both pixels of each pair in one.
+                    for join in (False, True) if 28 <= imgs * tile_h // 2 * tile_w <= 32 else (False,):
+                        out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
+                                               x_resident=resident, num_warps=warps, maxnreg=maxnreg,
+                                               programs_per_sm=16 // warps, stage_image=stage_image,
+                                               join_pairs=join))
     return list(dict.fromkeys(out))
+
+
+# (hidden chunk, warps, register cap): 8 warps uncapped (up to 255 registers, one program
+# per SM) wins where wide chunks need the registers; chunks of 64 only where they can fit.
+_LAUNCHES = tuple((h, w, r) for h in (16, 32) for w, r in ((4, None), (8, None), (8, 128), (8, 168), (16, 128))) + (
+    (64, 8, None), (64, 16, 128))
 
 
 def batch_ranges(batches: list[int]) -> list[tuple[int, int, int]]:
