@@ -77,7 +77,7 @@ def _load_region(x_img, r_off, r_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl
 
 
 @triton.jit
-def _start_depthwise(x_img, p_off, p_h, p_w, p_ok, H, W, w_start_ptr, b_start_ptr, K0: tl.constexpr,
+def _start_depthwise(x_img, p_off, p_h, p_w, p_ok, H, W, start_rows, w_start_ptr, b_start_ptr, K0: tl.constexpr,
                      BK: tl.constexpr, CIN: tl.constexpr, START_K: tl.constexpr, P: tl.constexpr):
     """Channels K0..K0+BK of the start depthwise (UIB: START_K x START_K on x, BN folded, no
     activation) at P pixels: p_off their offsets in the image, (p_h, p_w) their rows and
@@ -85,7 +85,10 @@ def _start_depthwise(x_img, p_off, p_h, p_w, p_ok, H, W, w_start_ptr, b_start_pt
     kk = K0 + tl.arange(0, BK)
     k_ok = kk < CIN
     acc = tl.zeros([P, BK], dtype=tl.float32)
-    for dy in range(START_K):  # a run-time loop: unrolled, the rows' tiles would all be live at once
+    # The rows as a loop whose bound (START_K, passed at run time) the compiler cannot see: never
+    # unrolled, so each row's taps are live one row at a time and the performance model counts
+    # the loop's trips.
+    for dy in range(0, start_rows):
         ih = p_h + (dy - START_K // 2)
         row_ok = p_ok & (ih >= 0) & (ih < H)
         for dx in tl.static_range(START_K):
@@ -168,12 +171,13 @@ def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.cons
 
 
 @triton.jit
-def _ffn_pixels(x_img, off, ph, pw, ok, H, W, w_start_ptr, b_start_ptr, K0: tl.constexpr, BK: tl.constexpr,
-                CIN: tl.constexpr, START_K: tl.constexpr, P2: tl.constexpr):
+def _ffn_pixels(x_img, off, ph, pw, ok, H, W, start_rows, w_start_ptr, b_start_ptr, K0: tl.constexpr,
+                BK: tl.constexpr, CIN: tl.constexpr, START_K: tl.constexpr, P2: tl.constexpr):
     """The expand's input at one pixel set without a middle depthwise: x itself, or the start
     depthwise of x there, in x's dtype."""
     if START_K > 0:
-        v = _start_depthwise(x_img, off, ph, pw, ok, H, W, w_start_ptr, b_start_ptr, K0, BK, CIN, START_K, P2)
+        v = _start_depthwise(x_img, off, ph, pw, ok, H, W, start_rows, w_start_ptr, b_start_ptr, K0, BK, CIN, START_K,
+                             P2)
         v = v.to(x_img.dtype.element_ty)
     else:
         v = _load_region(x_img, off, ok, K0, BK, CIN)
@@ -194,6 +198,7 @@ def _inverted_residual_kernel(
     y_ptr,  # output, contiguous NHWC [N, HO, WO, COUT]
     scratch_ptr,  # per program: two [P_IN, BLOCK_HID] buffers of one staged hidden chunk, x's dtype
     N, H, W, HO, WO,  # batch, input and output sizes
+    start_rows,  # START_K at run time: the start depthwise's row loop bound (see _start_depthwise)
     CIN: tl.constexpr,  # input channels
     HIDDEN: tl.constexpr,  # expanded channels (= CIN without HAS_EXPAND)
     COUT: tl.constexpr,  # output channels
@@ -281,11 +286,11 @@ def _inverted_residual_kernel(
             r_hi = _upper_bound(r_ok, ACT_EXP)
             if HAS_EXPAND and X_RESIDENT:
                 if START_K > 0:  # the start depthwise over the region, once per tile
-                    x_a = _start_depthwise(x_img, r_off, rh, rw, r_ok, H, W, w_start_ptr, b_start_ptr, 0, K_A, CIN,
-                                           START_K, P_IN).to(dtype)
+                    x_a = _start_depthwise(x_img, r_off, rh, rw, r_ok, H, W, start_rows, w_start_ptr, b_start_ptr, 0,
+                                           K_A, CIN, START_K, P_IN).to(dtype)
                     if K_B > 0:
-                        x_b = _start_depthwise(x_img, r_off, rh, rw, r_ok, H, W, w_start_ptr, b_start_ptr, K_A, K_B,
-                                               CIN, START_K, P_IN).to(dtype)
+                        x_b = _start_depthwise(x_img, r_off, rh, rw, r_ok, H, W, start_rows, w_start_ptr, b_start_ptr,
+                                               K_A, K_B, CIN, START_K, P_IN).to(dtype)
                 else:
                     x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
                     if K_B > 0:
@@ -337,14 +342,14 @@ def _inverted_residual_kernel(
             ok_bot = ok_top & (oh + 1 < HO)
             s_top = q_s_rel + (t_h * TILE_H * W + t_w * TILE_W) * (STRIDE * CIN)
             s_bot = s_top + STRIDE * W * CIN
-            xt_a = _ffn_pixels(x_img, s_top, oh * STRIDE, ow * STRIDE, ok_top, H, W, w_start_ptr, b_start_ptr, 0, K_A,
-                               CIN, START_K, P2)
-            xb_a = _ffn_pixels(x_img, s_bot, (oh + 1) * STRIDE, ow * STRIDE, ok_bot, H, W, w_start_ptr, b_start_ptr,
-                               0, K_A, CIN, START_K, P2)
+            xt_a = _ffn_pixels(x_img, s_top, oh * STRIDE, ow * STRIDE, ok_top, H, W, start_rows, w_start_ptr,
+                               b_start_ptr, 0, K_A, CIN, START_K, P2)
+            xb_a = _ffn_pixels(x_img, s_bot, (oh + 1) * STRIDE, ow * STRIDE, ok_bot, H, W, start_rows, w_start_ptr,
+                               b_start_ptr, 0, K_A, CIN, START_K, P2)
             if K_B > 0:
-                xt_b = _ffn_pixels(x_img, s_top, oh * STRIDE, ow * STRIDE, ok_top, H, W, w_start_ptr, b_start_ptr, K_A,
-                                   K_B, CIN, START_K, P2)
-                xb_b = _ffn_pixels(x_img, s_bot, (oh + 1) * STRIDE, ow * STRIDE, ok_bot, H, W, w_start_ptr,
+                xt_b = _ffn_pixels(x_img, s_top, oh * STRIDE, ow * STRIDE, ok_top, H, W, start_rows, w_start_ptr,
+                                   b_start_ptr, K_A, K_B, CIN, START_K, P2)
+                xb_b = _ffn_pixels(x_img, s_bot, (oh + 1) * STRIDE, ow * STRIDE, ok_bot, H, W, start_rows, w_start_ptr,
                                    b_start_ptr, K_A, K_B, CIN, START_K, P2)
             for h0 in range(0, HIDDEN, BLOCK_HID):
                 hh = h0 + hh0
@@ -563,7 +568,7 @@ def inverted_residual(
         b_proj,
         out,
         scratch if shape.staged else dummy,
-        n, h, w, shape.ho, shape.wo,
+        n, h, w, shape.ho, shape.wo, start_k,
         **kernel_args(shape, cfg, x.dtype, tf32(allow_tf32)),
     )
     return out

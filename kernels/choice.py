@@ -101,8 +101,9 @@ def default_config(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> Bl
             for warps in (4, 8, 16):
                 if _fits(shape, *tile, block_hid, warps, itemsize):
                     imgs, tile_h, tile_w = tile
+                    # A start depthwise is computed once per tile: its input stays resident.
                     return BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
-                                       x_resident=shape.cin <= 96, num_warps=warps,
+                                       x_resident=shape.cin <= 96 or shape.start_k > 0, num_warps=warps,
                                        maxnreg=128 if warps == 16 else None, programs_per_sm=max(1, 8 // warps))
     return BlockConfig(tile_h=2, tile_w=1, block_hid=16, x_resident=False, num_warps=4, programs_per_sm=2)
 

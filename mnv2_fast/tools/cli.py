@@ -131,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--model", action="store_true",
                    help="no GPU: rank candidates by the calibrated performance model (compiled for sm_90)")
     t.add_argument("--gpu", choices=["h100", "h200"], default="h200", help="with --model: the GPU to model")
+    t.add_argument("--network", action="append", default=[], metavar="NAME",
+                   help="with --model: also the blocks of this network (e.g. efficientnet_lite0; see --width for "
+                        "MobileNetV2), at its training resolution")
+    t.add_argument("--first-fit", action="store_true",
+                   help="with --model: the first candidate that compiles without spilling, not the fastest")
+    t.add_argument("--merge", action="store_true", help="keep the table's entries for shapes not tuned now")
 
     sub.add_parser("static-check", help="compile every shipped config for sm_90 (no GPU needed)")
 
@@ -414,16 +420,19 @@ def _bench_cpu(args, model, dtype) -> int:
 # ---------------------------------------------------------------- tune and static check
 
 def cmd_tune(args) -> int:
-    widths = args.width or [1.0]
+    widths = args.width or ([] if args.network else [1.0])
     dtypes = [DTYPES[d] for d in (args.dtype or ["float16"])]
     if args.model:
         from ..kernels import tuned
         from .tune import model_tune
 
         out = args.out or tuned.user_table_path(args.gpu)
-        path = model_tune(widths, args.resolution, args.batch, dtypes, args.gpu, out, progress=_progress)
+        path = model_tune(widths, args.resolution, args.batch, dtypes, args.gpu, out, progress=_progress,
+                          networks=args.network, first_fit_only=args.first_fit, merge=args.merge)
         print(f"wrote {path}")
         return 0
+    if args.network or args.first_fit:
+        raise SystemExit("error: --network and --first-fit go with --model (a GPU run tunes MobileNetV2's widths)")
     if not torch.cuda.is_available():
         raise SystemExit("error: tuning times kernels on a GPU; none is available here (--model needs none)")
     from .tune import tune

@@ -574,13 +574,76 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@dataclass(frozen=True)
+class LoopSpec:
+    """A loop the kernel source declares: its trips per entry, the loops directly inside it
+    (in source order), and whether the compiler may unroll it away (then it is absent)."""
+
+    name: str
+    trips: float
+    inner: tuple = ()
+    optional: bool = False
+
+
+def _chain(*loops: tuple[str, float]) -> list[LoopSpec]:
+    """Loops each inside the one before."""
+    out: tuple = ()
+    for name, trips in reversed(loops):
+        out = (LoopSpec(name, trips, out),)
+    return list(out)
+
+
+def match_loops(declared: list[LoopSpec], found: list) -> list[LoopSpec]:
+    """The declared loop for each loop found in the SASS (`sass.find_loops`: ordered by depth,
+    then address), trying every choice of optional loops unrolled away.  Code is laid out in
+    source order, so siblings keep their declared order.  Raises when no choice, or several
+    with different trips, fit."""
+    optional = []
+
+    def collect(nodes):
+        for n in nodes:
+            if n.optional:
+                optional.append(n)
+            collect(n.inner)
+
+    collect(declared)
+    fits = []
+    for mask in range(1 << len(optional)):
+        absent = {id(n) for i, n in enumerate(optional) if mask >> i & 1}
+        flat: list = []  # (depth, parent position in flat, spec), pre-order = source order
+
+        def walk(nodes, depth, parent):
+            for n in nodes:
+                if id(n) in absent:
+                    continue
+                flat.append((depth, parent, n))
+                walk(n.inner, depth + 1, len(flat) - 1)
+
+        walk(declared, 0, None)
+        order = sorted(range(len(flat)), key=lambda i: (flat[i][0], i))
+        pos = {old: new for new, old in enumerate(order)}
+        expect = [(flat[i][0], None if flat[i][1] is None else pos[flat[i][1]]) for i in order]
+        if expect == [(lp.depth, lp.parent) for lp in found]:
+            fits.append([flat[i][2] for i in order])
+    if not fits or len({tuple((m.name, m.trips) for m in f) for f in fits}) > 1:
+        def show(nodes):
+            return ", ".join(f"{n.name}{'?' if n.optional else ''}" + (f" [{show(n.inner)}]" if n.inner else "")
+                             for n in nodes)
+
+        where = ", ".join(f"{lp.start:#x}-{lp.end:#x} depth {lp.depth}" for lp in found) or "none"
+        what = "fit several ways" if fits else "do not fit"
+        raise ValueError(f"the source declares loops [{show(declared)}] (?: may be unrolled), the SASS has {where}: "
+                         f"they {what}")
+    return fits[0]
+
+
 def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
-    """From the kernel source: programs, the loops it declares (outer first, with trips per
-    entry), the multiply-adds one program's products imply (padded tiles), and compulsory
-    HBM bytes.  Loops the compiler removes (one trip) are left out; tl.static_range loops are
-    unrolled and never appear."""
+    """From the kernel source: programs, the loops it declares (`LoopSpec`s, outer first, with
+    trips per entry), the multiply-adds one program's products imply (padded tiles), and
+    compulsory HBM bytes.  Loops the compiler removes (one trip) are left out;
+    tl.static_range loops are unrolled and never appear."""
     cfg, itemsize = launch.config, launch.dtype.itemsize
-    imbalance, row_padding, optional_inner = 1.0, 1, None
+    imbalance, row_padding = 1.0, 1
     if launch.kind == "block":
         from ..kernels.block import kernel_args
 
@@ -591,15 +654,22 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         per_program = tiles / programs
         imbalance = _cdiv(tiles, programs) / per_program  # the last programs walk one tile fewer
         chunks = _cdiv(s.hidden, cfg.block_hid)
-        expand = args["P_IN"] * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
+        # The expand runs over the staged region, or (no middle depthwise) on the top and bottom pixels.
+        rows = args["P_IN"] if s.staged else 2 * args["P2"]
+        expand = rows * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
         project = 2 * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])  # top and bottom pixels
         macs = per_program * chunks * (expand + project)
-        row_padding = max(1, 64 / min(args["P2"], args["P_IN"]))  # wgmma products have 64-row tiles
+        row_padding = max(1, 64 / min(args["P2"], args["P_IN"] if s.staged else args["P2"]))  # wgmma: 64-row tiles
         # The persistent tile loop always stays a loop; the chunk loop is unrolled away when it
-        # has one trip; the row loop of the depthwise (3 + STRIDE trips) is always unrolled.
-        loops = [("tiles", per_program)] + ([("hidden chunks", chunks)] if chunks > 1 else [])
-        # The compiler usually unrolls the depthwise's row loop; where it keeps it, it is innermost.
-        optional_inner = ("depthwise rows", 3 + s.stride)
+        # has one trip.  The compiler usually unrolls the depthwise's row loop (KSIZE + STRIDE
+        # trips); where it keeps it, it is innermost.  The start depthwise's row loop has a
+        # run-time bound: one loop per call (per input-channel part; the top and the bottom
+        # pixels without a middle depthwise), before the chunks.
+        depthwise = (LoopSpec("depthwise rows", s.ksize + s.stride, optional=True),) if s.staged else ()
+        calls = (1 if s.staged else 2) * (2 if args["K_B"] else 1) if s.start_k else 0
+        inner = tuple(LoopSpec("start depthwise rows", s.start_k) for _ in range(calls))
+        inner += (LoopSpec("hidden chunks", chunks, depthwise),) if chunks > 1 else depthwise
+        loops = [LoopSpec("tiles", per_program, inner)]
         hbm = s.floor_bytes(batch, itemsize)
     elif launch.kind == "stem":
         from ..kernels.stem import stem_block_k
@@ -620,7 +690,7 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         programs = _cdiv(batch, cfg.imgs) * _cdiv(cout, cfg.block_n)
         # The 1x1 conv, then the pooling product (16 image columns) per chunk of packed pixels.
         macs = chunks * cfg.block_p * cfg.block_n * (k_steps * cfg.block_k + 16)
-        loops = [("pixel chunks", chunks), ("k steps", k_steps)]
+        loops = _chain(("pixel chunks", chunks), ("k steps", k_steps))
         hbm = (batch * h * w * cin + cin * cout + cout + batch * cout) * itemsize
     elif launch.kind == "linear":
         _, k, nout = launch.shape
@@ -628,12 +698,12 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         steps = _cdiv(k, cfg.block_k)
         programs = _cdiv(m, cfg.block_m) * _cdiv(nout, cfg.block_n)
         macs = cfg.block_m * steps * cfg.block_k * cfg.block_n
-        loops = [("k steps", steps)]  # a run-time bound: a loop even for one step
+        loops = _chain(("k steps", steps))  # a run-time bound: a loop even for one step
         hbm = (m * k + k * nout + nout + m * nout) * itemsize
     else:
         raise ValueError(launch.kind)
     return {"programs": programs, "loops": loops, "expected_macs_per_program": macs, "hbm_bytes": hbm,
-            "imbalance": imbalance, "row_padding": row_padding, "optional_inner": optional_inner}
+            "imbalance": imbalance, "row_padding": row_padding}
 
 
 def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = None, block: int | None = None,
@@ -649,15 +719,11 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
     geo = launch_geometry(launch, batch, gpu)
     fn_sass = S.kernel(text)
     loops = S.find_loops(fn_sass)
-    declared = geo["loops"]
-    if geo.get("optional_inner") and len(loops) == len(declared) + 1:
-        declared = declared + [geo["optional_inner"]]
-    depths = [lp.depth for lp in loops]
-    if len(loops) != len(declared) or depths != list(range(len(declared))):
-        found = ", ".join(f"{lp.start:#x}-{lp.end:#x} depth {lp.depth}" for lp in loops) or "none"
-        raise ValueError(f"{launch.label}: the source declares nested loops {[n for n, _ in declared]}, "
-                         f"the SASS has {found}")
-    trips = [t for _, t in declared]
+    try:
+        declared = match_loops(geo["loops"], loops)
+    except ValueError as err:
+        raise ValueError(f"{launch.label}: {err}") from None
+    trips = [d.trips for d in declared]
     counts = S.count(fn_sass, trips, args["num_warps"])
     implied = geo["expected_macs_per_program"]
     replication = counts.mma_macs / implied
@@ -691,8 +757,8 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
         "shared_bytes": f.shared_bytes,
         "stack_bytes": usage.get("stack", 0),
         "sass": name,
-        "loops": [{"name": n, "sass_start": f"{lp.start:#x}", "sass_end": f"{lp.end:#x}", "depth": lp.depth,
-                   "trips_per_program": t} for (n, t), lp in zip(declared, loops)],
+        "loops": [{"name": d.name, "sass_start": f"{lp.start:#x}", "sass_end": f"{lp.end:#x}", "depth": lp.depth,
+                   "trips_per_program": d.trips} for d, lp in zip(declared, loops)],
         "warp_instructions_per_program": counts.warp_instructions,
         "l1_wavefronts_per_program": counts.l1_wavefronts,
         "wavefronts_by_space": counts.wavefronts_by_space,
