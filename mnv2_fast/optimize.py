@@ -36,6 +36,7 @@ class FusionEntry:
     part: str  # stem, block, head, classifier, other; identity: a module nothing runs for (dropout)
     fused: bool
     detail: str  # what runs there, or why it is not fused
+    absorbed: tuple[str, ...] = ()  # modules folded into this part (now nn.Identity): its BN, its activation
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def _try_fuse(root, path, make, part, backend, entries) -> None:
-    """Replace root.<path> by make(); with backend='triton' an unsupported part is an error."""
+def _try_fuse(root, path, make, part, backend, entries, absorbed: tuple[str, ...] = ()) -> None:
+    """Replace root.<path> by make() (and the modules it absorbs by nn.Identity); with
+    backend='triton' an unsupported part is an error."""
     try:
         new = make()
     except UnsupportedBlockError as err:
@@ -83,7 +85,9 @@ def _try_fuse(root, path, make, part, backend, entries) -> None:
         entries.append(FusionEntry(path, part, False, f"kept as PyTorch: {err}"))
         return
     _replace(root, path, new)
-    entries.append(FusionEntry(path, part, True, new.describe()))
+    for other in absorbed:
+        _replace(root, other, nn.Identity())
+    entries.append(FusionEntry(path, part, True, new.describe(), absorbed))
 
 
 def _fuse_blocks(model: nn.Module, names: list[str], backend: str, entries: list[FusionEntry]) -> None:
@@ -101,14 +105,12 @@ def _fuse_layout(model: nn.Module, parts: list[Part], backend: str, entries: lis
     after its conv) becomes nn.Identity."""
     for p in parts:
         if p.part in _FUSED:
-            _try_fuse(model, p.path, lambda p=p: _FUSED[p.part](p.source(), backend), p.part, backend, entries)
+            _try_fuse(model, p.path, lambda p=p: _FUSED[p.part](p.source(), backend), p.part, backend, entries,
+                      p.absorbed)
             fused = entries[-1].fused
             for path in p.absorbed:
-                if fused:
-                    _replace(model, path, nn.Identity())
-                    entries.append(FusionEntry(path, "identity", False, f"folded into {p.path}: nothing runs"))
-                else:
-                    entries.append(FusionEntry(path, "other", False, f"kept as PyTorch, with {p.path}"))
+                entries.append(FusionEntry(path, "identity", False, f"folded into {p.path}: nothing runs") if fused
+                               else FusionEntry(path, "other", False, f"kept as PyTorch, with {p.path}"))
         elif p.part == "identity":
             entries.append(FusionEntry(p.path, "identity", False, p.note))
         else:

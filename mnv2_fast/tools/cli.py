@@ -266,6 +266,8 @@ def agreement_rows(model, x: torch.Tensor, device, dtype, backend: str, progress
         progress(f"[{k + 1}/{len(parts) + 1}] {e.name} {e.part} {tuple(inp.shape)}")
         out = fast.get_submodule(e.name)(inp.to(device))
         expect = ref.get_submodule(e.name)(inp.double())
+        for other in e.absorbed:  # the BatchNorm and activation modules the fused part took in
+            expect = ref.get_submodule(other)(expect)
         if e.part == "head":  # the fused head pools too
             expect = torch.nn.functional.adaptive_avg_pool2d(expect, 1)
         rows.append((f"{e.name} {e.part}", tuple(inp.shape), error_ratio(out, expect, dtype)))
