@@ -570,6 +570,48 @@ def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: flo
     return out
 
 
+def family_launches(model: str, batch: int = 256, dtype=None, gpu: str = "h200",
+                    resolution: int | None = None) -> list[NetworkLaunch]:
+    """Every kernel launch of one forward of optimize(model) for a model of the family by name
+    (tools/zoo.py), in order, with the config a GPU of this kind picks (its tuned table, else the
+    reference table, else the heuristic: as the launchers choose).  Parts kept as PyTorch launch
+    no kernel of ours and are left out (the fusion report lists them)."""
+    import torch
+
+    from ..fused import FusedHead, FusedInvertedResidual, FusedLinear, FusedStem
+    from ..kernels import choice as C
+    from ..kernels.tuned import lookup_tuned
+    from . import zoo
+
+    shipped, _ = _inventory()
+    dtype = dtype or torch.float16
+    cuda = torch.device("cuda")
+    resolution = resolution or zoo.resolution(model)
+    out, blocks = [], 0
+    for path, m, shape in zoo.fused_parts(model, resolution):
+        label = f"{model} {path}"
+        if isinstance(m, FusedStem):
+            launch = shipped.Launch("stem", label, dtype, (m.cin, m.cout, shape[2], shape[3], m.act, m.tf_same),
+                                    C.choose_stem_config(m.cout, cuda))
+            out.append(NetworkLaunch("stem", None, launch))
+        elif isinstance(m, FusedInvertedResidual):
+            spec = m.spec.at(shape[2], shape[3])
+            cfg = (lookup_tuned(spec, dtype, batch, gpu) or lookup_tuned(spec, dtype, batch, C.REFERENCE_TABLE)
+                   or C.default_config(spec, dtype.itemsize, C.batch_class(batch)))
+            blocks += 1
+            out.append(NetworkLaunch("block", blocks, shipped.Launch("block", label, dtype, spec, cfg)))
+        elif isinstance(m, FusedHead):
+            hw = shape[2] * shape[3]
+            out.append(NetworkLaunch("head", None, shipped.Launch(
+                "head", label, dtype, (m.cin, m.cout, shape[2], shape[3], m.act),
+                C.choose_head_config(m.cin, m.cout, hw, batch, cuda, dtype.itemsize))))
+        elif isinstance(m, FusedLinear):
+            out.append(NetworkLaunch("classifier", None, shipped.Launch(
+                "linear", f"{label}, batch {batch}", dtype, (batch, m.in_features, m.out_features),
+                C.choose_linear_config(batch, m.in_features, m.out_features, cuda, dtype.itemsize))))
+    return out
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -674,7 +716,7 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
     elif launch.kind == "stem":
         from ..kernels.stem import stem_block_k
 
-        cin, cout, h, w = launch.shape
+        cin, cout, h, w = launch.shape[:4]
         ho, wo = output_size(h, 2), output_size(w, 2)
         block_k = stem_block_k(cin)
         programs = batch * _cdiv(ho, cfg.tile_h) * _cdiv(wo, cfg.tile_w) * _cdiv(cout, cfg.block_co)
@@ -684,7 +726,7 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
     elif launch.kind == "head":
         # Both loops have run-time bounds (they stay loops).  A short last image group walks
         # fewer chunks; it is charged as a full one, as the slowest program sets the time.
-        cin, cout, h, w = launch.shape
+        cin, cout, h, w = launch.shape[:4]
         chunks = _cdiv(min(batch, cfg.imgs) * h * w, cfg.block_p)
         k_steps = _cdiv(cin, cfg.block_k)
         programs = _cdiv(batch, cfg.imgs) * _cdiv(cout, cfg.block_n)
@@ -773,8 +815,11 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
 
 
 def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: str | Path | None = None,
-                    params: Params = CALIBRATED, log=None) -> dict:
-    """analyse_launch over a whole forward; cuDNN reference times where they were measured."""
+                    params: Params = CALIBRATED, log=None, model: str = "mobilenet_v2",
+                    resolution: int | None = None) -> dict:
+    """analyse_launch over a whole forward; cuDNN reference times where they were measured
+    (MobileNetV2).  model: mobilenet_v2 (its shipped launches, checked against the inventory)
+    or a model of the family by name (tools/zoo.py; at its training resolution by default)."""
     import torch
     import triton
 
@@ -783,22 +828,28 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
     shipped, _ = _inventory()
     use_compiler()
     dtype = dtype or torch.float16
-    inventory = {launch.key() for launch in shipped.shipped_launches()}
+    family = model != "mobilenet_v2"
+    if family:
+        launches = family_launches(model, batch, dtype, gpu, resolution)
+    else:
+        launches = network_launches(batch, dtype, gpu, resolution=resolution or 224)
+        inventory = {launch.key() for launch in shipped.shipped_launches()}
     records = []
-    for i, nl in enumerate(network_launches(batch, dtype, gpu)):
+    for i, nl in enumerate(launches):
         # The inventory holds the head and classifier at batch 1 and 256 only (their configs depend
         # on the batch); every other launch ships as is.
-        if nl.launch.key() not in inventory and not (nl.part in ("head", "classifier") and batch not in (1, 256)):
+        if (not family and nl.launch.key() not in inventory
+                and not (nl.part in ("head", "classifier") and batch not in (1, 256))):
             raise ValueError(f"{nl.launch.label} ({nl.launch.config}) is not in the shipped inventory")
         rec = analyse_launch(nl.launch, batch, gpu, part=nl.part, block=nl.block, sass_dir=sass_dir, params=params)
         # cuDNN was measured on an H200; an H100, with less memory bandwidth, is no faster, so
         # the same figures make a conservative yardstick there.
-        reference = batch == 256 and dtype == torch.float16 and nl.block is not None
+        reference = not family and batch == 256 and dtype == torch.float16 and nl.block is not None
         rec["cudnn_ms"] = CUDNN_H200_B256_FP16_MS[nl.block - 1] if reference else None
         records.append(rec)
         if log:
             log(f"[{i + 1}] {rec['label']}: {rec['predicted_ms']:.3f} ms")
-    return {
+    result = {
         "gpu": gpu,
         "triton": triton.__version__,
         "batch": batch,
@@ -807,15 +858,21 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
         "launches": records,
         "total_predicted_ms": sum(r["predicted_ms"] for r in records),
     }
+    if family:
+        from .zoo import resolution as default_resolution
+
+        result.update(network=model, resolution=resolution or default_resolution(model))
+    return result
 
 
 def network_table(result: dict) -> str:
-    lines = [f"{'launch':<30} {'config':<36} {'prog':>6} {'reg':>3} {'smem':>6} {'occ':>3} {'w':>3} {'tail':>5} "
+    width = max([30] + [len(r["label"]) for r in result["launches"]])
+    lines = [f"{'launch':<{width}} {'config':<36} {'prog':>6} {'reg':>3} {'smem':>6} {'occ':>3} {'w':>3} {'tail':>5} "
              f"{'issue':>6} {'l1':>6} {'mma':>6} {'hbm':>6} {'pred':>6} {'cudnn':>6}  bound"]
     for r in result["launches"]:
         fl = r["floors_ms"]
         cudnn = f"{r['cudnn_ms']:6.2f}" if r.get("cudnn_ms") is not None else f"{'':>6}"
-        lines.append(f"{r['label']:<30} {r['config'][:36]:<36} {r['programs']:>6} {r['registers']:>3} "
+        lines.append(f"{r['label']:<{width}} {r['config'][:36]:<36} {r['programs']:>6} {r['registers']:>3} "
                      f"{r['shared_bytes']:>6} "
                      f"{r['programs_per_sm']:>3} {r['warps_per_scheduler']:>3.0f} {r['tail']:>5.2f} "
                      f"{fl['issue']:>6.3f} {fl['l1']:>6.3f} {fl['mma']:>6.3f} {fl['hbm']:>6.3f} "
@@ -824,8 +881,9 @@ def network_table(result: dict) -> str:
     cudnn = [r["cudnn_ms"] for r in blocks if r.get("cudnn_ms") is not None]
     lines.append(f"blocks: issue floor {sum(r['floors_ms']['issue'] for r in blocks):.2f} ms, predicted "
                  f"{sum(r['predicted_ms'] for r in blocks):.2f} ms" + (f", cuDNN {sum(cudnn):.2f} ms" if cudnn else ""))
+    what = f"{result['network']} at {result['resolution']} px, " if result.get("network") else ""
     lines.append(f"total predicted (stem, blocks, head, classifier): {result['total_predicted_ms']:.2f} ms "
-                 f"on {result['gpu']}, batch {result['batch']}, {result['dtype']}, Triton {result['triton']}")
+                 f"on {result['gpu']}, {what}batch {result['batch']}, {result['dtype']}, Triton {result['triton']}")
     return "\n".join(lines)
 
 
@@ -835,6 +893,11 @@ def add_arguments(ap) -> None:
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    ap.add_argument("--model", default="mobilenet_v2", metavar="NAME",
+                    help="mobilenet_v2 (default: the shipped launches, with cuDNN's measured times), or a model of "
+                         "the family by name (e.g. efficientnet_lite0, mnasnet1_0, mobilenetv4_conv_small; "
+                         "tools/zoo.py), as optimize() runs it")
+    ap.add_argument("--resolution", type=int, help="input side in pixels (default: 224; the model's own for others)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--sass-dir", help="write each launch's SASS here")
 
@@ -852,7 +915,8 @@ def run(args) -> int:
     import torch
 
     result = analyse_network(args.batch, getattr(torch, args.dtype), args.gpu, args.sass_dir,
-                             log=lambda m: print(m, file=sys.stderr, flush=True))
+                             log=lambda m: print(m, file=sys.stderr, flush=True), model=args.model,
+                             resolution=args.resolution)
     path = calibration_dir()
     if (path / "kernels.json").is_file():
         fitted, _ = calibrate(path)

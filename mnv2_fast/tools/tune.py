@@ -81,6 +81,7 @@ def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Pa
         g = torch.Generator(device="cpu").manual_seed(j)
         (_, *weights), kwargs = random_inputs(Launch("block", "tune", dtype, shape, None), 1, g)
         weights = [None if t is None else t.to(device, dtype) for t in weights]
+        kwargs = {k: v.to(device, dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         nbytes = batch * shape.cin * shape.h * shape.w * dtype.itemsize
         pool = input_pool(lambda: torch.randn(batch, shape.cin, shape.h, shape.w, generator=g).to(device, dtype)
                           .contiguous(memory_format=torch.channels_last), nbytes)
