@@ -158,6 +158,19 @@ def _project_part(d, acc, w_proj_ptr, hh, h_ok, CO0: tl.constexpr, BCO: tl.const
 
 
 @triton.jit
+def _project_pairs(top, bot, acc_ta, acc_ba, acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A: tl.constexpr,
+                   CO_B: tl.constexpr, COUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The project of one hidden chunk for the top and bottom pixels of the pairs, into both
+    power-of-two parts of the output channels (CO_B = 0: one part)."""
+    acc_ta = _project_part(top, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+    acc_ba = _project_part(bot, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+    if CO_B > 0:
+        acc_tb = _project_part(top, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+        acc_bb = _project_part(bot, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+    return acc_ta, acc_ba, acc_tb, acc_bb
+
+
+@triton.jit
 def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.constexpr, BCO: tl.constexpr,
                 COUT: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """Project bias, activation, residual, store: output channels CO0..CO0+BCO of one pixel set."""
@@ -276,6 +289,9 @@ def _inverted_residual_kernel(
         if CO_B > 0:
             acc_tb = tl.zeros([P2, CO_B], dtype=tl.float32)
             acc_bb = tl.zeros([P2, CO_B], dtype=tl.float32)
+        else:  # placeholders: _project_pairs passes them through, nothing reads them
+            acc_tb = acc_ta
+            acc_bb = acc_ba
         if KSIZE > 0:
             ih0 = t_h * (TILE_H * STRIDE) - pad_t
             iw0 = t_w * (TILE_W * STRIDE) - pad_l
@@ -321,14 +337,10 @@ def _inverted_residual_kernel(
                 # 2. Depthwise for the tile's pixel pairs.
                 d_top, d_bot = _depthwise_pairs(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE,
                                                 KSIZE, ACT_DW, BLOCK_HID, P2)
-                d_top = d_top.to(dtype)
-                d_bot = d_bot.to(dtype)
                 # 3. Project into the accumulators.
-                acc_ta = _project_part(d_top, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                acc_ba = _project_part(d_bot, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                if CO_B > 0:
-                    acc_tb = _project_part(d_top, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                    acc_bb = _project_part(d_bot, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta, acc_ba,
+                                                                acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
+                                                                COUT, DOT_PRECISION)
             oh = t_h * TILE_H + q_y
             ow = t_w * TILE_W + q_x
             ok_top = q_in & (n0 + q_img < N) & (oh < HO) & (ow < WO)
@@ -367,13 +379,9 @@ def _inverted_residual_kernel(
                 if HIDDEN % BLOCK_HID != 0:  # padding columns: NaN from Inf * 0, as in the depthwise
                     e_t = tl.where(h_ok[None, :], e_t, 0.0)
                     e_b = tl.where(h_ok[None, :], e_b, 0.0)
-                e_t = e_t.to(dtype)
-                e_b = e_b.to(dtype)
-                acc_ta = _project_part(e_t, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                acc_ba = _project_part(e_b, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                if CO_B > 0:
-                    acc_tb = _project_part(e_t, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                    acc_bb = _project_part(e_b, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(e_t.to(dtype), e_b.to(dtype), acc_ta, acc_ba,
+                                                                acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
+                                                                COUT, DOT_PRECISION)
         in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
         out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
         _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
