@@ -67,6 +67,12 @@ BF16_INTERPRETER = (
 )
 
 
+# The kernels index within an image (the block: within a tile's images; the head: within an
+# image group) in 32 bits, from one 64-bit base per image or group: the launchers refuse what
+# would not fit.
+INT32_MAX = 2**31 - 1
+
+
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 

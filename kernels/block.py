@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_activation, check_param, launch, launch_args, next_pow2, output, split_pow2, tf32
+from ._common import (INT32_MAX, check_activation, check_param, launch, launch_args, next_pow2, output, split_pow2,
+                      tf32)
 from .choice import choose_block_config
 from .records import BlockConfig, BlockShape
 
@@ -264,9 +265,11 @@ def _inverted_residual_kernel(
         r_in = r < IMGS * REG_H * REG_W
         scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * BLOCK_HID)
         stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
-        # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.
-        pair_ptrs = scratch + (q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE)[:, None] * BLOCK_HID \
-            + hh0[None, :]
+        # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
+        # padding pairs (q_in false) read pair 0's windows: theirs would lie past the staged region,
+        # in another program's scratch or past its end.
+        q_win = tl.where(q_in, q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE, 0)
+        pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
         if TF_SAME:  # TensorFlow's "same": the total padding split with the odd pixel at the bottom/right
             pad_t = tl.maximum((HO - 1) * STRIDE + KSIZE - H, 0) // 2
             pad_l = tl.maximum((WO - 1) * STRIDE + KSIZE - W, 0) // 2
@@ -520,7 +523,7 @@ def inverted_residual(
     staged chunks per program of the persistent grid (`scratch_elements`: at most a few MiB
     on an H100/H200 whatever the batch), rewritten for every chunk, so it stays in L1/L2.
     Offsets are 64-bit per image and 32-bit within one, so batches beyond 2^31 elements are
-    safe (one image must stay below 2^31 elements).
+    safe; a tile's images (config.imgs) must stay below 2^31 elements, or this raises.
     """
     check_activation("x", x)
     n, cin, h, w = x.shape
@@ -559,6 +562,11 @@ def inverted_residual(
     shape.check()
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
+    span = cfg.imgs * max(h * w * cin, shape.ho * shape.wo * cout)
+    if span > INT32_MAX:
+        raise ValueError(f"{cfg.imgs} image(s) of x {tuple(x.shape)}, or of the output, span {span} elements, more "
+                         "than 2^31: the block kernel indexes within a tile's images in 32 bits (take imgs=1, or "
+                         "smaller images)")
     out = output(out, (n, cout, shape.ho, shape.wo), x, reads=(w_start, b_start, w_exp, b_exp, w_dw, b_dw, w_proj,
                                                                 b_proj))
     programs = programs_for(shape, cfg, n, x.device)

@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _activation, check_act, check_activation, check_weight, launch, launch_args, output, tf32
+from ._common import (INT32_MAX, _activation, check_act, check_activation, check_weight, launch, launch_args, output,
+                      tf32)
 from .choice import choose_head_config, choose_linear_config
 from .records import HeadConfig, LinearConfig
 
@@ -136,6 +137,9 @@ def head_pool(
     n, cin, h, w = x.shape
     cout = check_weight(weight, bias, cin, x)
     cfg = config or choose_head_config(cin, cout, h * w, n, x.device, x.dtype.itemsize)
+    if cfg.imgs * h * w * cin > INT32_MAX:
+        raise ValueError(f"{cfg.imgs} image(s) of x {tuple(x.shape)} span more than 2^31 elements: the head kernel "
+                         "indexes within a program's images in 32 bits (a config with fewer imgs, or smaller images)")
     out = output(out, (n, cout), x, reads=(weight, bias))
     grid = (triton.cdiv(n, cfg.imgs), triton.cdiv(cout, cfg.block_n))
     launch(_head_pool_kernel, grid, x, weight, bias, out, n, cin,

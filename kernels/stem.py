@@ -22,11 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _activation, check_act, check_activation, check_weight, launch, launch_args, output, tf32
+from ._common import (INT32_MAX, _activation, check_act, check_activation, check_weight, launch, launch_args, output,
+                      tf32)
 from .choice import choose_stem_config
 from .records import StemConfig, output_size
 
-_INT32_MAX = 2**31 - 1
 _MAX_GRID_Z = 65535
 
 
@@ -165,7 +165,7 @@ def stem_conv(
     cout = check_weight(weight, bias, cin * 9, x, f"{cin}*9, COUT")
     ho, wo = output_size(h, stride), output_size(w, stride)
     strides = x.stride(1), x.stride(2), x.stride(3)
-    if (cin - 1) * strides[0] + (h - 1) * strides[1] + (w - 1) * strides[2] > _INT32_MAX or ho * wo * cout > _INT32_MAX:
+    if (cin - 1) * strides[0] + (h - 1) * strides[1] + (w - 1) * strides[2] > INT32_MAX or ho * wo * cout > INT32_MAX:
         raise ValueError(f"one image of x {tuple(x.shape)} with strides {x.stride()}, or of the output, spans more "
                          "than 2^31 elements; the stem indexes within an image in 32 bits")
     cfg = config or choose_stem_config(cout, x.device)

@@ -3,10 +3,13 @@
     import mnv2_fast
     fast = mnv2_fast.optimize(model.eval())      # torchvision or mnv2_fast.mobilenet_v2
     print(mnv2_fast.fusion_report(fast))
+    mnv2_fast.export(model.eval(), example, "model.pt2")   # GPU: an AOTInductor package
 
 The runtime is this package's top level: ``model`` (the unfused reference network),
-``folding`` (BN into the convolutions), ``fused`` (the fused modules), ``optimize`` (the
-whole network) and ``graphs`` (CUDA graphs), on the kernels of ``mnv2_fast.kernels``.
+``folding`` (BN into the convolutions), ``fused`` (the fused modules), ``ops`` (each fused
+part as a registered op, ``torch.ops.mnv2_fast.*``), ``optimize`` (the whole network),
+``graphs`` (CUDA graphs) and ``deploy`` (``export``: the AOTInductor package), on the
+kernels of ``mnv2_fast.kernels``.
 ``mnv2_fast.tools`` serves the CLI, the benchmarks and the checks; the runtime never
 imports it.
 
@@ -56,6 +59,7 @@ def _register_checkout_kernels() -> None:
 _register_checkout_kernels()
 
 # None of these import triton at import time: the kernels load on first use.
+from .deploy import export  # noqa: E402
 from .folding import check_eval, fold_bn  # noqa: E402
 from .fused import FusedInvertedResidual, UnsupportedBlockError, fuse_block  # noqa: E402
 from .graphs import CUDAGraphRunner  # noqa: E402
@@ -72,6 +76,7 @@ __all__ = [
     "UnsupportedBlockError",
     "block_specs",
     "check_eval",
+    "export",
     "fold_bn",
     "fuse_block",
     "fusion_report",

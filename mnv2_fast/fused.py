@@ -8,6 +8,10 @@ Each module keeps its BN-folded weights as buffers in the layout the kernels rea
 * "torch":  the same folded computation in plain PyTorch (kernels/reference.py; any device);
 * "auto":   Triton for CUDA tensors, PyTorch otherwise.
 
+Each part is one registered operator (mnv2_fast/ops.py: ``mnv2_fast::stem_conv``,
+``inverted_residual``, ``head_pool``, ``linear``), which is what torch.compile and
+torch.export see; run eagerly, a module calls the op's implementation directly.
+
 Inference only, on either engine: a fused module in training mode (after ``.train()``) or
 asked for gradients raises in forward, and a batch of 0 gives the empty result.  Their
 state_dicts hold the folded weights: load trained weights into the unfused model first.
@@ -18,8 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import ops
 from .adapters import BlockDesc, Stage, UnsupportedBlockError, check_conv, conv_bn_act, describe_block, is_block
 from .folding import check_eval, fold_bn
+from .ops import BACKENDS, check_backend, use_triton  # noqa: F401 (part of this module's interface)
 
 __all__ = [
     "BACKENDS",
@@ -35,36 +41,11 @@ __all__ = [
 ]
 # (UnsupportedBlockError lives in mnv2_fast.adapters, where blocks are read; re-exported here.)
 
-BACKENDS = ("auto", "triton", "torch")
 INFERENCE_ONLY = "inference only: wrap the call in torch.no_grad() or torch.inference_mode()"
 
 
 def _kernels():
-    # Imported on first use: the kernels are decorated when imported, and the decoration
-    # fixes whether they run through Triton's interpreter (TRITON_INTERPRET).
-    from . import kernels
-
-    return kernels
-
-
-def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
-def use_triton(backend: str, x: torch.Tensor) -> bool:
-    """Resolve the backend for one input; backend='triton' never falls back silently."""
-    if backend == "torch":
-        return False
-    if backend == "auto":
-        return x.is_cuda
-    if x.is_cuda or _kernels().interpreting(x.device):
-        return True
-    raise ValueError(
-        f"backend='triton' needs a CUDA tensor, got one on {x.device} "
-        "(CPU tensors run the Triton kernels only under TRITON_INTERPRET=1; use backend='auto' or 'torch')"
-    )
+    return ops.kernels()
 
 
 def check_input(x: torch.Tensor, channels: int, like: torch.Tensor, what: str) -> None:
@@ -117,9 +98,10 @@ def parse_inverted_residual(block: nn.Module) -> BlockDesc:
 
 class FusedPart(nn.Module):
     """The base of the fused modules.  forward() refuses training mode and autograd, checks the
-    input (check_input), then runs forward_triton (the kernel) or forward_torch (the same
-    computation in PyTorch ops, from kernels/reference.py) as the backend says; describe()
-    says what runs and what it computes (computes()), for the fusion report and the repr."""
+    input (check_input), then computes the part (compute()): one registered op of
+    mnv2_fast/ops.py, which runs the kernel or the same computation in PyTorch ops (from
+    kernels/reference.py) as the backend says; describe() says what runs and what it
+    computes (computes()), for the fusion report and the repr."""
 
     def __init__(self, backend: str):
         super().__init__()
@@ -135,7 +117,19 @@ class FusedPart(nn.Module):
                                         or any(t.requires_grad for t in self._buffers.values() if t is not None)):
             raise RuntimeError(f"{type(self).__name__}: {INFERENCE_ONLY} (the input or a weight requires grad)")
         self.check_input(x)
-        return self.forward_triton(x) if use_triton(self.backend, x) else self.forward_torch(x)
+        return self.compute(x)
+
+    def call(self, name: str, *args, **eager_only):
+        """ops.<name>(*args): the registered op (torch.ops.mnv2_fast.<name>) when traced, so that
+        it stays one node; its implementation itself when run, saving the dispatcher's round trip.
+        eager_only: keyword arguments the implementation takes and the op's schema does not."""
+        if ops.traced(args[0]):
+            if any(v is not None for v in eager_only.values()):
+                raise ValueError(f"{type(self).__name__}: {', '.join(eager_only)} applies to eager calls only; "
+                                 "torch.compile and torch.export run the registered op, which takes none: "
+                                 f"set {', '.join(eager_only)} to None first")
+            return ops.OPS[name](*args)
+        return getattr(ops, name)(*args, **eager_only)
 
     @property
     def device(self) -> torch.device:
@@ -243,21 +237,11 @@ class FusedInvertedResidual(FusedPart):
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.spec.cin, self.w_proj, "FusedInvertedResidual")
 
-    def _args(self, x: torch.Tensor):
-        return (x, self.w_exp, self.b_exp, self.w_dw, self.b_dw, self.w_proj, self.b_proj)
-
-    def _kwargs(self) -> dict:
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        return dict(stride=s.stride, residual=s.residual, act_exp=s.act_exp, act_dw=s.act_dw, act_proj=s.act_proj,
-                    w_start=self.w_start, b_start=self.b_start, tf_same=s.tf_same)
-
-    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
-        return _kernels().inverted_residual(*self._args(x.contiguous(memory_format=torch.channels_last)),
-                                            **self._kwargs(), config=self.config)
-
-    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
-        """The same folded block in PyTorch ops (also the fallback off the GPU)."""
-        return _kernels().reference.inverted_residual(*self._args(x), **self._kwargs())
+        return self.call("inverted_residual", x, self.w_exp, self.b_exp, self.w_dw, self.b_dw, self.w_proj,
+                         self.b_proj, s.stride, s.residual, self.backend, s.act_exp, s.act_dw, s.act_proj,
+                         self.w_start, self.b_start, s.tf_same, config=self.config)
 
 
 def fuse_block(block: nn.Module, backend: str = "auto") -> FusedInvertedResidual:
@@ -293,12 +277,8 @@ class FusedStem(FusedPart):
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.cin, self.weight, "the model")
 
-    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
-        return _kernels().stem_conv(x, self.weight, self.bias, stride=self.stride, act=self.act, tf_same=self.tf_same)
-
-    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
-        return _kernels().reference.stem_conv(x, self.weight, self.bias, stride=self.stride, act=self.act,
-                                              tf_same=self.tf_same)
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return self.call("stem_conv", x, self.weight, self.bias, self.stride, self.backend, self.act, self.tf_same)
 
 
 class FusedHead(FusedPart):
@@ -322,12 +302,8 @@ class FusedHead(FusedPart):
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.cin, self.weight, "FusedHead")
 
-    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
-        return _kernels().head_pool(x, self.weight, self.bias, act=self.act)[:, :, None, None]
-
-    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
-        return _kernels().reference.head_pool(x, self.weight, self.bias, act=self.act)[:, :, None, None]
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return self.call("head_pool", x, self.weight, self.bias, self.backend, self.act)[:, :, None, None]
 
 
 class FusedLinear(FusedPart):
@@ -349,8 +325,5 @@ class FusedLinear(FusedPart):
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"FusedLinear expects [N, {self.in_features}], got {tuple(x.shape)}")
 
-    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
-        return _kernels().linear(x.contiguous(), self.weight, self.bias)
-
-    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
-        return _kernels().reference.linear(x, self.weight, self.bias)
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return self.call("linear", x, self.weight, self.bias, self.backend)

@@ -1,6 +1,9 @@
 """The fused inverted-residual kernel against the unfused float64 PyTorch block.
 
-On a CPU-only machine these run through Triton's interpreter at small spatial sizes.
+On a CPU-only machine these run through Triton's interpreter at small spatial sizes.  Every
+launch reads its input and weights from, and writes its output into, views of larger buffers
+whose rest holds NaN (helpers.call_guarded): a stray load shows in the output, a stray store
+in the guard.
 Every block shape of MobileNetV2 at widths 1.0, 0.5 and 1.4 is covered, plus tilings that
 split images unevenly, stack several images per tile, split input and output channels into
 two power-of-two parts, leave a last hidden chunk partial, and make each program of the
@@ -14,9 +17,11 @@ import itertools
 import pytest
 import torch
 
-from helpers import DEVICE, assert_close, make_block, nhwc, poisoned_like, reference64
+from helpers import DEVICE, INTERPRETER, assert_close, call_guarded, make_block, nhwc, poisoned_like, reference64
+from interpreter_checks import block_scratch, checked_launches
 from mnv2_fast import fuse_block
-from mnv2_fast.kernels import BlockConfig, BlockShape, default_config, inverted_residual, output_size
+from mnv2_fast.kernels import BlockConfig, BlockShape, block, default_config, inverted_residual, output_size
+from mnv2_fast.kernels._common import next_pow2, split_pow2
 from mnv2_fast.kernels.choice import interpreter_config
 from mnv2_fast.model import block_specs
 
@@ -34,11 +39,29 @@ def _unique_specs(width):
     return out
 
 
+def _code_path(b) -> tuple:
+    """What picks the kernel's branches and masks for a block under the interpreter's config
+    (whole images, hidden chunks of min(next_pow2(hidden), 128)): stride, stages, residual,
+    whether the input and output channels split into two power-of-two parts and whether the
+    parts are padded, whether the last hidden chunk is partial."""
+    k_a, k_b = split_pow2(b.cin)
+    co_a, co_b = split_pow2(b.cout)
+    chunk = min(next_pow2(b.hidden), 128)
+    return (b.stride, b.t > 1, b.stride == 1 and b.cin == b.cout, k_b > 0, k_a + k_b > b.cin, co_b > 0,
+            co_a + co_b > b.cout, b.hidden % chunk != 0)
+
+
 def _cases():
+    """Every block of width 1.0, four runs each; of widths 0.5 and 1.4, under the interpreter,
+    the blocks whose code path (`_code_path`) no earlier block took, two runs and one (on a
+    GPU, where each shape gets its own launch config, all of them)."""
     sizes = itertools.cycle(SIZES)
-    cases = []
+    cases, paths = [], set()
     for width in (1.0, 0.5, 1.4):
         for b in _unique_specs(width):
+            if width != 1.0 and INTERPRETER and _code_path(b) in paths:
+                continue
+            paths.add(_code_path(b))
             runs = [(1, torch.float32), (3, torch.float16)]
             if width == 1.0:
                 runs += [(3, torch.float32), (1, torch.float16)]
@@ -65,13 +88,13 @@ def _fused(spec, dtype):
 
 
 def _run(fused, x, cfg):
+    """The kernel on guarded copies of x and the weights, into a guarded output: as many
+    guard images as a tile has images (a missing image mask stores up to imgs - 1 past)."""
     n, _, h, w = x.shape
     s = fused.spec
-    out = poisoned_like(n, s.cout, output_size(h, s.stride), output_size(w, s.stride), x.dtype)
-    y = inverted_residual(x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj, fused.b_proj,
-                          stride=s.stride, residual=s.residual, config=cfg, out=out)
-    assert y.data_ptr() == out.data_ptr()
-    return y
+    return call_guarded(inverted_residual, x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj,
+                        fused.b_proj, out_shape=(n, s.cout, output_size(h, s.stride), output_size(w, s.stride)),
+                        images=cfg.imgs, stride=s.stride, residual=s.residual, config=cfg)
 
 
 @pytest.mark.parametrize("spec,batch,h,w,dtype", _cases())
@@ -104,15 +127,17 @@ def test_block_tilings(tiling, stride):
     cin, t, cout = (40, 3, 40) if stride == 1 else (40, 3, 48)
     block = make_block(cin, cout, stride, t)
     fused = fuse_block(block, backend="triton").to(DEVICE, torch.float32)
-    x = nhwc(torch.randn(5, cin, 9, 7)).to(DEVICE)
+    # 5 images: ragged groups of 2 and 3; 2 are enough for several tiles per program else.
+    x = nhwc(torch.randn(5 if tiling.get("imgs", 1) > 1 else 2, cin, 9, 7)).to(DEVICE)
     y = _run(fused, x, BlockConfig(**tiling))
     assert_close(y, reference64(block, x), torch.float32, str(tiling))
 
 
 # The GPU's configs (224-px shapes) for every block shape at large batch, and for a few at
-# small batch; on the GPU, mnv2_fast.tools.sanitize runs every shipped config.
-@pytest.mark.parametrize("index,batch_class", [(b.index, 256) for b in _unique_specs(1.0)]
-                         + [(8, 1), (14, 1), (16, 1)])
+# small batch; on the GPU, mnv2_fast.tools.sanitize runs every shipped config.  The widest
+# blocks (hidden 960) are the next test's.
+@pytest.mark.parametrize("index,batch_class", [(b.index, 256) for b in _unique_specs(1.0) if b.hidden < 960]
+                         + [(8, 1), (14, 1)])
 def test_default_gpu_configs_compute_the_block(index, batch_class):
     """The heuristic's GPU launch configs (for 224-px shapes, small and large batch) are right too."""
     spec = block_specs(1.0, resolution=224)[index - 1]
@@ -122,6 +147,30 @@ def test_default_gpu_configs_compute_the_block(index, batch_class):
     x = nhwc(torch.randn(n, spec.cin, h, w)).to(DEVICE, torch.float16)
     y = _run(fused, x, cfg)
     assert_close(y, reference64(block, x), torch.float16, f"block {index} with {cfg}")
+
+
+def _shipped_widest():
+    """Every shipped fp16 launch (the heuristic's and the tuned tables') of MobileNetV2 1.0's
+    widest blocks, hidden 960: the longest fp32 sums across hidden chunks (30 to 60)."""
+    from mnv2_fast.tools.inventory import shipped_launches
+
+    launches = {}
+    for launch in shipped_launches(widths=(1.0,)):
+        if launch.kind == "block" and launch.dtype == torch.float16 and launch.shape.hidden == 960:
+            launches.setdefault((launch.shape, launch.config), launch)
+    return [pytest.param(launch, id=launch.label.replace(" ", "_")) for launch in launches.values()]
+
+
+@pytest.mark.parametrize("launch", _shipped_widest())
+def test_shipped_gpu_configs_of_the_widest_blocks_in_fp16(launch):
+    """One whole tile per image (the 7 x 7 map cropped to the tile: the interpreter's time goes
+    by tiles), with a short last image group where a tile holds several."""
+    spec, cfg = launch.shape, launch.config
+    block, fused = _fused(spec, torch.float16)
+    h, w = min(spec.h, cfg.tile_h), min(spec.w, cfg.tile_w)
+    x = nhwc(torch.randn(cfg.imgs + 1, spec.cin, h, w)).to(DEVICE, torch.float16)
+    y = _run(fused, x, cfg)
+    assert_close(y, reference64(block, x), torch.float16, f"{launch.label}: {cfg}")
 
 
 def test_large_spatial_size_odd():
@@ -232,3 +281,35 @@ def test_cpu_tensor_without_interpreter_is_an_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="CUDA tensor"):
         inverted_residual(_x(), **_args(), stride=2, residual=False)
+
+
+# ---- every access in bounds, the scratch in barrier order (the interpreter's memcheck)
+
+ACCESS_CASES = [
+    # (cin, t, cout, stride, n, h, w, config): one pixel pair padded to 16 (the whole-image tile
+    # of a 1 x 1 image); tiles over two images and a ragged batch; an odd number of hidden chunks
+    # (3) over several tiles per program, so that the scratch buffers must alternate across
+    # tiles; no expand stage; two output-channel parts.
+    (16, 6, 16, 1, 1, 1, 1, None),
+    (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16)),
+    (16, 3, 16, 1, 2, 6, 6, BlockConfig(tile_h=2, tile_w=3, block_hid=16, x_resident=False)),
+    (32, 1, 40, 1, 2, 5, 4, BlockConfig(tile_h=4, tile_w=2, block_hid=16)),
+]
+
+
+@pytest.mark.skipif(not INTERPRETER, reason="checks the interpreter's loads and stores")
+@pytest.mark.parametrize("cin,t,cout,stride,n,h,w,cfg", ACCESS_CASES)
+def test_every_access_is_in_bounds_and_the_scratch_in_barrier_order(cin, t, cout, stride, n, h, w, cfg):
+    """No load or store outside the launch's tensors (padding rows and pixel pairs included,
+    whose values never reach the output), each program in its own scratch, and every scratch
+    buffer read only after a barrier that follows its write, overwritten only after a barrier
+    that follows its read (tests/interpreter_checks.py)."""
+    block_, fused = _fused(BlockShape(cin, cin * t, cout, stride, h, w, t > 1, stride == 1 and cin == cout),
+                           torch.float32)
+    x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE)
+    cfg = cfg or _config(fused.spec.at(h, w), n)
+    with checked_launches(block, scratch_arg=7, per_program=block_scratch) as check:
+        y = _run(fused, x, cfg)
+    assert check.launches == 1 and check.barriers > 0 and check.accesses > 0
+    assert not check.problems, check.report()
+    assert_close(y, reference64(block_, x), torch.float32, str(cfg))

@@ -8,15 +8,17 @@ from helpers import randomize_bn
 from mnv2_fast import fold_bn
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])  # PyTorch's default; Keras' (ported weights)
 @pytest.mark.parametrize("cin,cout,k,groups,stride", [
     (16, 96, 1, 1, 1),  # expand
     (96, 96, 3, 96, 2),  # depthwise
     (3, 32, 3, 1, 2),  # stem
     (96, 24, 1, 1, 1),  # project
 ])
-def test_fold_matches_conv_then_bn(cin, cout, k, groups, stride):
+def test_fold_matches_conv_then_bn(cin, cout, k, groups, stride, eps):
     conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False).double()
     bn = randomize_bn(nn.BatchNorm2d(cout)).double().eval()
+    bn.eps = eps
     w, b = fold_bn(conv, bn)
     assert w.shape == conv.weight.shape and w.dtype == torch.float64
     x = torch.randn(2, cin, 9, 9, dtype=torch.float64)
@@ -35,10 +37,11 @@ def test_fold_handles_conv_bias_and_no_affine():
     assert torch.allclose(nn.functional.conv2d(x, w, b), bn(conv(x)), atol=1e-12, rtol=0)
 
 
-def test_fold_is_computed_in_float64_then_cast():
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_fold_is_computed_in_float64_then_cast(eps):
     """A tiny running variance: folding in fp16 would lose digits; ours rounds once."""
     conv = nn.Conv2d(8, 8, 1, bias=False).half()
-    bn = nn.BatchNorm2d(8).half().eval()
+    bn = nn.BatchNorm2d(8, eps=eps).half().eval()
     with torch.no_grad():
         bn.running_var.fill_(1e-4)
         bn.running_mean.uniform_(-1, 1)

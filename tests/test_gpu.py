@@ -11,7 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import MODEL_TOLERANCE_FACTOR, assert_close, error_ratio, make_block, nhwc, poisoned_like, randomize_bn
+from helpers import (
+    MODEL_TOLERANCE_FACTOR,
+    assert_close,
+    call_guarded,
+    check_guard,
+    error_ratio,
+    guarded_empty,
+    make_block,
+    nhwc,
+    randomize_bn,
+)
 from mnv2_fast import CUDAGraphRunner, fuse_block, optimize
 from mnv2_fast.kernels import reference
 from mnv2_fast.model import block_specs, mobilenet_v2
@@ -49,11 +59,12 @@ def test_blocks_at_224px_batch_256(spec, dtype):
     block = make_block(spec.cin, spec.cout, spec.stride, spec.t)
     fused = fuse_block(block, backend="triton").to(CUDA, dtype)
     x = nhwc(torch.randn(256, spec.cin, spec.h, spec.w, device=CUDA, dtype=dtype))
-    out = poisoned_like(256, spec.cout, spec.ho, spec.wo, dtype, CUDA)
     from mnv2_fast.kernels import inverted_residual
 
-    y = inverted_residual(x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj, fused.b_proj,
-                          stride=spec.stride, residual=spec.residual, out=out)
+    # Guarded: NaN around the input, the weights and the output (two images: tiles of 2).
+    y = call_guarded(inverted_residual, x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj,
+                     fused.b_proj, out_shape=(256, spec.cout, spec.ho, spec.wo), images=2, stride=spec.stride,
+                     residual=spec.residual)
     assert_close(y, _ref_gpu64(block, x), dtype, f"block {spec.index}")
 
 
@@ -84,11 +95,74 @@ def test_tensors_beyond_2_31_elements(cin, cout, stride, t, size, n):
     x = nhwc(torch.randn(n, cin, size, size, device=CUDA, dtype=torch.float16))
     y = fused(x)
     ref_block = block.to(CUDA).float()
-    chunk = 200
+    _check_images(y, lambda i, j: ref_block(x[i:j].float()), [x, y], 200)
+
+
+def _check_images(y, ref, tensors, count, what=""):
+    """y against ref(i, j) (images i..j, in fp32 on the GPU) at the float16 tolerance, on
+    `count` images at the start, at each point where one of `tensors` passes 2^31 elements,
+    and at the end (where 32-bit offsets would have wrapped)."""
+    n = y.shape[0]
+    starts = {0, max(0, n - count)}
+    for t in tensors:
+        per_image = t[0].numel()
+        if t.numel() > 2**31:
+            starts.add(max(0, min(n - count, 2**31 // per_image - count // 2)))
     with torch.no_grad():
-        for i in range(0, n, chunk):  # all of it, the last images included (where int32 would wrap)
-            ref = ref_block(x[i:i + chunk].float())
-            assert_close(y[i:i + chunk], ref, torch.float16, f"images {i}..{i + chunk}")
+        for i in sorted(starts):
+            j = min(n, i + count)
+            assert_close(y[i:j], ref(i, j), torch.float16, f"{what} images {i}..{j}")
+
+
+def test_block_output_beyond_2_31_elements():
+    """16 -> 64 channels at stride 1: an output of 2^31 + elements from an input a quarter of it,
+    written into a NaN-guarded buffer (an image on each side)."""
+    from mnv2_fast.kernels import inverted_residual
+
+    block = make_block(16, 64, 1, 6)
+    fused = fuse_block(block, backend="triton").to(CUDA, torch.float16)
+    n = 2**31 // (56 * 56 * 64) + 8
+    x = nhwc(torch.randn(n, 16, 56, 56, device=CUDA, dtype=torch.float16))
+    out = guarded_empty((n, 64, 56, 56), torch.float16, CUDA)
+    assert out.numel() > 2**31
+    y = inverted_residual(x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj, fused.b_proj, stride=1,
+                          residual=False, out=out)
+    check_guard(out, "output")
+    ref_block = block.to(CUDA).float()
+    _check_images(y, lambda i, j: ref_block(x[i:j].float()), [y], 200, "block")
+
+
+def test_stem_beyond_2_31_elements():
+    """224-px images: image 14267 starts past 2^31 elements in the input (one launch: the
+    in-kernel image index times the image stride), and the output passes 2^31 far earlier."""
+    from mnv2_fast.kernels import stem_conv
+
+    n = 2**31 // (3 * 224 * 224) + 4
+    x = torch.randn(n, 3, 224, 224, device=CUDA, dtype=torch.float16)
+    w, b = (torch.randn(27, 32, device=CUDA) / 4).half(), torch.randn(32, device=CUDA)
+    out = guarded_empty((n, 32, 112, 112), torch.float16, CUDA)
+    y = stem_conv(x, w, b, out=out)
+    check_guard(out, "output")
+    _check_images(y, lambda i, j: reference.stem_conv(x[i:j].float(), w.float(), b.float()), [x, y], 100, "stem")
+
+
+def test_head_and_classifier_beyond_2_31_elements():
+    from mnv2_fast.kernels import head_pool, linear
+
+    n = 2**31 // (320 * 7 * 7) + 40  # the last program's images start past 2^31 at any images per program
+    x = nhwc(torch.randn(n, 320, 7, 7, device=CUDA, dtype=torch.float16))
+    w, b = (torch.randn(320, 1280, device=CUDA) / 18).half(), torch.randn(1280, device=CUDA)
+    pooled = call_guarded(head_pool, x, w, b, out_shape=(n, 1280), out_layout="rows")
+    _check_images(pooled, lambda i, j: reference.head_pool(x[i:j].float(), w.float(), b.float()), [x], 2000, "head")
+    del x
+    m = 2**31 // 1280 + 100
+    a = torch.randn(m, 1280, device=CUDA, dtype=torch.float16)
+    wl, bl = (torch.randn(1280, 1000, device=CUDA) / 36).half(), torch.randn(1000, device=CUDA)
+    out = guarded_empty((m, 1000), torch.float16, CUDA, layout="rows")
+    logits = linear(a, wl, bl, out=out)
+    check_guard(out, "classifier output")
+    _check_images(logits, lambda i, j: reference.linear(a[i:j].float(), wl.float(), bl.float()), [a], 20000,
+                  "classifier")
 
 
 def _model(width=1.0, k=1000):

@@ -28,7 +28,7 @@ def test_wheel_file_list(wheel):
     for module in ("__init__", "block", "stem", "head", "reference", "records", "choice", "tuned",
                    "_common"):
         assert f"mnv2_fast/kernels/{module}.py" in names
-    for module in ("model", "folding", "fused", "optimize", "graphs", "tools/__init__", "tools/cli"):
+    for module in ("model", "folding", "fused", "ops", "optimize", "graphs", "deploy", "tools/__init__", "tools/cli"):
         assert f"mnv2_fast/{module}.py" in names
     assert not any(n.startswith(("kernels/", "tests/", "bench/")) for n in names)
     info = next(t for t in tops if t.endswith(".dist-info"))

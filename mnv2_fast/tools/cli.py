@@ -10,6 +10,8 @@ inverted-residual family's models: --model NAME).
     mnv2-fast static-check   compile every shipped config for Hopper and check its resources
     mnv2-fast perf-model     predict every launch's time from its compiled sm_90 code (no GPU)
     mnv2-fast infer          batch inference over an image set on Ray Data (the extra mnv2-fast[ray])
+    mnv2-fast export         (GPU) an AOTInductor package (.pt2) of the fused model, loadable from
+                             Python or C++ without mnv2_fast
 
 Weights files (torchvision `mobilenet_v2` state_dicts) are read with
 torch.load(..., weights_only=True): tensors only, never arbitrary pickled objects.
@@ -161,6 +163,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(sub.add_parser("perf-model", help="predict each launch's time with the calibrated performance "
                                  "model, from its sm_90 code (no GPU needed)"))
+
+    e = sub.add_parser("export", help="(GPU) an AOTInductor package (.pt2) of the fused model")
+    model_opts(e, "the batch the package takes (default 1)")
+    e.add_argument("--out", type=_out_file, default=Path("mnv2-fast.pt2"), help="the package (default mnv2-fast.pt2)")
+    e.add_argument("--dynamic-batch", action="store_true",
+                   help="any batch from 1 to --max-batch (refused while a launcher decides by the batch)")
+    e.add_argument("--max-batch", type=_positive(int), default=4096, help="with --dynamic-batch (default 4096)")
     infer.add_parser(sub)
     return p
 
@@ -514,10 +523,44 @@ def cmd_perf_model(args) -> int:
     return run(args)
 
 
+# ---------------------------------------------------------------- export
+
+NO_GPU_EXPORT = ("error: export writes an AOTInductor package, which holds the fused Triton kernels compiled for "
+                 "this machine's GPU, and no CUDA device is available here. Without a GPU, "
+                 "torch.export.export(mnv2_fast.optimize(model), (x,)) still gives an exported program with one "
+                 "mnv2_fast op per fused part (README: compile, export, deploy)")
+
+
+def cmd_export(args) -> int:
+    if not torch.cuda.is_available():
+        raise SystemExit(NO_GPU_EXPORT)
+    from ..deploy import PackageError, export
+
+    if args.batch and len(args.batch) > 1:
+        raise SystemExit("error: export takes one --batch: a package is made for one batch")
+    dtype = DTYPES[args.dtype or "float16"]
+    resolution = args.resolution or 224
+    batch = (args.batch or [1])[0]
+    model = build_model(args.width, args.classes, args.weights, args.seed)
+    example = torch.randn(batch, 3, resolution, resolution, device="cuda", dtype=dtype)
+    _progress(f"exporting MobileNetV2 {args.width}, {resolution}px, {dtype} (torch.export, the kernels lowered into "
+              "the graph, AOTInductor compiling them: a minute or two)")
+    start = time.time()
+    try:
+        path = export(model, example, args.out, dynamic_batch=args.dynamic_batch, max_batch=args.max_batch)
+    except PackageError as err:
+        raise SystemExit(f"error: {err}") from None
+    batches = f"batch 1 to {args.max_batch}" if args.dynamic_batch else f"batch {batch}"
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.time() - start:.0f} s): input "
+          f"[N, 3, {resolution}, {resolution}] {str(dtype).removeprefix('torch.')} NCHW on the GPU, {batches}. "
+          f"Load it with torch._inductor.aoti_load_package({str(path)!r}); mnv2_fast is not needed there")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"bench": cmd_bench, "check": cmd_check, "tune": cmd_tune, "static-check": cmd_static_check,
-               "perf-model": cmd_perf_model, "infer": infer.cmd_infer}
+               "perf-model": cmd_perf_model, "infer": infer.cmd_infer, "export": cmd_export}
     try:
         return handler[args.command](args)
     except (ValueError, OSError) as err:  # bad input met past the parser: one line, no traceback

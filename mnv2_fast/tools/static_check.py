@@ -6,6 +6,7 @@ shared memory within the per-block limit, no spills, at most 255 registers.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -24,21 +25,48 @@ def describe(cfg) -> str:
     return " ".join(f"{k.lower()}={v}" for k, v in cfg.constexprs().items()) + f" {warps}"
 
 
-def run(arch: int = 90, out=sys.stdout) -> list[dict]:
-    use_compiler()
-    from ..kernels.aot import compile_variant, problems, resources
+_LAUNCHES: list = []  # what the compile workers read (inherited when they fork)
 
-    rows, seen = [], {}
+
+def _key(launch) -> tuple:
+    """The compiled variant a launch runs: kernel, constexprs and launch options, dtype."""
+    fn, args = variant(launch)
+    return getattr(fn, "__name__", str(fn)), tuple(sorted(args.items())), launch.dtype
+
+
+def _compile(i: int, arch: int):
+    from ..kernels.aot import compile_variant, resources
+
+    launch = _LAUNCHES[i]
+    fn, args = variant(launch)
+    res = resources(compile_variant(fn, args, launch.dtype, arch=arch))
+    print(f"compiled {launch.label} {str(launch.dtype)[6:]}", file=sys.stderr, flush=True)
+    return res
+
+
+def run(arch: int = 90, out=sys.stdout, jobs: int | None = None) -> list[dict]:
+    """jobs: processes compiling at once (default: the CPUs this process may use)."""
+    use_compiler()
+    from ..kernels.aot import problems
+
     launches = shipped_launches()
-    t0 = time.time()
+    firsts: dict = {}  # variant -> the first launch that compiles to it
     for i, launch in enumerate(launches):
-        fn, args = variant(launch)
-        key = (fn.__name__ if hasattr(fn, "__name__") else str(fn), tuple(sorted(args.items())), launch.dtype)
-        if key not in seen:
-            seen[key] = resources(compile_variant(fn, args, launch.dtype, arch=arch))
-            print(f"[{i + 1}/{len(launches)}] compiled {launch.label} {str(launch.dtype)[6:]}", file=sys.stderr,
-                  flush=True)
-        res = seen[key]
+        firsts.setdefault(_key(launch), i)
+    t0 = time.time()
+    _LAUNCHES[:] = launches
+    jobs = jobs or len(os.sched_getaffinity(0))
+    if jobs > 1:  # ptxas runs one variant per process: compile several at once
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            found = dict(zip(firsts, pool.map(_compile, firsts.values(), [arch] * len(firsts))))
+    else:
+        found = {key: _compile(i, arch) for key, i in firsts.items()}
+    rows = []
+    for launch in launches:
+        res = found[_key(launch)]
         mma = {op: n for op, n in res.sass_ops.items() if op in ("HGMMA", "HMMA", "QGMMA")}
         rows.append(dict(kind=launch.kind, label=launch.label, dtype=str(launch.dtype)[6:],
                          config=describe(launch.config), registers=res.registers, shared=res.shared,
@@ -50,8 +78,8 @@ def run(arch: int = 90, out=sys.stdout) -> list[dict]:
         status = "; ".join(r["problems"]) or "ok"
         print(f"{r['label']:<34} {r['dtype']:<8} {r['config']:<44} {r['registers']:>4} {r['shared']:>7} "
               f"{r['local']:>5} {r['stack']:>5}  {mma} / {status}", file=out)
-    print(f"{len(rows)} launches, {len(seen)} distinct variants compiled for sm_{arch} in {time.time() - t0:.0f} s",
-          file=out)
+    print(f"{len(rows)} launches, {len(found)} distinct variants compiled for sm_{arch} in {time.time() - t0:.0f} s "
+          f"({jobs} processes)", file=out)
     return rows
 
 

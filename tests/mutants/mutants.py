@@ -1,0 +1,142 @@
+"""The mutant suite's catalogue: plausible kernel and runtime bugs, each a small source edit,
+with the tests that must fail when it is applied (tests/mutants/run.py applies each to a copy
+of the package and runs them).
+
+Each edit replaces `old`, which must occur exactly once in `file`, with `new`.  When the source
+moves on and an `old` is gone, the runner says so: update the entry to the new code, do not
+drop it.  Add one entry for each new kernel feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    bug: str  # what the edit breaks, in words
+    file: str  # path in the repository
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids: at least one must fail
+
+
+BLOCK, STEM, HEAD = "kernels/block.py", "kernels/stem.py", "kernels/head.py"
+
+MUTANTS = [
+    # ---- the six planted in issue 14, in today's code
+    Mutant("fold-eps-hard-coded", "fold_bn uses 1e-5 instead of the BatchNorm's eps",
+           "mnv2_fast/folding.py", "torch.sqrt(var + bn.eps)", "torch.sqrt(var + 1e-5)",
+           ("tests/test_folding.py",)),
+    Mutant("block-image-mask-dropped", "stores of a tile's images past the batch are not masked",
+           BLOCK, "ok_top = q_in & (n0 + q_img < N) & (oh < HO)", "ok_top = q_in & (oh < HO)",
+           ("tests/test_block_kernel.py::test_block_tilings",)),
+    Mutant("project-acc-rounded", "the fp32 project accumulator is rounded to the activation dtype per hidden chunk",
+           BLOCK, "    return tl.dot(d, w, acc, input_precision=DOT_PRECISION)",
+           "    return tl.dot(d, w, acc, input_precision=DOT_PRECISION).to(d.dtype).to(tl.float32)",
+           ("tests/test_precision.py::test_project_sums_hidden_chunks_in_fp32",)),
+    Mutant("project-weight-unmasked", "the project weight is loaded without its hidden-channel mask",
+           BLOCK, "mask=h_ok[:, None] & (co < COUT)[None, :], other=0.0)", "mask=(co < COUT)[None, :], other=0.0)",
+           ("tests/test_block_kernel.py::test_block_tilings",)),
+    Mutant("block-input-base-int32", "the block's input image base in 32 bits",
+           BLOCK, "x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)", "x_img = x_ptr + n0 * (H * W * CIN)",
+           ("tests/test_int64.py::test_offsets_past_2_31_elements[block]",)),
+    Mutant("block-output-base-int32", "the block's output image base in 32 bits",
+           BLOCK, "y_img = y_ptr + n0.to(tl.int64) * (HO * WO * COUT)", "y_img = y_ptr + n0 * (HO * WO * COUT)",
+           ("tests/test_int64.py::test_offsets_past_2_31_elements[block]",)),
+    Mutant("stem-input-base-int32", "the stem's input image base in 32 bits",
+           STEM, "x_img = x_ptr + n.to(tl.int64) * sxn", "x_img = x_ptr + n * sxn",
+           ("tests/test_int64.py::test_offsets_past_2_31_elements[stem]",)),
+    Mutant("stem-output-base-int32", "the stem's output image base in 32 bits",
+           STEM, "y_img = y_ptr + n.to(tl.int64) * HO * WO * COUT", "y_img = y_ptr + n * HO * WO * COUT",
+           ("tests/test_int64.py::test_offsets_past_2_31_elements[stem]",)),
+    Mutant("head-group-base-int32", "the head's image-group base in 32 bits",
+           HEAD, "x_grp = x_ptr + img0.to(tl.int64) * (HW * CIN)", "x_grp = x_ptr + img0 * (HW * CIN)",
+           ("tests/test_int64.py::test_offsets_past_2_31_elements[head]",)),
+    Mutant("linear-row-int32", "the classifier's row index in 32 bits",
+           HEAD, "m = tl.program_id(0).to(tl.int64) * BLOCK_M", "m = tl.program_id(0) * BLOCK_M",
+           ("tests/test_int64.py::test_offsets_past_2_31_elements[linear]",)),
+    Mutant("auto-always-triton", 'backend "auto" picks Triton for every tensor',
+           "mnv2_fast/fused.py", "    if backend == \"auto\":\n        return x.is_cuda",
+           "    if backend == \"auto\":\n        return True",
+           ("tests/test_engines.py",)),
+
+    # ---- the block kernel's features
+    Mutant("halo-relu6-bound", "relu6's upper bound is not zeroed outside the image (the depthwise's zero padding)",
+           BLOCK, "r_hi = tl.where(r_ok, 6.0, 0.0)", "r_hi = tl.where(r_in, 6.0, 0.0)",
+           ("tests/test_block_kernel.py::test_halo_pixels_contribute_zero_not_relu6_bias",)),
+    Mutant("scratch-parity-per-tile", "the scratch double buffer restarts at buffer 0 on each tile (a race when a "
+                                      "tile has an odd number of chunks)",
+           BLOCK, "    step = 0  # chunks staged so far: the buffer parity, carried across tiles\n"
+                  "    for tile in range(pid, n_tiles, tl.num_programs(0)):\n",
+           "    for tile in range(pid, n_tiles, tl.num_programs(0)):\n        step = 0\n",
+           ("tests/test_block_kernel.py::test_every_access_is_in_bounds_and_the_scratch_in_barrier_order",)),
+    Mutant("scratch-barrier-dropped", "no barrier between staging a chunk and reading it back",
+           BLOCK, "            tl.debug_barrier()\n", "",
+           ("tests/test_block_kernel.py::test_every_access_is_in_bounds_and_the_scratch_in_barrier_order",)),
+    Mutant("padding-pairs-read-anywhere", "padding pixel pairs read windows past the staged region",
+           BLOCK, "q_win = tl.where(q_in, q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE, 0)",
+           "q_win = q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE",
+           ("tests/test_block_kernel.py::test_every_access_is_in_bounds_and_the_scratch_in_barrier_order",)),
+    Mutant("pair-bottom-uses-top-rows", "the bottom pixel of a pair sums the top pixel's staged rows",
+           BLOCK, "bot += tl.where(j >= STRIDE, row_b, 0.0)", "bot += tl.where(j < 3, row_b, 0.0)",
+           ("tests/test_block_kernel.py::test_block_tilings",)),
+    Mutant("pair-bottom-row-unmasked", "the bottom pixel of the last pair is stored below an odd-height output",
+           BLOCK, "ok_bot = ok_top & (oh + 1 < HO)", "ok_bot = ok_top",
+           ("tests/test_block_kernel.py::test_block_tilings",)),
+    Mutant("depthwise-rows-rounded", "the depthwise sum across rows is kept in the activation dtype",
+           BLOCK, "        top += tl.where(j < 3, row_t, 0.0)\n        bot += tl.where(j >= STRIDE, row_b, 0.0)\n",
+           "        top = (top + tl.where(j < 3, row_t, 0.0)).to(r0.dtype).to(tl.float32)\n"
+           "        bot = (bot + tl.where(j >= STRIDE, row_b, 0.0)).to(r0.dtype).to(tl.float32)\n",
+           ("tests/test_precision.py::test_depthwise_sums_rows_in_fp32",)),
+    Mutant("expand-parts-rounded", "the expand's sum over its two input-channel parts is rounded to the activation dtype",
+           BLOCK, "    return tl.dot(x, w, e, input_precision=DOT_PRECISION)",
+           "    return tl.dot(x, w, e, input_precision=DOT_PRECISION).to(x.dtype).to(tl.float32)",
+           ("tests/test_precision.py::test_expand_sums_its_two_input_parts_in_fp32",)),
+    Mutant("second-output-part-dropped", "the second output-channel part (CO_B) is never stored",
+           BLOCK, "        if CO_B > 0:\n            _store_part(", "        if CO_B < 0:\n            _store_part(",
+           ("tests/test_block_kernel.py::test_block_tilings",)),
+    Mutant("second-input-part-dropped", "the expand skips its second input-channel part (K_B)",
+           BLOCK, "                if K_B > 0:\n                    e = _expand_part(",
+           "                if K_B < 0:\n                    e = _expand_part(",
+           ("tests/test_block_kernel.py::test_block_tilings",)),
+    Mutant("block-span-guard-dropped", "the launcher no longer refuses tiles beyond 32-bit offsets",
+           BLOCK, "    if span > INT32_MAX:\n", "    if False:\n",
+           ("tests/test_int64.py::test_block_refuses_images_beyond_32_bit_offsets",)),
+
+    # ---- the stem, the head and the classifier
+    Mutant("stem-top-padding-unmasked", "the stem reads the row above the image instead of its zero padding",
+           STEM, "ok = pix_ok & (ih0 + KH >= 0) & (ih0 + KH < H)", "ok = pix_ok & (ih0 + KH < H)",
+           ("tests/test_stem_head.py::test_stem",)),
+    Mutant("head-short-group-store", "the head stores pooled rows for images past the batch",
+           HEAD, "mask=c_ok[:, None] & ((slot < IMGS) & (img < N))[None, :])",
+           "mask=c_ok[:, None] & (slot < IMGS)[None, :])",
+           ("tests/test_stem_head.py::test_head_pool",)),
+    Mutant("head-pixels-past-group-loaded", "the head loads pixels past its images (the next group's, or past the "
+                                            "input's end in the last group)",
+           HEAD, "mask=k_ok[:, None] & p_ok[None, :], other=0.0)", "mask=k_ok[:, None], other=0.0)",
+           ("tests/test_stem_head.py::test_head_pool",)),
+    Mutant("head-acc-rounded", "the head's 1x1 conv accumulator is rounded to the activation dtype per input step",
+           HEAD, "            acc = tl.dot(w_t, x_t, acc, input_precision=DOT_PRECISION)",
+           "            acc = tl.dot(w_t, x_t, acc, input_precision=DOT_PRECISION).to(x_t.dtype).to(tl.float32)",
+           ("tests/test_precision.py::test_head_sums_input_channel_steps_in_fp32",)),
+    Mutant("linear-column-store-unmasked", "the classifier stores columns past its output's width",
+           HEAD, "acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])",
+           "acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None])",
+           ("tests/test_stem_head.py::test_linear",)),
+    Mutant("linear-acc-rounded", "the classifier's accumulator is rounded to the activation dtype per input step",
+           HEAD, "        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)",
+           "        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION).to(a.dtype).to(tl.float32)",
+           ("tests/test_precision.py::test_linear_sums_input_steps_in_fp32",)),
+
+    # ---- product precision
+    Mutant("fp32-always-tf32", "fp32 products run on TF32 whatever the switch",
+           "kernels/_common.py", "    if dtype == torch.float32 and not allow_tf32:\n", "    if False:\n",
+           ("tests/test_precision.py",)),
+    Mutant("tf32-follows-cublas", "convolutions' allow_tf32=None follows cuBLAS's switch instead of cuDNN's",
+           "kernels/_common.py",
+           "    return torch.backends.cudnn.allow_tf32 if allow_tf32 is None else allow_tf32",
+           "    return torch.backends.cuda.matmul.allow_tf32 if allow_tf32 is None else allow_tf32",
+           ("tests/test_precision.py",)),
+]
