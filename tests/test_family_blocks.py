@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import DEVICE, assert_close, nhwc, poisoned_like, reference64
+from helpers import DEVICE, INTERPRETER, assert_close, call_guarded, nhwc, reference64
+from interpreter_checks import SCRATCH_ARG, block_scratch, checked_launches
 from mnv2_fast import UnsupportedBlockError, fuse_block
 from mnv2_fast.kernels import BlockConfig, inverted_residual, output_size
 from mnv2_fast.kernels.choice import interpreter_config
@@ -136,16 +137,38 @@ TILED_CASES = [("ir-k5-s2-tf-same", "small-2imgs"), ("ir-k5-s1-relu-res", "reloa
                ("uib-convnext-s2", "reload"), ("ds-k5-pwact-res", "small-2imgs")]
 
 
+def _launch_guarded(fused, x, cfg):
+    """The launcher on guarded copies of x and the module's weights, into a guarded output
+    (tests/helpers.py: NaN around every tensor, as many guard images as a tile has)."""
+    s = fused.spec
+    n, _, h, w = x.shape
+    return call_guarded(inverted_residual, x, fused.w_exp, fused.b_exp, fused.w_dw, fused.b_dw, fused.w_proj,
+                        fused.b_proj, out_shape=(n, s.cout, output_size(h, s.stride), output_size(w, s.stride)),
+                        images=cfg.imgs, stride=s.stride, residual=s.residual, act_exp=s.act_exp, act_dw=s.act_dw,
+                        act_proj=s.act_proj, w_start=fused.w_start, b_start=fused.b_start, tf_same=s.tf_same,
+                        config=cfg)
+
+
 @pytest.mark.parametrize("name,tiling", TILED_CASES, ids=[f"{n}-{t}" for n, t in TILED_CASES])
 def test_family_tilings(name, tiling):
+    """Each tiling against the unfused module, nothing read or written outside the launch's
+    tensors (guard regions; under the interpreter also every load and store, and the scratch
+    in barrier order: tests/interpreter_checks.py)."""
     block = _ready(TILED[name]())
     fused = fuse_block(block, backend="triton").to(DEVICE)
-    s = fused.spec
     cfg = BlockConfig(**TILINGS[tiling])
-    x = nhwc(torch.randn(3, s.cin, 7, 6)).to(DEVICE)
-    out = poisoned_like(3, s.cout, output_size(7, s.stride), output_size(6, s.stride), torch.float32)
-    y = inverted_residual(x, *fused._args(x)[1:], **fused._kwargs(), config=cfg, out=out)
-    assert y.data_ptr() == out.data_ptr()
+    x = nhwc(torch.randn(3, fused.spec.cin, 7, 6)).to(DEVICE)
+    if INTERPRETER:
+        from mnv2_fast.kernels import block as block_module
+
+        staged = fused.spec.staged  # without a middle depthwise nothing is staged: no scratch
+        with checked_launches(block_module, scratch_arg=SCRATCH_ARG if staged else None,
+                              per_program=block_scratch if staged else None) as check:
+            y = _launch_guarded(fused, x, cfg)
+        assert check.launches == 1 and check.accesses > 0
+        assert not check.problems, check.report()
+    else:
+        y = _launch_guarded(fused, x, cfg)
     assert_close(y, reference64(block, x), torch.float32, f"{name} {cfg}")
 
 
