@@ -266,9 +266,11 @@ def _inverted_residual_kernel(
         scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * BLOCK_HID)
         stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
         # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
-        # padding pairs (q_in false) read pair 0's windows: theirs would lie past the staged region,
-        # in another program's scratch or past its end.
-        q_win = tl.where(q_in, q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE, 0)
+        # padding pairs (q_in false) read the last pair's windows: theirs would lie past the staged
+        # region, in another program's scratch or past its end.
+        q_last = tl.minimum(q, IMGS * (TILE_H // 2) * TILE_W - 1)
+        q_win = (q_last // (TILE_H // 2 * TILE_W) * (REG_H * REG_W) + (q_last // TILE_W) % (TILE_H // 2) * 2
+                 * (STRIDE * REG_W) + q_last % TILE_W * STRIDE)
         pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
         if TF_SAME:  # TensorFlow's "same": the total padding split with the odd pixel at the bottom/right
             pad_t = tl.maximum((HO - 1) * STRIDE + KSIZE - H, 0) // 2
