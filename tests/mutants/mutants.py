@@ -58,7 +58,7 @@ MUTANTS = [
            HEAD, "m = tl.program_id(0).to(tl.int64) * BLOCK_M", "m = tl.program_id(0) * BLOCK_M",
            ("tests/test_int64.py::test_offsets_past_2_31_elements[linear]",)),
     Mutant("auto-always-triton", 'backend "auto" picks Triton for every tensor',
-           "mnv2_fast/fused.py", "    if backend == \"auto\":\n        return x.is_cuda",
+           "mnv2_fast/ops.py", "    if backend == \"auto\":\n        return x.is_cuda",
            "    if backend == \"auto\":\n        return True",
            ("tests/test_engines.py",)),
 
