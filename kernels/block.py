@@ -172,6 +172,17 @@ def _project_pairs(top, bot, acc_ta, acc_ba, acc_tb, acc_bb, w_proj_ptr, hh, h_o
 
 
 @triton.jit
+def _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """The output row and column of each pixel pair's top pixel in a tile, and which top and
+    bottom pixels exist (a real pair, an image of the batch, inside the output)."""
+    oh = t_h * TILE_H + q_y
+    ow = t_w * TILE_W + q_x
+    ok_top = q_in & (n0 + q_img < N) & (oh < HO) & (ow < WO)
+    ok_bot = ok_top & (oh + 1 < HO)
+    return oh, ow, ok_top, ok_bot
+
+
+@triton.jit
 def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.constexpr, BCO: tl.constexpr,
                 COUT: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """Project bias, activation, residual, store: output channels CO0..CO0+BCO of one pixel set."""
@@ -346,17 +357,11 @@ def _inverted_residual_kernel(
                 acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta, acc_ba,
                                                                 acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
                                                                 COUT, DOT_PRECISION)
-            oh = t_h * TILE_H + q_y
-            ow = t_w * TILE_W + q_x
-            ok_top = q_in & (n0 + q_img < N) & (oh < HO) & (ow < WO)
-            ok_bot = ok_top & (oh + 1 < HO)
+            oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
         else:
             # No middle depthwise (UIB's FFN, with or without a start depthwise): the expand and
             # the project on each pixel, a fused two-matrix MLP; nothing is staged.
-            oh = t_h * TILE_H + q_y
-            ow = t_w * TILE_W + q_x
-            ok_top = q_in & (n0 + q_img < N) & (oh < HO) & (ow < WO)
-            ok_bot = ok_top & (oh + 1 < HO)
+            oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
             s_top = q_s_rel + (t_h * TILE_H * W + t_w * TILE_W) * (STRIDE * CIN)
             s_bot = s_top + STRIDE * W * CIN
             xt_a = _ffn_pixels(x_img, s_top, oh * STRIDE, ow * STRIDE, ok_top, H, W, start_rows, w_start_ptr,
