@@ -8,7 +8,7 @@ Environment knobs (comma-separated lists; the order is the run order, so the hea
 cases come first and survive a run cut short by its deadline):
 
     MNV2_BENCH_SMOKE=1       same as --smoke
-    MNV2_BENCH_PHASE         all (default), headline, rest or compile: which cases run (below)
+    MNV2_BENCH_PHASE         all (default), headline, rest, family or compile: which cases run (below)
     MNV2_BENCH_BATCHES       default 256,1,32 (smoke: always 1)
     MNV2_BENCH_DTYPES        default float16,float32
     MNV2_BENCH_PROVIDERS     default: every provider of the suite
@@ -30,7 +30,10 @@ Phases, in run order (each case belongs to one):
                provider once, then again); between the first round and the others, the 17
                blocks at float16 batch 256 with those providers (batch 1 in smoke mode)
     rest       everything else but torch.compile, whole model first
-    compile    torch.compile, last across both suites (each case costs a compilation)
+    family     other models of the family (test_bench_family.py), float16 batch 256: fused and
+               eager first, then their torch.compile cases
+    compile    torch.compile of MobileNetV2, last across both its suites (each case costs a
+               compilation)
 The eager baselines run with cuDNN's autotuning (torch.backends.cudnn.benchmark) off and on.
 """
 
@@ -52,13 +55,13 @@ from mnv2_fast.tools.timing import copy_bandwidth_gbps, peak_memory_mb, run_fact
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 NUM_BLOCKS = 17
 ALL_PROVIDERS = tuple(dict.fromkeys(MODEL_PROVIDERS + BLOCK_PROVIDERS))
-PHASES = ("headline", "rest", "compile")
+PHASES = ("headline", "rest", "family", "compile")
 HEADLINE_DTYPE = "float16"
 HEADLINE_MODEL_BATCHES = (256, 1)
 HEADLINE_BLOCK_BATCH = 256
 HEADLINE_PROVIDERS = ("fused", "fused_graph", "eager_cl", "eager_cl_folded")
 EAGER_PROVIDERS = ("eager_cl", "eager_cl_folded")  # timed with cudnn.benchmark off and on
-COMPILE_EXPECTED_S = {"model": 90.0, "block": 40.0}
+COMPILE_EXPECTED_S = {"model": 90.0, "block": 40.0, "family": 90.0}
 SMOKE_COMPILE_EXPECTED_S = 15.0
 
 
@@ -173,8 +176,11 @@ def settings(config: pytest.Config) -> Settings:
 DESELECT = pytest.mark.bench_deselect
 
 
-def phase_of(s: Settings, provider: str, dtype: str, batch: int, block: int | None = None) -> str:
+def phase_of(s: Settings, provider: str, dtype: str, batch: int, block: int | None = None,
+             network: str | None = None) -> str:
     """The phase a case runs in (see the module docstring)."""
+    if network is not None:  # the family's other models: a phase of their own, torch.compile included
+        return "family"
     if provider == "compile":
         return "compile"
     if provider in HEADLINE_PROVIDERS and dtype == HEADLINE_DTYPE:
@@ -201,12 +207,14 @@ def case_id(provider: str, dtype: str, batch: int, cudnn_benchmark: bool | None,
             + (f"-repeat{repeat}" if repeat else ""))
 
 
-def run_order(s: Settings, suite: str, phase: str, repeat: int) -> tuple:
+def run_order(s: Settings, suite: str, phase: str, repeat: int, provider: str = "") -> tuple:
     """Sort key of a case: headline (model round 1, blocks, further model rounds), then the
-    rest (model first), then torch.compile (model first)."""
-    suite_rank = 0 if suite == "model" else 1
+    rest (model first), then the family (torch.compile last), then torch.compile (model first)."""
+    suite_rank = ("model", "block", "family").index(suite)
     if phase == "headline":
         return (0, repeat > 0, repeat, suite_rank)
+    if phase == "family":
+        return (PHASES.index(phase), provider == "compile", 0, suite_rank)
     return (PHASES.index(phase), 0, 0, suite_rank)
 
 

@@ -9,7 +9,8 @@ a JSONL record per finished case, run facts.
 
 Every case that finishes is appended at once to a JSONL file (--bench-jsonl, by default the
 --benchmark-json path with the suffix .jsonl), so a run killed before pytest-benchmark
-writes its JSON still has the cases it finished; bench/summarize.py reads either.
+writes its JSON still has the cases it finished; bench/summarize.py reads either.  A case
+skipped (timm missing, the time budget spent) is appended too, with its reason.
 
 Triton's interpreter must be switched on before the kernels are imported, so it is switched
 on here, at the top of the first file pytest imports, and only when no CUDA device exists.
@@ -81,7 +82,8 @@ def _params(item) -> dict:
 
 
 def _suite(item) -> str:
-    return "block" if "block" in _params(item) else "model"
+    p = _params(item)
+    return "block" if "block" in p else "family" if "network" in p else "model"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -95,8 +97,8 @@ def pytest_collection_modifyitems(config, items):
     # deadline keeps the numbers that answer the most.
     def order(item):
         p = _params(item)
-        phase = benchlib.phase_of(s, p["provider"], p["dtype"], p["batch"], p.get("block"))
-        return benchlib.run_order(s, _suite(item), phase, p.get("repeat", 0))
+        phase = benchlib.phase_of(s, p["provider"], p["dtype"], p["batch"], p.get("block"), p.get("network"))
+        return benchlib.run_order(s, _suite(item), phase, p.get("repeat", 0), p["provider"])
 
     items.sort(key=order)
     if not HAS_CUDA and not s.smoke:
@@ -151,6 +153,11 @@ def _deadline_and_cleanup(request, settings):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.skipped and call.when in ("setup", "call"):  # why a case did not run, kept with the results
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _append(item.config, {"skipped": {"name": item.name, "params": _params(item),
+                                          "reason": reason.removeprefix("Skipped: ")}})
+        return
     if call.when != "call" or not report.passed:
         return
     fixture = getattr(item, "funcargs", {}).get("benchmark")

@@ -23,6 +23,10 @@
 #                   packaging test (no GPU in them; CI runs them), with pytest-xdist over the
 #                   cores when it is installed, serially when not
 #   rest            benchmarks, phase rest: the rest of the matrix, torch.compile excepted
+#   family          benchmarks, phase family: efficientnet_lite0, mnasnet1_0 and
+#                   mobilenetv4_conv_small whole at fp16 batch 256, fused against eager (and
+#                   cuDNN autotuning), then torch.compile as time allows; timm's models are
+#                   skipped, with that reason, where timm is not installed
 #   compile         benchmarks, phase compile: torch.compile cases, each started only when its
 #                   expected time still fits
 #   sanitizer_warm  every shipped launch config once without instrumentation, in parallel
@@ -41,7 +45,8 @@
 # sanitizer steps 90 s, the final summary MNV2_GPU_SUMMARY_S), so late steps shrink instead of
 # overrunning.  Shares: cold start 45 s (MNV2_GPU_COLD_S); the headline ends
 # MNV2_GPU_HEADLINE_BY_S (180) s into the run; summary MNV2_GPU_SUMMARY_S (25); tests
-# MNV2_GPU_TESTS_S (120); rest MNV2_GPU_REST_S (40); torch.compile whatever is left; sanitizer
+# MNV2_GPU_TESTS_S (120); rest MNV2_GPU_REST_S (40); family MNV2_GPU_FAMILY_S (150); torch.compile
+# whatever is left; sanitizer
 # warm-up 45, memcheck 90, racecheck 30, initcheck 30.  A step that overruns its limit gets
 # SIGTERM (a benchmark step then still writes its JSON), and SIGKILL MNV2_GPU_KILL_S (10) s
 # later; benchmark steps stop starting cases MNV2_BENCH_MARGIN_S (15) s before their limit.
@@ -74,6 +79,7 @@ COLD_S=${MNV2_GPU_COLD_S:-45}
 SUMMARY_S=${MNV2_GPU_SUMMARY_S:-25}
 TESTS_S=${MNV2_GPU_TESTS_S:-120}
 REST_S=${MNV2_GPU_REST_S:-40}
+FAMILY_S=${MNV2_GPU_FAMILY_S:-150}
 KILL_S=${MNV2_GPU_KILL_S:-10}
 MARGIN_S=${MNV2_BENCH_MARGIN_S:-15}
 STEPS=${MNV2_GPU_STEPS:-all}
@@ -81,8 +87,10 @@ MIN_STEP_S=10  # a step given less is skipped: Python and torch take seconds to 
 CORES=$(nproc 2>/dev/null || echo 4)
 WORKERS=${MNV2_GPU_WORKERS:-$((CORES < 16 ? CORES : 16))}
 MEMCHECK_SHARDS=${MNV2_GPU_MEMCHECK_SHARDS:-8}
-ORDER=(cold_start headline summary tests rest compile sanitizer_warm memcheck racecheck initcheck final_summary)
-declare -A CAP=([cold_start]=$COLD_S [summary]=$SUMMARY_S [tests]=$TESTS_S [rest]=$REST_S [compile]=$BUDGET
+ORDER=(cold_start headline summary tests rest family compile sanitizer_warm memcheck racecheck initcheck
+       final_summary)
+declare -A CAP=([cold_start]=$COLD_S [summary]=$SUMMARY_S [tests]=$TESTS_S [rest]=$REST_S [family]=$FAMILY_S
+                [compile]=$BUDGET
                 [sanitizer_warm]=45 [memcheck]=90 [racecheck]=30 [initcheck]=30 [final_summary]=$SUMMARY_S)
 declare -A FLOOR=([sanitizer_warm]=20 [memcheck]=40 [racecheck]=15 [initcheck]=15 [final_summary]=$SUMMARY_S)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -207,16 +215,22 @@ bench_step() {  # PHASE: pytest bench in that phase; JSON and JSONL in raw/
         "$PY" -m pytest bench -q -p no:cacheprovider --benchmark-json="$json" \
         --benchmark-columns=median,rounds --benchmark-sort=name
     rc=$?
-    local measured skipped note
+    local measured skipped note why
     measured=$(grep -c '"extra_info"' "${json%.json}.jsonl" 2>/dev/null)
     skipped=$(sed -nE 's/.*"skipped_for_time": ([1-9][0-9]*).*/\1/p' "${json%.json}.jsonl" 2>/dev/null | tail -n 1)
     note="${measured:-0} cases measured${skipped:+, $skipped not started for lack of time}"
+    # Cases skipped for another reason (timm missing, say): how many, and the reasons.
+    why=$(grep '"skipped": {' "${json%.json}.jsonl" 2>/dev/null | grep -v 'time budget used up' |
+        sed -nE 's/.*"reason": "([^"]*)".*/\1/p' | sort | uniq -c | sed -E 's/^ *([0-9]+) /\1 skipped: /' |
+        paste -sd';' -)
+    note+="${why:+; $why}"
     [[ -s $json ]] || note+="; no JSON written, the JSONL keeps them"
     if ((rc == 5)); then skip "no case in this phase"; else finish "$rc" "$note"; fi
 }
 
 summary_step() {
-    limited "$PY" bench/summarize.py "$RAW/bench-headline.json" "$RAW/bench-rest.json" "$RAW/bench-compile.json" "$OUT"
+    limited "$PY" bench/summarize.py "$RAW/bench-headline.json" "$RAW/bench-rest.json" "$RAW/bench-family.json" \
+        "$RAW/bench-compile.json" "$OUT"
     finish $?
 }
 
@@ -303,8 +317,10 @@ if begin tests "every test that can use a GPU: pytest tests"; then
     rm -f "$RAW/tests.log"
 fi
 
-# ---------------------------------------------------------------- the rest, torch.compile last
+# ---------------------------------------------------------------- the rest, the family, torch.compile last
 begin rest "benchmarks, phase rest (the matrix but torch.compile)" && bench_step rest
+begin family "benchmarks, phase family (efficientnet_lite0, mnasnet1_0, mobilenetv4_conv_small at fp16 batch 256)" &&
+    bench_step family
 if begin compile "benchmarks, phase compile (torch.compile, each when it still fits)"; then
     need=$( ((DRY_RUN)) && echo 25 || echo 50)  # a block's compile (40 s) and pytest's start
     if ((STEP_LIMIT < need)); then

@@ -47,16 +47,14 @@ def read_run(bench_json: Path) -> dict | None:
     if bench_json.is_file():
         data = json.loads(bench_json.read_text())
         data["source"] = bench_json.name
+        data["skipped"] = read_skipped(bench_json.with_suffix(".jsonl"))  # pytest-benchmark keeps no skips
         return data
     jsonl = bench_json.with_suffix(".jsonl")
     if not jsonl.is_file():
         return None
-    data = {"machine_info": {}, "datetime": None, "benchmarks": [], "source": jsonl.name + " (no JSON written)"}
-    for line in jsonl.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:  # a line cut short by a kill
-            continue
+    data = {"machine_info": {}, "datetime": None, "benchmarks": [], "source": jsonl.name + " (no JSON written)",
+            "skipped": read_skipped(jsonl)}
+    for entry in _jsonl(jsonl):
         if "machine_info" in entry:
             data["machine_info"], data["datetime"] = entry["machine_info"], entry.get("datetime")
         elif "session" in entry:
@@ -67,6 +65,21 @@ def read_run(bench_json: Path) -> dict | None:
     return data
 
 
+def _jsonl(path: Path) -> list[dict]:
+    entries = []
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:  # a line cut short by a kill
+            continue
+    return entries
+
+
+def read_skipped(jsonl: Path) -> list[dict]:
+    """The cases a session skipped, with the reason (bench/conftest.py appends them)."""
+    return [e["skipped"] for e in _jsonl(jsonl) if "skipped" in e]
+
+
 def _record(e: dict) -> tuple[str, dict] | None:
     """(kind, summary record) of one benchmark's extra_info."""
     record = {"provider": e["provider"], "dtype": e["dtype"], "batch": e["batch"], "ms": e.get("ms"),
@@ -75,6 +88,11 @@ def _record(e: dict) -> tuple[str, dict] | None:
         record.update(peak_mem_mb=e.get("peak_mem_mb"), first_call_s=e.get("first_call_s"),
                       width=e.get("width"), resolution=e.get("resolution"))
         return "model", record
+    if e.get("kind") == "family":
+        record = {"network": e["network"], **record}
+        record.update(peak_mem_mb=e.get("peak_mem_mb"), first_call_s=e.get("first_call_s"),
+                      resolution=e.get("resolution"))
+        return "family", record
     if e.get("kind") == "block":
         record = {"block": e["block"], **record}
         record.update({k: e.get(k) for k in ("cin", "hidden", "cout", "stride", "size", "bytes", "flops",
@@ -88,7 +106,7 @@ def merge_repeats(records: list[dict]) -> list[dict]:
     cudnn.benchmark) become the first of them with the median time, all times in ms_repeats."""
     groups: dict = {}
     for r in records:
-        key = (r.get("block"), r["provider"], r["dtype"], r["batch"], r.get("cudnn_benchmark"))
+        key = (r.get("block"), r.get("network"), r["provider"], r["dtype"], r["batch"], r.get("cudnn_benchmark"))
         groups.setdefault(key, []).append(r)
     out = []
     for group in groups.values():
@@ -123,28 +141,28 @@ def load(*bench_jsons: Path) -> dict:
                    date=facts.get("date"), cudnn_benchmark=facts.get("cudnn_benchmark"),
                    warmup_s=facts.get("warmup_s"), repeats=facts.get("repeats"),
                    sources={name: (r["source"] if r else None) for name, r in runs},
-                   steps=read_steps(folder / "steps.jsonl"), model=[], blocks=[])
+                   steps=read_steps(folder / "steps.jsonl"), model=[], blocks=[], family=[])
     for _, run in runs:
         for bench in (run or {}).get("benchmarks", []):
             kind_record = _record(bench.get("extra_info", {}))
             if kind_record:
                 summary[kind_record[0]].append(kind_record[1])
+        for skipped in (run or {}).get("skipped", []):  # the family's cases that did not run, and why
+            p = skipped.get("params", {})
+            if "network" in p:
+                summary["family"].append({"network": p["network"], "provider": p.get("provider"),
+                                          "dtype": p.get("dtype"), "batch": p.get("batch"), "ms": None,
+                                          "cudnn_benchmark": p.get("cudnn_benchmark"),
+                                          "skipped": skipped.get("reason")})
     summary["model"] = merge_repeats(summary["model"])
     summary["blocks"] = merge_repeats(summary["blocks"])
+    summary["family"] = merge_repeats(summary["family"])
     return summary
 
 
 def read_steps(path: Path) -> list[dict]:
     """The steps bench/gpu_run.sh ran so far, one JSON line each."""
-    if not path.is_file():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(json.loads(line))
-        except ValueError:
-            continue
-    return steps
+    return _jsonl(path)
 
 
 def ms_of(records: list[dict], **match) -> float | None:
@@ -190,6 +208,26 @@ def model_table(s: dict) -> list[str]:
                     + [fmt(ratio(b, fused), ".2f", "x") for b in base]
                     + [fmt(ratio(b, graph), ".2f", "x") for b in base]
                     + [fmt(peak.get("fused"), ".0f"), fmt(peak.get("eager_cl"), ".0f")])
+    return table(header, rows)
+
+
+def family_table(s: dict) -> list[str]:
+    """One row per model of the family: fused against the baselines, or why it did not run."""
+    f = s["family"]
+    header = ["model", "px", "dtype", "batch", "fused ms", "fused img/s"] + [f"{b} / fused" for b in BASELINES]
+    header += ["first call s", "skipped"]
+    rows = []
+    for network in dict.fromkeys(r["network"] for r in f):
+        mine = [r for r in f if r["network"] == network]
+        for dtype, batch in combos(mine):
+            at = dict(network=network, dtype=dtype, batch=batch)
+            fused = ms_of(f, provider="fused", **at)
+            first = [r.get("first_call_s") for r in mine if r["provider"] == "fused" and r.get("first_call_s")]
+            px = next((r.get("resolution") for r in mine if r.get("resolution")), None)
+            why = sorted({r["skipped"] for r in mine if r.get("skipped") and (r["dtype"], r["batch"]) == (dtype, batch)})
+            rows.append([network, str(px or DASH), dtype, str(batch), fmt(fused), fmt(ratio(batch * 1e3, fused), ".0f")]
+                        + [fmt(ratio(ms_of(f, provider=b, **at), fused), ".2f", "x") for b in BASELINES]
+                        + [fmt(first[0] if first else None, ".1f"), "; ".join(why) or DASH])
     return table(header, rows)
 
 
@@ -278,6 +316,11 @@ def render_md(s: dict) -> str:
         cudnn = cudnn_benchmark_table(s)
         if cudnn:
             lines += ["", "### cuDNN autotuning (torch.backends.cudnn.benchmark)", ""] + cudnn
+    if s.get("family"):
+        lines += ["", "## Other models of the inverted-residual family (whole model)", "",
+                  "Random weights; fused = every block, the stem, the head and the classifier where the kernels "
+                  "compute them (see the fusion report); first call: Triton's compilation included."]
+        lines += [""] + family_table(s)
     if s["blocks"]:
         lines += ["", "## Blocks of MobileNetV2 1.0", "",
                   "GB/s: the fused floor's bytes (input and output once, weights once) per fused time; "
@@ -366,6 +409,8 @@ def main(argv: list[str]) -> int:
         print("\n".join(steps_table(s)))
     if s["model"]:
         print("\n".join(model_table(s)))
+    if s["family"]:
+        print("\n".join(family_table(s)))
     if not s.get("smoke"):
         print(f"to keep this run: copy those files to bench/results/{results_folder_name(s)}/ and run "
               "python bench/update_results.py")

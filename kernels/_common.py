@@ -231,3 +231,22 @@ def launch_args(cfg, dtype: torch.dtype, allow_tf32: bool, **shape_constexprs) -
 def _relu6(x):
     # NaN must survive the clamp, as it does in torch.nn.ReLU6.
     return tl.clamp(x, 0.0, 6.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _activation(x, ACT: tl.constexpr):
+    """"relu6", "relu" or "none" (NaN survives, as in torch.nn.ReLU6 / ReLU)."""
+    if ACT == "relu6":
+        x = _relu6(x)
+    elif ACT == "relu":
+        x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return x
+
+
+ACTIVATIONS = ("relu6", "relu", "none")
+
+
+def check_act(act: str) -> str:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {act!r}")
+    return act

@@ -22,8 +22,8 @@ With JOIN_PAIRS the two pixels of each pair go through the project as one produc
 rows (small tiles: one padded wgmma tile instead of two).
 
 With STAGE_IMAGE (stride 1, one tile per image: the 7x7 blocks), step 1 expands only the
-tile's own pixels: the region's one-pixel ring is all padding, and is zeroed once per program
-instead of recomputed per chunk (a 7x7 image: 64 staged rows instead of 128).
+tile's own pixels: the region's ring of padding is zero, and is zeroed once per program
+instead of recomputed per chunk (a 7x7 image, 3x3 depthwise: 64 staged rows instead of 128).
 
 The grid is persistent: as many programs as fit on the GPU at once, each walking over
 tiles, so the scratch is bounded by the GPU's size, not the batch's.  Two scratch buffers
@@ -45,11 +45,36 @@ from .records import BlockConfig, BlockShape
 
 
 @triton.jit
-def _relu6_bounded(v, hi):
-    # relu6 whose upper bound is 0 for pixels outside the image: the depthwise's zero
-    # padding at the cost of the clamp itself.  NaN survives, as in torch.nn.ReLU6.
-    v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    return tl.minimum(v, hi, propagate_nan=tl.PropagateNan.ALL)
+def _act(v, ACT: tl.constexpr):
+    """A stage's activation: "relu6", "relu" or "none".  NaN survives, as in torch.nn.ReLU6/ReLU."""
+    if ACT == "relu6":
+        v = tl.minimum(tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0, propagate_nan=tl.PropagateNan.ALL)
+    elif ACT == "relu":
+        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return v
+
+
+@triton.jit
+def _act_bounded(v, hi, ACT: tl.constexpr):
+    """The expand's activation with a per-pixel upper bound hi: ACT's own (6 for relu6, +inf
+    for relu) inside the image, 0 outside -- the depthwise's zero padding at the cost of the
+    clamp itself (see `_upper_bound`).  Without an activation, pixels outside are selected away."""
+    if ACT == "none":
+        v = tl.where(hi > 0.0, v, 0.0)
+    else:
+        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        v = tl.minimum(v, hi, propagate_nan=tl.PropagateNan.ALL)
+    return v
+
+
+@triton.jit
+def _upper_bound(ok, ACT: tl.constexpr):
+    """Per pixel: the activation's upper bound inside the image (ok), 0 outside."""
+    if ACT == "relu6":
+        hi = tl.where(ok, 6.0, 0.0)
+    else:
+        hi = tl.where(ok, float("inf"), 0.0)
+    return hi
 
 
 @triton.jit
@@ -61,16 +86,16 @@ def _load_region(x_img, r_off, r_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl
 
 @triton.jit
 def _image_rows(REG_H: tl.constexpr, REG_W: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-                IMGS: tl.constexpr, P_STAGE: tl.constexpr):
+                IMGS: tl.constexpr, P_STAGE: tl.constexpr, PAD: tl.constexpr):
     """The staged rows of a tile of whole images (stride 1): the tile's own pixels, image-major,
-    as (scratch row, image, region row, region column, valid).  The region's one-pixel ring
+    as (scratch row, image, region row, region column, valid).  The region's ring of PAD pixels
     around them is padding only; `_zero_scratch` zeroes it once per program, so each chunk
-    expands and stores TILE_H x TILE_W pixels per image instead of REG_H x REG_W (a 7x7 image:
-    64 rows instead of 128)."""
+    expands and stores TILE_H x TILE_W pixels per image instead of REG_H x REG_W (a 7x7 image
+    with a 3x3 depthwise: 64 rows instead of 128)."""
     p = tl.arange(0, P_STAGE)
     p_img = p // (TILE_H * TILE_W)
-    p_y = (p // TILE_W) % TILE_H + 1
-    p_x = p % TILE_W + 1
+    p_y = (p // TILE_W) % TILE_H + PAD
+    p_x = p % TILE_W + PAD
     p_in = p < IMGS * TILE_H * TILE_W
     return p_img * (REG_H * REG_W) + p_y * REG_W + p_x, p_img, p_y, p_x, p_in
 
@@ -88,6 +113,32 @@ def _zero_scratch(scratch, P_IN: tl.constexpr, BLOCK_HID: tl.constexpr):
 
 
 @triton.jit
+def _start_depthwise(x_img, p_off, p_h, p_w, p_ok, H, W, start_rows, w_start_ptr, b_start_ptr, K0: tl.constexpr,
+                     BK: tl.constexpr, CIN: tl.constexpr, START_K: tl.constexpr, P: tl.constexpr):
+    """Channels K0..K0+BK of the start depthwise (UIB: START_K x START_K on x, BN folded, no
+    activation) at P pixels: p_off their offsets in the image, (p_h, p_w) their rows and
+    columns, p_ok which exist.  Zero padding: taps outside the image load 0.  In fp32."""
+    kk = K0 + tl.arange(0, BK)
+    k_ok = kk < CIN
+    acc = tl.zeros([P, BK], dtype=tl.float32)
+    # The rows as a loop whose bound (START_K, passed at run time) the compiler cannot see: never
+    # unrolled, so each row's taps are live one row at a time and the performance model counts
+    # the loop's trips.
+    for dy in range(0, start_rows):
+        ih = p_h + (dy - START_K // 2)
+        row_ok = p_ok & (ih >= 0) & (ih < H)
+        for dx in tl.static_range(START_K):
+            iw = p_w + (dx - START_K // 2)
+            ok = row_ok & (iw >= 0) & (iw < W)
+            tap = ((dy - START_K // 2) * W + (dx - START_K // 2)) * CIN
+            v = tl.load(x_img + (p_off + tap)[:, None] + kk[None, :], mask=ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_start_ptr + (dy * START_K + dx) * CIN + kk, mask=k_ok, other=0.0)
+            acc += v.to(tl.float32) * w.to(tl.float32)[None, :]
+    b = tl.load(b_start_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+    return acc + b[None, :]
+
+
+@triton.jit
 def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl.constexpr,
                  HIDDEN: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """e + x @ w_exp[K0:K0+BK, chunk]: one power-of-two part of the expand product."""
@@ -98,33 +149,33 @@ def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, 
 
 @triton.jit
 def _depthwise_pairs(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
-                     STRIDE: tl.constexpr, BLOCK_HID: tl.constexpr, P2: tl.constexpr):
-    """relu6(depthwise 3x3 + bias) of one staged chunk for vertical pairs of output pixels.
+                     STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr,
+                     P2: tl.constexpr):
+    """act(depthwise KSIZE x KSIZE + bias) of one staged chunk for vertical pairs of output pixels.
 
     The bottom pixel's taps start STRIDE staged rows below the top pixel's, so each of the
-    3 + STRIDE rows of windows is loaded once for both.  A row's three taps are summed in
+    KSIZE + STRIDE rows of windows is loaded once for both.  A row's KSIZE taps are summed in
     the activation dtype, the rows in fp32."""
     top = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
     bot = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
-    for j in range(3 + STRIDE):  # unrolled by the compiler: constant offsets throughout
-        r0 = tl.load(pair_ptrs + (j * REG_W + 0) * BLOCK_HID)
-        r1 = tl.load(pair_ptrs + (j * REG_W + 1) * BLOCK_HID)
-        r2 = tl.load(pair_ptrs + (j * REG_W + 2) * BLOCK_HID)
-        kt = tl.minimum(j, 2)  # the kernel row this staged row is for the top pixel ...
+    for j in range(KSIZE + STRIDE):  # unrolled by the compiler: constant offsets throughout
+        kt = tl.minimum(j, KSIZE - 1)  # the kernel row this staged row is for the top pixel ...
         kb = tl.maximum(j - STRIDE, 0)  # ... and for the bottom pixel
-        t0 = tl.load(w_dw_ptr + (kt * 3 + 0) * HIDDEN + hh, mask=h_ok, other=0.0)
-        t1 = tl.load(w_dw_ptr + (kt * 3 + 1) * HIDDEN + hh, mask=h_ok, other=0.0)
-        t2 = tl.load(w_dw_ptr + (kt * 3 + 2) * HIDDEN + hh, mask=h_ok, other=0.0)
-        b0 = tl.load(w_dw_ptr + (kb * 3 + 0) * HIDDEN + hh, mask=h_ok, other=0.0)
-        b1 = tl.load(w_dw_ptr + (kb * 3 + 1) * HIDDEN + hh, mask=h_ok, other=0.0)
-        b2 = tl.load(w_dw_ptr + (kb * 3 + 2) * HIDDEN + hh, mask=h_ok, other=0.0)
-        row_t = (r0 * t0[None, :] + r1 * t1[None, :] + r2 * t2[None, :]).to(tl.float32)
-        row_b = (r0 * b0[None, :] + r1 * b1[None, :] + r2 * b2[None, :]).to(tl.float32)
-        top += tl.where(j < 3, row_t, 0.0)
-        bot += tl.where(j >= STRIDE, row_b, 0.0)
+        for kw in tl.static_range(KSIZE):
+            r = tl.load(pair_ptrs + (j * REG_W + kw) * BLOCK_HID)
+            t = tl.load(w_dw_ptr + (kt * KSIZE + kw) * HIDDEN + hh, mask=h_ok, other=0.0)
+            b = tl.load(w_dw_ptr + (kb * KSIZE + kw) * HIDDEN + hh, mask=h_ok, other=0.0)
+            if kw == 0:
+                row_t = r * t[None, :]
+                row_b = r * b[None, :]
+            else:
+                row_t += r * t[None, :]
+                row_b += r * b[None, :]
+        top += tl.where(j < KSIZE, row_t.to(tl.float32), 0.0)
+        bot += tl.where(j >= STRIDE, row_b.to(tl.float32), 0.0)
     b = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)
-    top = _relu6_bounded(top + b[None, :], 6.0)
-    bot = _relu6_bounded(bot + b[None, :], 6.0)
+    top = _act(top + b[None, :], ACT)
+    bot = _act(bot + b[None, :], ACT)
     if HIDDEN % BLOCK_HID != 0:
         # Padding columns: an Inf input would make them NaN (Inf * 0 in the expand), and the
         # project would spread it to every output channel.
@@ -157,40 +208,88 @@ def _project_part(d, acc, w_proj_ptr, hh, h_ok, CO0: tl.constexpr, BCO: tl.const
 
 
 @triton.jit
+def _project_pairs(top, bot, acc_ta, acc_ba, acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A: tl.constexpr,
+                   CO_B: tl.constexpr, COUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The project of one hidden chunk for the top and bottom pixels of the pairs, into both
+    power-of-two parts of the output channels (CO_B = 0: one part)."""
+    acc_ta = _project_part(top, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+    acc_ba = _project_part(bot, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+    if CO_B > 0:
+        acc_tb = _project_part(top, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+        acc_bb = _project_part(bot, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+    return acc_ta, acc_ba, acc_tb, acc_bb
+
+
+@triton.jit
+def _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+    """The output row and column of each pixel pair's top pixel in a tile, and which top and
+    bottom pixels exist (a real pair, an image of the batch, inside the output)."""
+    oh = t_h * TILE_H + q_y
+    ow = t_w * TILE_W + q_x
+    ok_top = q_in & (n0 + q_img < N) & (oh < HO) & (ow < WO)
+    ok_bot = ok_top & (oh + 1 < HO)
+    return oh, ow, ok_top, ok_bot
+
+
+@triton.jit
 def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.constexpr, BCO: tl.constexpr,
-                COUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """Project bias, residual, store: output channels CO0..CO0+BCO of one pixel set."""
+                COUT: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """Project bias, activation, residual, store: output channels CO0..CO0+BCO of one pixel set."""
     co = CO0 + tl.arange(0, BCO)
     ok = ok[:, None] & (co < COUT)[None, :]
     acc += tl.load(b_proj_ptr + co, mask=co < COUT, other=0.0).to(tl.float32)[None, :]
+    acc = _act(acc, ACT)  # depthwise-separable blocks may have one after the project
     if HAS_RESIDUAL:  # stride 1 and CIN == COUT: the input pixel is the output pixel
         acc += tl.load(x_img + in_off[:, None] + co[None, :], mask=ok, other=0.0).to(tl.float32)
     tl.store(y_img + out_off[:, None] + co[None, :], acc.to(y_img.dtype.element_ty), mask=ok)
 
 
 @triton.jit
+def _ffn_pixels(x_img, off, ph, pw, ok, H, W, start_rows, w_start_ptr, b_start_ptr, K0: tl.constexpr,
+                BK: tl.constexpr, CIN: tl.constexpr, START_K: tl.constexpr, P2: tl.constexpr):
+    """The expand's input at one pixel set without a middle depthwise: x itself, or the start
+    depthwise of x there, in x's dtype."""
+    if START_K > 0:
+        v = _start_depthwise(x_img, off, ph, pw, ok, H, W, start_rows, w_start_ptr, b_start_ptr, K0, BK, CIN, START_K,
+                             P2)
+        v = v.to(x_img.dtype.element_ty)
+    else:
+        v = _load_region(x_img, off, ok, K0, BK, CIN)
+    return v
+
+
+@triton.jit
 def _inverted_residual_kernel(
     x_ptr,  # input, contiguous NHWC: element (n, h, w, c) at ((n*H + h)*W + w)*CIN + c
+    w_start_ptr,  # start depthwise weight [START_K**2, CIN], tap kh*START_K+kw major (unused when START_K = 0)
+    b_start_ptr,  # start depthwise bias [CIN]
     w_exp_ptr,  # expand weight [CIN, HIDDEN], BN folded, x's dtype (unused without HAS_EXPAND)
     b_exp_ptr,  # expand bias [HIDDEN]
-    w_dw_ptr,  # depthwise weight [9, HIDDEN], tap kh*3+kw major, x's dtype
+    w_dw_ptr,  # depthwise weight [KSIZE**2, HIDDEN], tap kh*KSIZE+kw major, x's dtype (unused when KSIZE = 0)
     b_dw_ptr,  # depthwise bias [HIDDEN]
     w_proj_ptr,  # project weight [HIDDEN, COUT], x's dtype
     b_proj_ptr,  # project bias [COUT]
     y_ptr,  # output, contiguous NHWC [N, HO, WO, COUT]
     scratch_ptr,  # per program: two [P_IN, BLOCK_HID] buffers of one staged hidden chunk, x's dtype
     N, H, W, HO, WO,  # batch, input and output sizes
+    start_rows,  # START_K at run time: the start depthwise's row loop bound (see _start_depthwise)
     CIN: tl.constexpr,  # input channels
     HIDDEN: tl.constexpr,  # expanded channels (= CIN without HAS_EXPAND)
     COUT: tl.constexpr,  # output channels
-    STRIDE: tl.constexpr,  # depthwise stride, 1 or 2
-    HAS_EXPAND: tl.constexpr,  # t > 1: an expand 1x1 conv precedes the depthwise
+    STRIDE: tl.constexpr,  # the block's stride, 1 or 2: the middle depthwise's, else the start one's
+    KSIZE: tl.constexpr,  # middle depthwise kernel, 3 or 5 (padding KSIZE // 2); 0: none (two products per pixel)
+    START_K: tl.constexpr,  # start depthwise kernel (UIB, on x before the expand), 3 or 5; 0: none
+    ACT_EXP: tl.constexpr,  # activation after the expand: "relu6", "relu" or "none"
+    ACT_DW: tl.constexpr,  # ... after the middle depthwise
+    ACT_PROJ: tl.constexpr,  # ... after the project ("none" in inverted residuals)
+    TF_SAME: tl.constexpr,  # TensorFlow "same" padding of the middle depthwise (top/left pad from the size)
+    HAS_EXPAND: tl.constexpr,  # an expand 1x1 conv precedes the depthwise
     HAS_RESIDUAL: tl.constexpr,  # add x to the output (stride 1, CIN == COUT)
     TILE_H: tl.constexpr,  # output tile: rows (even: the kernel works on vertical pairs) ...
     TILE_W: tl.constexpr,  # ... columns ...
     IMGS: tl.constexpr,  # ... and images
-    REG_H: tl.constexpr,  # the tile's input region, halo included: (TILE_H-1)*STRIDE+3 rows ...
-    REG_W: tl.constexpr,  # ... and (TILE_W-1)*STRIDE+3 columns
+    REG_H: tl.constexpr,  # the tile's input region, halo included: (TILE_H-1)*STRIDE+KSIZE rows ...
+    REG_W: tl.constexpr,  # ... and (TILE_W-1)*STRIDE+KSIZE columns
     P_IN: tl.constexpr,  # next_pow2(IMGS*REG_H*REG_W): staged rows per chunk
     P2: tl.constexpr,  # next_pow2(IMGS*TILE_H/2*TILE_W): vertical pixel pairs per tile
     BLOCK_HID: tl.constexpr,  # hidden channels per chunk
@@ -205,21 +304,14 @@ def _inverted_residual_kernel(
     P_STAGE: tl.constexpr = 0,  # rows the expand computes per chunk: P_IN, or with STAGE_IMAGE
     # next_pow2(IMGS*TILE_H*TILE_W)
 ):
+    # A start depthwise is computed once per tile, over the region it feeds.
+    tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     tiles_w = tl.cdiv(WO, TILE_W)
     tiles_hw = tl.cdiv(HO, TILE_H) * tiles_w
     n_tiles = tl.cdiv(N, IMGS) * tiles_hw
     # Tile-invariant index math, once per program: offsets relative to a tile's origin.
-    if STAGE_IMAGE:
-        r, r_img, r_y, r_x, r_in = _image_rows(REG_H, REG_W, TILE_H, TILE_W, IMGS, P_STAGE)
-    else:
-        r = tl.arange(0, P_IN)  # staged rows: region pixels, image-major
-        r_img = r // (REG_H * REG_W)
-        r_y = (r // REG_W) % REG_H
-        r_x = r % REG_W
-        r_in = r < IMGS * REG_H * REG_W
-    r_rel = ((r_img * H + r_y) * W + r_x) * CIN
     q = tl.arange(0, P2)  # pixel pairs: rows q_y (top) and q_y + 1 (bottom) of column q_x
     q_img = q // (TILE_H // 2 * TILE_W)
     q_y = (q // TILE_W) % (TILE_H // 2) * 2
@@ -228,15 +320,36 @@ def _inverted_residual_kernel(
     q_x_rel = ((q_img * H + q_y) * W + q_x) * CIN
     q_y_rel = ((q_img * HO + q_y) * WO + q_x) * COUT
     hh0 = tl.arange(0, BLOCK_HID)
-    scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * BLOCK_HID)
-    stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
-    # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
-    # padding pairs (q_in false) read pair 0's windows: theirs would lie past the staged region,
-    # in another program's scratch or past its end.
-    q_win = tl.where(q_in, q_img * (REG_H * REG_W) + q_y * (STRIDE * REG_W) + q_x * STRIDE, 0)
-    pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
-    if STAGE_IMAGE:
-        _zero_scratch(scratch, P_IN, BLOCK_HID)
+    if KSIZE > 0:
+        if STAGE_IMAGE:
+            r, r_img, r_y, r_x, r_in = _image_rows(REG_H, REG_W, TILE_H, TILE_W, IMGS, P_STAGE, KSIZE // 2)
+        else:
+            r = tl.arange(0, P_IN)  # staged rows: region pixels, image-major
+            r_img = r // (REG_H * REG_W)
+            r_y = (r // REG_W) % REG_H
+            r_x = r % REG_W
+            r_in = r < IMGS * REG_H * REG_W
+        r_rel = ((r_img * H + r_y) * W + r_x) * CIN
+        scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * BLOCK_HID)
+        stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
+        # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
+        # padding pairs (q_in false) read the last pair's windows: theirs would lie past the staged
+        # region, in another program's scratch or past its end.
+        q_last = tl.minimum(q, IMGS * (TILE_H // 2) * TILE_W - 1)
+        q_win = (q_last // (TILE_H // 2 * TILE_W) * (REG_H * REG_W) + (q_last // TILE_W) % (TILE_H // 2) * 2
+                 * (STRIDE * REG_W) + q_last % TILE_W * STRIDE)
+        pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
+        if STAGE_IMAGE:
+            _zero_scratch(scratch, P_IN, BLOCK_HID)
+        if TF_SAME:  # TensorFlow's "same": the total padding split with the odd pixel at the bottom/right
+            pad_t = tl.maximum((HO - 1) * STRIDE + KSIZE - H, 0) // 2
+            pad_l = tl.maximum((WO - 1) * STRIDE + KSIZE - W, 0) // 2
+        else:
+            pad_t = KSIZE // 2
+            pad_l = KSIZE // 2
+    else:
+        # No middle depthwise: the pixels' own inputs, at the stride.
+        q_s_rel = ((q_img * H + q_y * STRIDE) * W + q_x * STRIDE) * CIN
 
     step = 0  # chunks staged so far: the buffer parity, carried across tiles
     for tile in range(pid, n_tiles, tl.num_programs(0)):
@@ -245,17 +358,6 @@ def _inverted_residual_kernel(
         n0 = tile // tiles_hw * IMGS
         x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)  # 64-bit image base, 32-bit offsets within
         y_img = y_ptr + n0.to(tl.int64) * (HO * WO * COUT)
-        ih0 = t_h * (TILE_H * STRIDE) - 1
-        iw0 = t_w * (TILE_W * STRIDE) - 1
-        rh = ih0 + r_y
-        rw = iw0 + r_x
-        r_ok = r_in & (n0 + r_img < N) & (rh >= 0) & (rh < H) & (rw >= 0) & (rw < W)
-        r_off = r_rel + (ih0 * W + iw0) * CIN
-        r_hi = tl.where(r_ok, 6.0, 0.0)
-        if HAS_EXPAND and X_RESIDENT:
-            x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
-            if K_B > 0:
-                x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
         if JOIN_PAIRS:  # one product per part for both pixels of each pair: rows 2q (top), 2q + 1
             acc_a = tl.zeros([2 * P2, CO_A], dtype=tl.float32)
             if CO_B > 0:
@@ -266,66 +368,116 @@ def _inverted_residual_kernel(
             if CO_B > 0:
                 acc_tb = tl.zeros([P2, CO_B], dtype=tl.float32)
                 acc_bb = tl.zeros([P2, CO_B], dtype=tl.float32)
-        for h0 in range(0, HIDDEN, BLOCK_HID):
-            hh = h0 + hh0
-            h_ok = hh < HIDDEN
-            # 1. Stage this chunk of the depthwise input over the region.
-            if HAS_EXPAND:
-                if not X_RESIDENT:
+            else:  # placeholders: _project_pairs passes them through, nothing reads them
+                acc_tb = acc_ta
+                acc_bb = acc_ba
+        if KSIZE > 0:
+            ih0 = t_h * (TILE_H * STRIDE) - pad_t
+            iw0 = t_w * (TILE_W * STRIDE) - pad_l
+            rh = ih0 + r_y
+            rw = iw0 + r_x
+            r_ok = r_in & (n0 + r_img < N) & (rh >= 0) & (rh < H) & (rw >= 0) & (rw < W)
+            r_off = r_rel + (ih0 * W + iw0) * CIN
+            r_hi = _upper_bound(r_ok, ACT_EXP)
+            if HAS_EXPAND and X_RESIDENT:
+                if START_K > 0:  # the start depthwise over the region, once per tile
+                    x_a = _start_depthwise(x_img, r_off, rh, rw, r_ok, H, W, start_rows, w_start_ptr, b_start_ptr, 0,
+                                           K_A, CIN, START_K, P_IN).to(dtype)
+                    if K_B > 0:
+                        x_b = _start_depthwise(x_img, r_off, rh, rw, r_ok, H, W, start_rows, w_start_ptr, b_start_ptr,
+                                               K_A, K_B, CIN, START_K, P_IN).to(dtype)
+                else:
                     x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
                     if K_B > 0:
                         x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
-                e = _expand_part(x_a, tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0, K_A,
-                                 CIN, HIDDEN, DOT_PRECISION)
-                if K_B > 0:
-                    e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION)
-                b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)
-                e = _relu6_bounded(e + b[None, :], r_hi[:, None])
-            else:
-                e = tl.load(x_img + r_off[:, None] + hh[None, :], mask=r_ok[:, None] & h_ok[None, :], other=0.0)
-            # Double buffer: a warp overwrites a buffer only after the next chunk's barrier,
-            # which every warp reaches after reading it, so one barrier per chunk suffices.
-            buf = (step % 2) * (P_IN * BLOCK_HID)
-            step += 1
-            if STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
-                tl.store(stage_ptrs + buf, e.to(dtype), mask=r_in[:, None])
-            else:
-                tl.store(stage_ptrs + buf, e.to(dtype))
-            tl.debug_barrier()
-            # 2. Depthwise for the tile's pixel pairs.
-            d_top, d_bot = _depthwise_pairs(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE,
-                                            BLOCK_HID, P2)
-            d_top = d_top.to(dtype)
-            d_bot = d_bot.to(dtype)
-            # 3. Project into the accumulators.
+            for h0 in range(0, HIDDEN, BLOCK_HID):
+                hh = h0 + hh0
+                h_ok = hh < HIDDEN
+                # 1. Stage this chunk of the depthwise input over the region.
+                if HAS_EXPAND:
+                    if not X_RESIDENT:
+                        x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
+                        if K_B > 0:
+                            x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
+                    e = _expand_part(x_a, tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0,
+                                     K_A, CIN, HIDDEN, DOT_PRECISION)
+                    if K_B > 0:
+                        e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION)
+                    b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)
+                    e = _act_bounded(e + b[None, :], r_hi[:, None], ACT_EXP)
+                else:
+                    e = tl.load(x_img + r_off[:, None] + hh[None, :], mask=r_ok[:, None] & h_ok[None, :], other=0.0)
+                # Double buffer: a warp overwrites a buffer only after the next chunk's barrier,
+                # which every warp reaches after reading it, so one barrier per chunk suffices.
+                buf = (step % 2) * (P_IN * BLOCK_HID)
+                step += 1
+                if STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
+                    tl.store(stage_ptrs + buf, e.to(dtype), mask=r_in[:, None])
+                else:
+                    tl.store(stage_ptrs + buf, e.to(dtype))
+                tl.debug_barrier()
+                # 2. Depthwise for the tile's pixel pairs.
+                d_top, d_bot = _depthwise_pairs(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE,
+                                                KSIZE, ACT_DW, BLOCK_HID, P2)
+                # 3. Project into the accumulators.
+                if JOIN_PAIRS:
+                    d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), P2, BLOCK_HID)
+                    acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                    if CO_B > 0:
+                        acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                else:
+                    acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta, acc_ba,
+                                                                    acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
+                                                                    COUT, DOT_PRECISION)
             if JOIN_PAIRS:
-                d = _join_pairs(d_top, d_bot, P2, BLOCK_HID)
-                acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
                 if CO_B > 0:
-                    acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-            else:
-                acc_ta = _project_part(d_top, acc_ta, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                acc_ba = _project_part(d_bot, acc_ba, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                if CO_B > 0:
-                    acc_tb = _project_part(d_top, acc_tb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                    acc_bb = _project_part(d_bot, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-        if JOIN_PAIRS:
-            acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
-            if CO_B > 0:
-                acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
-        oh = t_h * TILE_H + q_y
-        ow = t_w * TILE_W + q_x
-        ok_top = q_in & (n0 + q_img < N) & (oh < HO) & (ow < WO)
-        ok_bot = ok_top & (oh + 1 < HO)
+                    acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
+            oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
+        else:
+            # No middle depthwise (UIB's FFN, with or without a start depthwise): the expand and
+            # the project on each pixel, a fused two-matrix MLP; nothing is staged.
+            oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
+            s_top = q_s_rel + (t_h * TILE_H * W + t_w * TILE_W) * (STRIDE * CIN)
+            s_bot = s_top + STRIDE * W * CIN
+            xt_a = _ffn_pixels(x_img, s_top, oh * STRIDE, ow * STRIDE, ok_top, H, W, start_rows, w_start_ptr,
+                               b_start_ptr, 0, K_A, CIN, START_K, P2)
+            xb_a = _ffn_pixels(x_img, s_bot, (oh + 1) * STRIDE, ow * STRIDE, ok_bot, H, W, start_rows, w_start_ptr,
+                               b_start_ptr, 0, K_A, CIN, START_K, P2)
+            if K_B > 0:
+                xt_b = _ffn_pixels(x_img, s_top, oh * STRIDE, ow * STRIDE, ok_top, H, W, start_rows, w_start_ptr,
+                                   b_start_ptr, K_A, K_B, CIN, START_K, P2)
+                xb_b = _ffn_pixels(x_img, s_bot, (oh + 1) * STRIDE, ow * STRIDE, ok_bot, H, W, start_rows, w_start_ptr,
+                                   b_start_ptr, K_A, K_B, CIN, START_K, P2)
+            for h0 in range(0, HIDDEN, BLOCK_HID):
+                hh = h0 + hh0
+                h_ok = hh < HIDDEN
+                b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)
+                e_t = _expand_part(xt_a, tl.zeros([P2, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0, K_A,
+                                   CIN, HIDDEN, DOT_PRECISION)
+                e_b = _expand_part(xb_a, tl.zeros([P2, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0, K_A,
+                                   CIN, HIDDEN, DOT_PRECISION)
+                if K_B > 0:
+                    e_t = _expand_part(xt_b, e_t, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION)
+                    e_b = _expand_part(xb_b, e_b, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION)
+                e_t = _act(e_t + b[None, :], ACT_EXP)
+                e_b = _act(e_b + b[None, :], ACT_EXP)
+                if HIDDEN % BLOCK_HID != 0:  # padding columns: NaN from Inf * 0, as in the depthwise
+                    e_t = tl.where(h_ok[None, :], e_t, 0.0)
+                    e_b = tl.where(h_ok[None, :], e_b, 0.0)
+                acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(e_t.to(dtype), e_b.to(dtype), acc_ta, acc_ba,
+                                                                acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
+                                                                COUT, DOT_PRECISION)
         in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
         out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
-        _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, HAS_RESIDUAL)
+        _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
         _store_part(acc_ba, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, 0, CO_A, COUT,
-                    HAS_RESIDUAL)
+                    ACT_PROJ, HAS_RESIDUAL)
         if CO_B > 0:
-            _store_part(acc_tb, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, CO_A, CO_B, COUT, HAS_RESIDUAL)
+            _store_part(acc_tb, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, CO_A, CO_B, COUT, ACT_PROJ,
+                        HAS_RESIDUAL)
             _store_part(acc_bb, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, CO_A, CO_B,
-                        COUT, HAS_RESIDUAL)
+                        COUT, ACT_PROJ, HAS_RESIDUAL)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -342,13 +494,20 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         HIDDEN=shape.hidden,
         COUT=shape.cout,
         STRIDE=shape.stride,
+        KSIZE=shape.ksize,
+        START_K=shape.start_k,
+        ACT_EXP=shape.act_exp,
+        ACT_DW=shape.act_dw,
+        ACT_PROJ=shape.act_proj,
+        TF_SAME=shape.tf_same,
         HAS_EXPAND=shape.has_expand,
         HAS_RESIDUAL=shape.residual,
         REG_H=reg_h,
         REG_W=reg_w,
         # tl.dot needs at least 16 rows; extra rows are masked.
-        P_IN=max(16, next_pow2(cfg.imgs * reg_h * reg_w)),
-        P_STAGE=max(16, next_pow2(cfg.imgs * (cfg.tile_h * cfg.tile_w if cfg.stage_image else reg_h * reg_w))),
+        P_IN=_staged_rows(shape, cfg),
+        # The expand's rows: the staged region, or with stage_image the images' own pixels.
+        P_STAGE=max(16, next_pow2(cfg.imgs * cfg.tile_h * cfg.tile_w)) if cfg.stage_image else _staged_rows(shape, cfg),
         P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * cfg.tile_w)),
         K_A=k_a,
         K_B=k_b,
@@ -357,10 +516,15 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
     )
 
 
-def scratch_elements(shape: BlockShape, cfg: BlockConfig, programs: int) -> int:
-    """Scratch of one launch: per program, two staged chunks of [P_IN, BLOCK_HID]."""
+def _staged_rows(shape: BlockShape, cfg: BlockConfig) -> int:
     reg_h, reg_w = shape.region(cfg.tile_h, cfg.tile_w)
-    return programs * 2 * max(16, next_pow2(cfg.imgs * reg_h * reg_w)) * cfg.block_hid
+    return max(16, next_pow2(cfg.imgs * reg_h * reg_w))
+
+
+def scratch_elements(shape: BlockShape, cfg: BlockConfig, programs: int) -> int:
+    """Scratch of one launch: per program, two staged chunks of [P_IN, BLOCK_HID] (none
+    without a middle depthwise: nothing is staged)."""
+    return programs * 2 * _staged_rows(shape, cfg) * cfg.block_hid if shape.staged else 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -379,28 +543,59 @@ def programs_for(shape: BlockShape, cfg: BlockConfig, n: int, device: torch.devi
     return min(shape.tiles(cfg, n), INTERPRETER_PROGRAMS)
 
 
+_TAPS = {9: 3, 25: 5}
+
+
+def _kernel_size(name: str, w: torch.Tensor | None, channels: str) -> int:
+    """A depthwise weight [k*k, C] (k 3 or 5) gives k; None gives 0 (no such stage)."""
+    if w is None:
+        return 0
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.shape[0] not in _TAPS:
+        got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"{name} must have shape [9 or 25, {channels}] (a 3x3 or 5x5 depthwise), got {got}")
+    return _TAPS[w.shape[0]]
+
+
 def inverted_residual(
     x: torch.Tensor,
     w_exp: torch.Tensor | None,
     b_exp: torch.Tensor | None,
-    w_dw: torch.Tensor,
-    b_dw: torch.Tensor,
+    w_dw: torch.Tensor | None,
+    b_dw: torch.Tensor | None,
     w_proj: torch.Tensor,
     b_proj: torch.Tensor,
     *,
     stride: int,
     residual: bool,
+    act_exp: str = "relu6",
+    act_dw: str = "relu6",
+    act_proj: str = "none",
+    w_start: torch.Tensor | None = None,
+    b_start: torch.Tensor | None = None,
+    tf_same: bool = False,
     config: BlockConfig | None = None,
     allow_tf32: bool | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run one inverted-residual block with folded weights in a single kernel.
+    """Run one block of the inverted-residual family with folded weights in a single kernel:
+
+        y = [x +] act_proj(project(act_dw(depthwise(act_exp(expand(start(x)))))))
 
     x:       [N, CIN, H, W] in channels_last memory; float16, bfloat16 or float32.
-    w_exp:   [CIN, HIDDEN] (x's dtype) and b_exp [HIDDEN], or both None for t = 1.
-    w_dw:    [9, HIDDEN] (x's dtype), depthwise taps kh*3+kw;  b_dw [HIDDEN].
+    w_exp:   [CIN, HIDDEN] (x's dtype) and b_exp [HIDDEN], or both None (t = 1, or a
+             depthwise-separable block: the depthwise runs on x).
+    w_dw:    [k*k, HIDDEN], k 3 or 5 (padding k // 2), taps kh*k+kw;  b_dw [HIDDEN].  Both
+             None: no middle depthwise (MobileNetV4's FFN and ConvNeXt-like blocks).
     w_proj:  [HIDDEN, COUT] (x's dtype);  b_proj [COUT].
-    stride:  1 or 2.  residual: add x (needs stride 1 and CIN == COUT).
+    stride:  1 or 2, the middle depthwise's (else the start depthwise's).
+    residual: add x (needs stride 1 and CIN == COUT).
+    act_exp, act_dw, act_proj: "relu6", "relu" or "none" after the expand, the depthwise and
+             the project (MobileNetV2: relu6, relu6, none).
+    w_start: [s*s, CIN] and b_start [CIN]: a depthwise on x before the expand, without an
+             activation (MobileNetV4's start depthwise), or None.
+    tf_same: TensorFlow's "same" padding of the middle depthwise (timm's tf_ models): at
+             stride 2 the total padding k - 2 (k - 1 for an odd size) split with the extra
+             pixel at the bottom/right; at stride 1 it is k // 2 each side, as without it.
     config:  launch configuration; default: the tuned table for this GPU, else a heuristic.
     allow_tf32: fp32 products on TF32 tensor cores; default follows
              torch.backends.cudnn.allow_tf32, like the convolutions this replaces.
@@ -422,25 +617,34 @@ def inverted_residual(
     has_expand = w_exp is not None
     if has_expand != (b_exp is not None):
         raise ValueError("w_exp and b_exp must both be given (t > 1) or both be None (t = 1)")
-    if w_dw.dim() != 2 or w_dw.shape[0] != 9:
-        raise ValueError(f"w_dw must have shape [9, HIDDEN], got {tuple(w_dw.shape)}")
-    hidden = w_dw.shape[1]
+    if (w_dw is None) != (b_dw is None):
+        raise ValueError("w_dw and b_dw must both be given or both be None (no middle depthwise)")
+    if (w_start is None) != (b_start is None):
+        raise ValueError("w_start and b_start must both be given or both be None")
+    ksize = _kernel_size("w_dw", w_dw, "HIDDEN")
+    start_k = _kernel_size("w_start", w_start, "CIN")
     if w_proj.dim() != 2:
         raise ValueError(f"w_proj must have shape [HIDDEN, COUT], got {tuple(w_proj.shape)}")
+    # The hidden width: the depthwise's, else the expand's (the FFN), else the input's.
+    hidden = w_dw.shape[1] if ksize else w_exp.shape[-1] if has_expand and w_exp.dim() == 2 else cin
     cout = w_proj.shape[1]
     if has_expand:
         check_param("w_exp", w_exp, (cin, hidden), x.device, x.dtype)
         check_param("b_exp", b_exp, (hidden,), x.device)
     elif hidden != cin:
         raise ValueError(f"without an expand stage the depthwise width ({hidden}) must equal the input channels ({cin})")
-    check_param("w_dw", w_dw, (9, hidden), x.device)
-    check_param("b_dw", b_dw, (hidden,), x.device)
+    if ksize:
+        check_param("w_dw", w_dw, (ksize * ksize, hidden), x.device)
+        check_param("b_dw", b_dw, (hidden,), x.device)
+    if start_k:
+        check_param("w_start", w_start, (start_k * start_k, cin), x.device)
+        check_param("b_start", b_start, (cin,), x.device)
     check_param("w_proj", w_proj, (hidden, cout), x.device, x.dtype)
     check_param("b_proj", b_proj, (cout,), x.device)
-    if residual and (stride != 1 or cin != cout):
-        raise ValueError(f"a residual needs stride 1 and CIN == COUT; got stride {stride}, {cin} -> {cout}")
 
-    shape = BlockShape(cin, hidden, cout, stride, h, w, has_expand, residual)
+    shape = BlockShape(cin, hidden, cout, stride, h, w, has_expand, residual, ksize=ksize, start_k=start_k,
+                       act_exp=act_exp, act_dw=act_dw, act_proj=act_proj, tf_same=tf_same and stride == 2)
+    shape.check()
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
     span = cfg.imgs * max(h * w * cin, shape.ho * shape.wo * cout)
@@ -448,21 +652,24 @@ def inverted_residual(
         raise ValueError(f"{cfg.imgs} image(s) of x {tuple(x.shape)}, or of the output, span {span} elements, more "
                          "than 2^31: the block kernel indexes within a tile's images in 32 bits (take imgs=1, or "
                          "smaller images)")
-    out = output(out, (n, cout, shape.ho, shape.wo), x, reads=(w_exp, b_exp, w_dw, b_dw, w_proj, b_proj))
+    out = output(out, (n, cout, shape.ho, shape.wo), x, reads=(w_start, b_start, w_exp, b_exp, w_dw, b_dw, w_proj,
+                                                                b_proj))
     programs = programs_for(shape, cfg, n, x.device)
     scratch = torch.empty(scratch_elements(shape, cfg, programs), dtype=x.dtype, device=x.device)
-    dummy = w_dw  # never read when HAS_EXPAND is off
+    dummy = w_proj  # never read where a stage is absent
     launch(
         _inverted_residual_kernel, (programs,), x,
+        w_start if start_k else dummy,
+        b_start if start_k else dummy,
         w_exp if has_expand else dummy,
         b_exp if has_expand else dummy,
-        w_dw,
-        b_dw,
+        w_dw if ksize else dummy,
+        b_dw if ksize else dummy,
         w_proj,
         b_proj,
         out,
-        scratch,
-        n, h, w, shape.ho, shape.wo,
+        scratch if shape.staged else dummy,
+        n, h, w, shape.ho, shape.wo, start_k,
         **kernel_args(shape, cfg, x.dtype, tf32(allow_tf32)),
     )
     return out

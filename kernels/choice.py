@@ -70,15 +70,41 @@ _TILES = ((2, 8, 7), (1, 14, 14), (1, 16, 16), (1, 8, 16), (1, 4, 28), (1, 8, 14
 def _fits(shape: BlockShape, imgs: int, tile_h: int, tile_w: int, block_hid: int, warps: int, itemsize: int) -> bool:
     """Whether a tile stays within the register budget the compiled variants showed no spills
     under (fp32 words per thread): the staged chunk's fp32 accumulator, the depthwise sums of
-    the pixel pairs and the project accumulators.  fp32 activations take twice the room."""
+    the pixel pairs and the project accumulators.  fp32 activations take twice the room.  For
+    the family's wider stencils and stages (5x5, a start depthwise, no middle depthwise) the
+    live tiles together must also stay within a per-warp-count budget (`_live_words`)."""
     threads = 32 * warps
     reg_h, reg_w = shape.region(tile_h, tile_w)
     p_in = max(16, next_pow2(imgs * reg_h * reg_w))
     pairs = max(16, next_pow2(imgs * tile_h // 2 * tile_w))
     cout = sum(split_pow2(shape.cout))
     scale = 2 if itemsize > 2 else 1
-    return (p_in * block_hid * scale <= 32 * threads and 2 * pairs * block_hid * scale <= 16 * threads
-            and 2 * pairs * cout <= 64 * threads)
+    if not (p_in * block_hid * scale <= 32 * threads and 2 * pairs * block_hid * scale <= 16 * threads
+            and 2 * pairs * cout <= 64 * threads):
+        return False
+    mobilenet_v2_like = shape.ksize == 3 and not shape.start_k  # its rules as they were, for every 3x3 block
+    return mobilenet_v2_like or _live_words(shape, p_in, pairs, block_hid, itemsize) <= _LIVE_BUDGET[warps] * threads
+
+
+# fp32 words per thread the live tiles may take: 16 warps run under a 128-register cap; fewer warps
+# have up to 255 registers (measured on the compiled sm_90 variants of the family's blocks).
+_LIVE_BUDGET = {1: 150, 2: 150, 4: 150, 8: 150, 16: 84}
+
+
+def _live_words(shape: BlockShape, p_in: int, pairs: int, block_hid: int, itemsize: int) -> float:
+    """fp32 words the tiles live in the chunk loop take, summed over the program: the resident
+    input region, the expand's accumulator, the depthwise sums and a row of KSIZE windows, the
+    project accumulators (without a middle depthwise: the pixels' inputs and expands, top and
+    bottom); during a start depthwise, its fp32 accumulator of one channel part."""
+    half = itemsize / 4
+    k = sum(split_pow2(shape.cin))
+    proj = 2 * pairs * sum(split_pow2(shape.cout))
+    if not shape.staged:
+        return 2 * pairs * k * half + 2 * pairs * block_hid * 2 + proj
+    x = p_in * k * half if shape.has_expand else 0
+    row = shape.ksize * pairs * block_hid * half
+    start = p_in * max(split_pow2(shape.cin)) if shape.start_k else 0
+    return max(x + p_in * block_hid + 2 * pairs * block_hid + row + proj, x + start)
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,8 +127,9 @@ def default_config(shape: BlockShape, itemsize: int = 2, batch: int = 256) -> Bl
             for warps in (4, 8, 16):
                 if _fits(shape, *tile, block_hid, warps, itemsize):
                     imgs, tile_h, tile_w = tile
+                    # A start depthwise is computed once per tile: its input stays resident.
                     return BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
-                                       x_resident=shape.cin <= 96, num_warps=warps,
+                                       x_resident=shape.cin <= 96 or shape.start_k > 0, num_warps=warps,
                                        maxnreg=128 if warps == 16 else None, programs_per_sm=max(1, 8 // warps))
     return BlockConfig(tile_h=2, tile_w=1, block_hid=16, x_resident=False, num_warps=4, programs_per_sm=2)
 

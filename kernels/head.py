@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INT32_MAX, _relu6, check_activation, check_weight, launch, launch_args, output, tf32
+from ._common import (INT32_MAX, _activation, check_act, check_activation, check_weight, launch, launch_args, output,
+                      tf32)
 from .choice import choose_head_config, choose_linear_config
 from .records import HeadConfig, LinearConfig
 
@@ -39,6 +40,7 @@ def _head_pool_kernel(
     HW: tl.constexpr,  # pixels per image (a constant: one variant per input resolution)
     CIN: tl.constexpr,  # input channels (320 x width)
     COUT: tl.constexpr,  # head channels (1280 for width <= 1)
+    ACT: tl.constexpr,  # activation: "relu6" (MobileNetV2), "relu" (MNASNet, MobileNetV4) or "none"
     IMGS: tl.constexpr,  # images per program (grid axis 0)
     BLOCK_P: tl.constexpr,  # packed pixels per chunk
     BLOCK_K: tl.constexpr,  # input channels per product step
@@ -64,8 +66,8 @@ def _head_pool_kernel(
             w_t = tl.load(w_ptr + k[None, :] * COUT + c[:, None], mask=c_ok[:, None] & k_ok[None, :], other=0.0)
             x_t = tl.load(x_grp + p[None, :] * CIN + k[:, None], mask=k_ok[:, None] & p_ok[None, :], other=0.0)
             acc = tl.dot(w_t, x_t, acc, input_precision=DOT_PRECISION)
-        # Pixels past `rows` hold relu6(bias): S has no 1 for them.
-        act = _relu6(acc + bias[:, None]).to(x_ptr.dtype.element_ty)
+        # Pixels past `rows` hold act(bias): S has no 1 for them.
+        act = _activation(acc + bias[:, None], ACT).to(x_ptr.dtype.element_ty)
         in_img = ((p[:, None] // HW) == slot[None, :]) & p_ok[:, None]
         pooled = tl.dot(act, in_img.to(x_ptr.dtype.element_ty), pooled, input_precision=DOT_PRECISION)
     img = img0 + slot
@@ -105,8 +107,9 @@ def _linear_kernel(
     tl.store(y_ptr + (m * NOUT)[:, None] + j[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
-def head_kernel_args(cin: int, cout: int, hw: int, cfg: HeadConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
-    return launch_args(cfg, dtype, allow_tf32, HW=hw, CIN=cin, COUT=cout)
+def head_kernel_args(cin: int, cout: int, hw: int, cfg: HeadConfig, dtype: torch.dtype, allow_tf32: bool,
+                     act: str = "relu6") -> dict:
+    return launch_args(cfg, dtype, allow_tf32, HW=hw, CIN=cin, COUT=cout, ACT=act)
 
 
 def linear_kernel_args(k: int, nout: int, cfg: LinearConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
@@ -118,11 +121,13 @@ def head_pool(
     weight: torch.Tensor,
     bias: torch.Tensor,
     *,
+    act: str = "relu6",
     config: HeadConfig | None = None,
     allow_tf32: bool | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """mean over H, W of relu6(conv1x1(x) + bias), BN folded into weight.
+    """mean over H, W of act(conv1x1(x) + bias), BN folded into weight; act "relu6"
+    (MobileNetV2), "relu" (MNASNet, MobileNetV4) or "none".
 
     x: [N, CIN, H, W] in channels_last memory;  weight: [CIN, COUT] in x's dtype;  bias: [COUT].
     Returns [N, COUT] (contiguous, x's dtype).  Scratch: none; the [N, COUT, H, W]
@@ -138,7 +143,7 @@ def head_pool(
     out = output(out, (n, cout), x, reads=(weight, bias))
     grid = (triton.cdiv(n, cfg.imgs), triton.cdiv(cout, cfg.block_n))
     launch(_head_pool_kernel, grid, x, weight, bias, out, n, cin,
-           **head_kernel_args(cin, cout, h * w, cfg, x.dtype, tf32(allow_tf32)))
+           **head_kernel_args(cin, cout, h * w, cfg, x.dtype, tf32(allow_tf32), check_act(act)))
     return out
 
 

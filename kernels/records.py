@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields, replace
 
 
 def output_size(size: int, stride: int) -> int:
-    """Output rows/columns of a 3x3 convolution with padding 1."""
+    """Output rows/columns of a k x k convolution with padding k // 2 (odd k), or TensorFlow's
+    "same" padding: ceil(size / stride) either way."""
     return (size - 1) // stride + 1
 
 
@@ -18,31 +19,54 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+ACTIVATIONS = ("relu6", "relu", "none")
+
+
 @dataclass(frozen=True)
 class BlockShape:
-    """One inverted-residual block: channels, stride, stages and input size.
+    """One block of the inverted-residual family: channels, stride, stages and input size.
+
+        y = [x +] act_proj(project(act_dw(depthwise_k(act_exp(expand(start_dw(x)))))))
+
+    MobileNetV2's block is the default (expand, 3x3 depthwise, ReLU6 after both, a linear
+    project); ``ksize`` 5 is MNASNet's and EfficientNet's 5x5; ``has_expand`` False a
+    depthwise-separable block (or t = 1); ``start_k`` a depthwise on the input before the
+    expand and ``ksize`` 0 none in the middle: MobileNetV4's Universal Inverted Bottleneck.
 
     Built from the model's table (`mnv2_fast.model.block_specs`, sized for a resolution),
-    parsed from a module (`mnv2_fast.fused.parse_inverted_residual`, size 0 x 0 until an
-    input arrives: `at(h, w)`), or by the launcher from its tensors.  Tuned tables and the
-    compiled-variant cache key on it; `index` (the block's place in the network, 0 when
-    unknown) is a label only and takes no part in comparisons.
+    parsed from a module (`mnv2_fast.adapters`, size 0 x 0 until an input arrives: `at(h, w)`),
+    or by the launcher from its tensors.  Tuned tables and the compiled-variant cache key on
+    it; `index` (the block's place in the network, 0 when unknown) is a label only and takes
+    no part in comparisons.
     """
 
     cin: int
     hidden: int  # expanded channels (= cin without an expand stage)
     cout: int
-    stride: int
+    stride: int  # the middle depthwise's, else the start depthwise's
     h: int  # input rows (0: not known yet)
     w: int  # input columns
-    has_expand: bool  # t > 1: an expand 1x1 conv precedes the depthwise
+    has_expand: bool  # an expand 1x1 conv precedes the depthwise
     residual: bool  # add the input (stride 1, cin == cout)
-    index: int = field(default=0, compare=False)  # 1-based position in features (features.<index>)
+    index: int = field(default=0, compare=False)  # 1-based position in the network (features.<index>)
+    ksize: int = 3  # middle depthwise kernel, 3 or 5; 0: none (UIB's FFN: two products per pixel)
+    start_k: int = 0  # start depthwise kernel (UIB, on the input, no activation), 3 or 5; 0: none
+    act_exp: str = "relu6"  # activation after the expand: relu6, relu or none
+    act_dw: str = "relu6"  # ... after the middle depthwise
+    act_proj: str = "none"  # ... after the project (depthwise-separable blocks may have one)
+    tf_same: bool = False  # TensorFlow "same" padding of a stride-2 depthwise (pad from the input size)
 
     @property
-    def t(self) -> int:
-        """The paper's expansion factor."""
-        return self.hidden // self.cin if self.has_expand else 1
+    def t(self) -> int | float:
+        """The paper's expansion factor (hidden / cin; a fraction when it is not a whole number)."""
+        if not self.has_expand:
+            return 1
+        return self.hidden // self.cin if self.hidden % self.cin == 0 else round(self.hidden / self.cin, 3)
+
+    @property
+    def staged(self) -> bool:
+        """Whether the kernel stages the expanded chunk for a middle depthwise (else: FFN)."""
+        return self.ksize > 0
 
     @property
     def ho(self) -> int:
@@ -57,9 +81,12 @@ class BlockShape:
         return replace(self, h=h, w=w)
 
     def region(self, tile_h: int, tile_w: int) -> tuple[int, int]:
-        """Input rows and columns a tile_h x tile_w output tile reads: the tile at the stride
-        plus the 3x3 stencil's one-pixel halo on each side (the zero padding included)."""
-        return (tile_h - 1) * self.stride + 3, (tile_w - 1) * self.stride + 3
+        """Input rows and columns a tile_h x tile_w output tile stages: the tile at the stride
+        plus the middle depthwise's halo (ksize // 2 on each side, the zero padding included).
+        Without a middle depthwise nothing is staged: the tile itself."""
+        if not self.staged:
+            return tile_h, tile_w
+        return (tile_h - 1) * self.stride + self.ksize, (tile_w - 1) * self.stride + self.ksize
 
     def tiles(self, cfg: "BlockConfig", n: int) -> int:
         """Output tiles of a batch of n: imgs x tile_h x tile_w pixels each."""
@@ -70,19 +97,47 @@ class BlockShape:
         sms multiprocessors at once (each then walks over several tiles)."""
         return min(self.tiles(cfg, n), cfg.programs_per_sm * sms)
 
+    def weight_elements(self) -> int:
+        """Folded weights, biases left out: start depthwise, expand, depthwise, project."""
+        return (self.start_k ** 2 * self.cin + self.hidden * (self.cin if self.has_expand else 0)
+                + self.ksize ** 2 * self.hidden + self.hidden * self.cout)
+
     def floor_bytes(self, batch: int, itemsize: int) -> int:
         """The fused floor: the input read once, the output written once, the weights read once."""
-        weights = self.hidden * (self.cin if self.has_expand else 0) + 9 * self.hidden + self.hidden * self.cout
-        return (batch * (self.h * self.w * self.cin + self.ho * self.wo * self.cout) + weights) * itemsize
+        return (batch * (self.h * self.w * self.cin + self.ho * self.wo * self.cout) + self.weight_elements()) \
+            * itemsize
 
     def flops(self, batch: int) -> int:
         """Multiply-adds x 2 of the unfused block (what any implementation must at least do)."""
-        expand = self.h * self.w * self.cin * self.hidden if self.has_expand else 0
-        return 2 * batch * (expand + self.ho * self.wo * self.hidden * (9 + self.cout))
+        expand_at = (self.h * self.w) if self.staged else (self.ho * self.wo)  # the start depthwise's stride
+        start = expand_at * self.cin * self.start_k ** 2
+        expand = expand_at * self.cin * self.hidden if self.has_expand else 0
+        return 2 * batch * (start + expand + self.ho * self.wo * self.hidden * (self.ksize ** 2 + self.cout))
 
     def to_dict(self) -> dict:
         """The fields a tuned table keys on (the label left out)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
+
+    def check(self) -> None:
+        """Refuse a combination the kernel does not compute."""
+        if self.stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {self.stride}")
+        if self.ksize not in (0, 3, 5) or self.start_k not in (0, 3, 5):
+            raise ValueError(f"depthwise kernels must be 3 or 5 (0: none), got {self.ksize} and start {self.start_k}")
+        for name in ("act_exp", "act_dw", "act_proj"):
+            if getattr(self, name) not in ACTIVATIONS:
+                raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {getattr(self, name)!r}")
+        if not self.staged and not self.has_expand:
+            raise ValueError("a block without a middle depthwise needs an expand (it would be a 1x1 conv)")
+        if self.start_k and not self.has_expand:
+            raise ValueError("a start depthwise needs an expand after it")
+        if self.stride == 2 and not (self.ksize or self.start_k):
+            raise ValueError("stride 2 needs a depthwise (the middle one, else the start one)")
+        if self.tf_same and not self.staged:
+            raise ValueError("TensorFlow 'same' padding applies to the middle depthwise, and there is none")
+        if self.residual and (self.stride != 1 or self.cin != self.cout):
+            raise ValueError(f"a residual needs stride 1 and CIN == COUT; got stride {self.stride}, "
+                             f"{self.cin} -> {self.cout}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,9 +205,16 @@ class BlockConfig(LaunchConfig):
                              f"programs_per_sm={self.programs_per_sm} is invalid")
         if self.maxnreg is not None and not 24 <= self.maxnreg <= 255:
             raise ValueError(f"config maxnreg={self.maxnreg} must be in 24..255")
-        if self.stage_image and (shape.stride != 1 or self.tile_h < shape.ho or self.tile_w < shape.wo):
-            raise ValueError(f"config stage_image needs stride 1 and a tile covering the image; got stride "
-                             f"{shape.stride}, tile {self.tile_h}x{self.tile_w} for {shape.ho}x{shape.wo} outputs")
+        if self.stage_image and (shape.stride != 1 or not shape.staged or shape.start_k
+                                 or self.tile_h < shape.ho or self.tile_w < shape.wo):
+            raise ValueError(f"config stage_image needs stride 1 and a tile covering the image (and a middle depthwise, "
+                             f"no start one); got stride {shape.stride}, tile {self.tile_h}x{self.tile_w} for "
+                             f"{shape.ho}x{shape.wo} outputs, ksize {shape.ksize}, start_k {shape.start_k}")
+        if self.join_pairs and not shape.staged:
+            raise ValueError("config join_pairs needs a middle depthwise (the staged path)")
+        if shape.start_k and shape.staged and not self.x_resident:
+            raise ValueError("config x_resident=False: a start depthwise is computed once per tile, so its input "
+                             "must stay resident")
 
 
 def _check_pow2(cfg: LaunchConfig, **values: int) -> None:

@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INT32_MAX, _relu6, check_activation, check_weight, launch, launch_args, output, tf32
+from ._common import (INT32_MAX, _activation, check_act, check_activation, check_weight, launch, launch_args, output,
+                      tf32)
 from .choice import choose_stem_config
 from .records import StemConfig, output_size
 
@@ -83,6 +84,8 @@ def _stem_kernel(
     CIN: tl.constexpr,  # input channels (3 for images)
     COUT: tl.constexpr,  # output channels
     STRIDE: tl.constexpr,  # convolution stride
+    ACT: tl.constexpr,  # activation: "relu6" (MobileNetV2), "relu" (MNASNet, MobileNetV4) or "none"
+    TF_SAME: tl.constexpr,  # TensorFlow "same" padding (top/left pad from the input size), else 1
     SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr,  # input strides within an image (elements)
     TILE_H: tl.constexpr,  # output tile rows ...
     TILE_W: tl.constexpr,  # ... and columns per program (TILE_H * TILE_W a power of two)
@@ -96,8 +99,12 @@ def _stem_kernel(
     oh = tl.program_id(1) * TILE_H + tl.arange(0, TILE_H * TILE_W) // TILE_W
     ow = tl.program_id(0) // CO_BLOCKS * TILE_W + tl.arange(0, TILE_H * TILE_W) % TILE_W
     pix_ok = (oh < HO) & (ow < WO)
-    ih0 = oh * STRIDE - 1
-    iw0 = ow * STRIDE - 1
+    if TF_SAME:  # the total padding split with the odd pixel at the bottom/right
+        ih0 = oh * STRIDE - tl.maximum((HO - 1) * STRIDE + 3 - H, 0) // 2
+        iw0 = ow * STRIDE - tl.maximum((WO - 1) * STRIDE + 3 - W, 0) // 2
+    else:
+        ih0 = oh * STRIDE - 1
+        iw0 = ow * STRIDE - 1
     pix = ih0 * SXH + iw0 * SXW  # within the image: int32 (the launcher checks the span)
     x_img = x_ptr + n.to(tl.int64) * sxn
     co = tl.program_id(0) % CO_BLOCKS * BLOCK_CO + tl.arange(0, BLOCK_CO)
@@ -110,7 +117,7 @@ def _stem_kernel(
         k = k0 + tl.arange(0, BLOCK_K)
         wk = tl.load(w_ptr + k[:, None] * COUT + co[None, :], mask=(k < CIN * 9)[:, None] & co_ok[None, :], other=0.0)
         acc = tl.dot(cols, wk, acc, input_precision=DOT_PRECISION)
-    acc = _relu6(acc + tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :])
+    acc = _activation(acc + tl.load(b_ptr + co, mask=co_ok, other=0.0).to(tl.float32)[None, :], ACT)
     y_img = y_ptr + n.to(tl.int64) * HO * WO * COUT
     y_off = (oh * WO + ow) * COUT
     tl.store(y_img + y_off[:, None] + co[None, :], acc.to(y_ptr.dtype.element_ty), mask=pix_ok[:, None] & co_ok[None, :])
@@ -123,12 +130,12 @@ def stem_block_k(cin: int) -> int:
 
 
 def stem_kernel_args(cin: int, cout: int, stride: int, cfg: StemConfig, dtype: torch.dtype, allow_tf32: bool,
-                     x_strides: tuple[int, int, int]) -> dict:
+                     x_strides: tuple[int, int, int], act: str = "relu6", tf_same: bool = False) -> dict:
     """x_strides: the input's channel, row and column strides (elements), which the kernel is
     specialised on."""
     sxc, sxh, sxw = x_strides
-    return launch_args(cfg, dtype, allow_tf32, CIN=cin, COUT=cout, STRIDE=stride, SXC=sxc, SXH=sxh, SXW=sxw,
-                       BLOCK_K=stem_block_k(cin))
+    return launch_args(cfg, dtype, allow_tf32, CIN=cin, COUT=cout, STRIDE=stride, ACT=act, TF_SAME=tf_same, SXC=sxc,
+                       SXH=sxh, SXW=sxw, BLOCK_K=stem_block_k(cin))
 
 
 def stem_conv(
@@ -137,14 +144,19 @@ def stem_conv(
     bias: torch.Tensor,
     *,
     stride: int = 2,
+    act: str = "relu6",
+    tf_same: bool = False,
     config: StemConfig | None = None,
     allow_tf32: bool | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """relu6(conv3x3(x, weight, stride, padding 1) + bias) with a BN-folded weight.
+    """act(conv3x3(x, weight, stride, padding 1) + bias) with a BN-folded weight.
 
     x:      [N, CIN, H, W], any memory format; float16, bfloat16 or float32.
     weight: [CIN*9, COUT] in x's dtype, row ci*9 + kh*3 + kw;  bias: [COUT].
+    act:    "relu6" (MobileNetV2), "relu" (MNASNet, MobileNetV4) or "none".
+    tf_same: TensorFlow's "same" padding (timm's tf_ models: at stride 2 the top/left pad is
+            0 for an even size) instead of 1 on every side.
     Returns [N, COUT, HO, WO] in channels_last memory, HO = (H - 1) // stride + 1.
     The kernel is compiled once per input stride pattern (NCHW, channels_last, ...) and size.
     """
@@ -158,7 +170,7 @@ def stem_conv(
                          "than 2^31 elements; the stem indexes within an image in 32 bits")
     cfg = config or choose_stem_config(cout, x.device)
     out = output(out, (n, cout, ho, wo), x, reads=(weight, bias))
-    args = stem_kernel_args(cin, cout, stride, cfg, x.dtype, tf32(allow_tf32), strides)
+    args = stem_kernel_args(cin, cout, stride, cfg, x.dtype, tf32(allow_tf32), strides, check_act(act), tf_same)
     tiles = triton.cdiv(wo, cfg.tile_w) * triton.cdiv(cout, cfg.block_co), triton.cdiv(ho, cfg.tile_h)
     for i in range(0, n, _MAX_GRID_Z):  # grid axis 2 holds the images: at most 65535 per launch
         batch = min(n - i, _MAX_GRID_Z)

@@ -19,18 +19,13 @@ state_dicts hold the folded weights: load trained weights into the unfused model
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from . import ops
+from .adapters import BlockDesc, Stage, UnsupportedBlockError, check_conv, conv_bn_act, describe_block, is_block
 from .folding import check_eval, fold_bn
 from .ops import BACKENDS, check_backend, use_triton  # noqa: F401 (part of this module's interface)
-
-if TYPE_CHECKING:
-    from .kernels import BlockShape
 
 __all__ = [
     "BACKENDS",
@@ -44,12 +39,9 @@ __all__ = [
     "is_inverted_residual",
     "parse_inverted_residual",
 ]
+# (UnsupportedBlockError lives in mnv2_fast.adapters, where blocks are read; re-exported here.)
 
 INFERENCE_ONLY = "inference only: wrap the call in torch.no_grad() or torch.inference_mode()"
-
-
-class UnsupportedBlockError(ValueError):
-    """A module looks like an inverted-residual block but the fused kernel cannot compute it."""
 
 
 def _kernels():
@@ -74,89 +66,34 @@ def check_input(x: torch.Tensor, channels: int, like: torch.Tensor, what: str) -
         raise ValueError(f"{what} got an empty input of shape {tuple(x.shape)}")
 
 
-def _is_relu6(m: nn.Module) -> bool:
-    if isinstance(m, nn.ReLU6):
-        return True
-    return isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0
+def _stage(seq: nn.Module | Stage, what: str, kernel: int) -> Stage:
+    """A stem or head: a Stage, or a Sequential of Conv2d, BatchNorm2d, activation (ReLU6 or ReLU;
+    timm's BatchNormAct2d carries it), with a dense kernel x kernel conv."""
+    stage = seq if isinstance(seq, Stage) else conv_bn_act(list(seq.children()) if isinstance(seq, nn.Sequential)
+                                                           else [seq], what)
+    check_conv(stage.conv, what, kernel=(kernel,), depthwise=False, strides=(1, 2) if kernel > 1 else (1,))
+    if stage.bn is None:
+        raise UnsupportedBlockError(f"{what}: expected a BatchNorm after the conv")
+    return stage
 
 
-def _conv_bn(seq: nn.Module, what: str, *, act: bool) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    """A Conv2d -> BatchNorm2d [-> ReLU6] sequence, as torchvision's Conv2dNormActivation."""
-    mods = list(seq.children()) if isinstance(seq, nn.Sequential) else [seq]
-    if len(mods) != (3 if act else 2) or not isinstance(mods[0], nn.Conv2d) or not isinstance(mods[1], nn.BatchNorm2d):
-        raise UnsupportedBlockError(f"{what}: expected Conv2d, BatchNorm2d{', ReLU6' if act else ''}; got {[type(m).__name__ for m in mods]}")
-    if act and not _is_relu6(mods[2]):
-        raise UnsupportedBlockError(f"{what}: activation {type(mods[2]).__name__} is not ReLU6")
-    return mods[0], mods[1]
-
-
-def _check_conv(conv: nn.Conv2d, what: str, *, kernel: int, groups: int, strides: tuple[int, ...]) -> None:
-    problems = []
-    if conv.kernel_size != (kernel, kernel):
-        problems.append(f"kernel {conv.kernel_size} (need {kernel}x{kernel})")
-    if conv.groups != groups:
-        problems.append(f"groups={conv.groups} (need {groups})")
-    if conv.stride[0] != conv.stride[1] or conv.stride[0] not in strides:
-        problems.append(f"stride {conv.stride} (need one of {strides})")
-    if conv.dilation != (1, 1):
-        problems.append(f"dilation {conv.dilation}")
-    if conv.padding != ((kernel - 1) // 2,) * 2 or conv.padding_mode != "zeros":
-        problems.append(f"padding {conv.padding} ({conv.padding_mode})")
-    if problems:
-        raise UnsupportedBlockError(f"{what}: " + ", ".join(problems))
+_ACT_TEXT = {"relu6": "ReLU6", "relu": "ReLU", "none": "no activation"}
 
 
 def is_inverted_residual(m: nn.Module) -> bool:
-    """torchvision-style InvertedResidual: a `conv` Sequential and a `use_res_connect` flag."""
-    return type(m).__name__ == "InvertedResidual" and isinstance(getattr(m, "conv", None), nn.Sequential)
+    """A block of the inverted-residual family that some adapter (mnv2_fast.adapters) recognises:
+    torchvision's MobileNetV2/V3 InvertedResidual and MNASNet block, timm's inverted residual,
+    depthwise-separable and UIB blocks; fusable or not."""
+    return is_block(m)
 
 
-@dataclass
-class ParsedBlock:
-    """A block read out of a module: its record (size unknown: 0 x 0) and its three stages."""
-
-    spec: BlockShape
-    expand: tuple[nn.Conv2d, nn.BatchNorm2d] | None
-    depthwise: tuple[nn.Conv2d, nn.BatchNorm2d]
-    project: tuple[nn.Conv2d, nn.BatchNorm2d]
-
-
-def parse_inverted_residual(block: nn.Module) -> ParsedBlock:
-    """Read expand / depthwise / project out of a torchvision-style block, or say why not."""
-    if not is_inverted_residual(block):
-        raise UnsupportedBlockError(f"{type(block).__name__} is not an InvertedResidual block")
-    layers = list(block.conv.children())
-    if len(layers) == 4:
-        expand = _conv_bn(layers[0], "expand", act=True)
-        layers = layers[1:]
-    elif len(layers) == 3:
-        expand = None
-    else:
-        raise UnsupportedBlockError(f"InvertedResidual.conv has {len(layers)} layers; expected 3 (t = 1) or 4")
-    depthwise = _conv_bn(layers[0], "depthwise", act=True)
-    project = _conv_bn(nn.Sequential(layers[1], layers[2]), "project", act=False)
-    dw = depthwise[0]
-    hidden = dw.in_channels
-    _check_conv(dw, "depthwise", kernel=3, groups=hidden, strides=(1, 2))
-    if dw.out_channels != hidden:
-        raise UnsupportedBlockError(f"depthwise: {dw.in_channels} -> {dw.out_channels} channels is not depthwise")
-    if expand is not None:
-        _check_conv(expand[0], "expand", kernel=1, groups=1, strides=(1,))
-        if expand[0].out_channels != hidden:
-            raise UnsupportedBlockError(f"expand gives {expand[0].out_channels} channels, depthwise takes {hidden}")
-        cin = expand[0].in_channels
-    else:
-        cin = hidden
-    _check_conv(project[0], "project", kernel=1, groups=1, strides=(1,))
-    if project[0].in_channels != hidden:
-        raise UnsupportedBlockError(f"project takes {project[0].in_channels} channels, depthwise gives {hidden}")
-    cout = project[0].out_channels
-    stride = dw.stride[0]
-    residual = bool(getattr(block, "use_res_connect", stride == 1 and cin == cout))
-    if residual and (stride != 1 or cin != cout):
-        raise UnsupportedBlockError(f"use_res_connect is set but stride={stride}, {cin} -> {cout} channels")
-    spec = _kernels().BlockShape(cin, hidden, cout, stride, 0, 0, expand is not None, residual)
-    return ParsedBlock(spec, expand, depthwise, project)
+def parse_inverted_residual(block: nn.Module) -> BlockDesc:
+    """The normalised description of a block (mnv2_fast.adapters), or say why it has none."""
+    desc = describe_block(block)
+    if desc is None:
+        raise UnsupportedBlockError(f"{type(block).__name__} is not an InvertedResidual block (nor another block "
+                                    "of the inverted-residual family: see mnv2_fast.adapters)")
+    return desc
 
 
 class FusedPart(nn.Module):
@@ -234,35 +171,68 @@ class FusedPart(nn.Module):
 
 
 class FusedInvertedResidual(FusedPart):
-    """One MobileNetV2 block, BN folded, computed in a single Triton kernel (or folded PyTorch).
+    """One block of the inverted-residual family, BN folded, computed in a single Triton kernel
+    (or folded PyTorch): MobileNetV2's, MNASNet's and EfficientNet's inverted residuals (3x3 or
+    5x5, ReLU6 or ReLU), depthwise-separable blocks, MobileNetV4's UIB blocks.
 
-    Buffers, in kernel layout: w_exp [cin, hidden], b_exp; w_dw [9, hidden], b_dw;
-    w_proj [hidden, cout], b_proj.  ``spec``: the block's record (channels, stride, stages).
-    Output: channels_last memory, like cuDNN's.
+    Built from a module (any block an adapter of mnv2_fast.adapters reads) or from its
+    BlockDesc.  Buffers, in kernel layout: w_start [s*s, cin], b_start (UIB's start
+    depthwise); w_exp [cin, hidden], b_exp; w_dw [k*k, hidden], b_dw; w_proj [hidden, cout],
+    b_proj (a layer scale folded in); absent stages are None.  ``spec``: the block's record
+    (channels, stride, stages, activations).  Output: channels_last memory, like cuDNN's.
     """
 
-    def __init__(self, block: nn.Module, backend: str = "auto"):
+    def __init__(self, block: nn.Module | BlockDesc, backend: str = "auto"):
         super().__init__(backend)
-        p = parse_inverted_residual(block)
-        check_eval(block, type(block).__name__)
-        self.spec = s = p.spec
-        if p.expand is not None:
-            w, b = fold_bn(*p.expand)
-            self.register_buffer("w_exp", w.reshape(s.hidden, s.cin).t().contiguous())
-            self.register_buffer("b_exp", b)
+        if isinstance(block, BlockDesc):
+            p = block
+            for stage in (p.start, p.expand, p.depthwise, p.project):
+                if stage is not None:
+                    check_eval(stage.bn or stage.conv, stage.what)
         else:
-            self.w_exp = self.b_exp = None
-        w, b = fold_bn(*p.depthwise)
-        self.register_buffer("w_dw", w.reshape(s.hidden, 9).t().contiguous())
-        self.register_buffer("b_dw", b)
-        w, b = fold_bn(*p.project)
-        self.register_buffer("w_proj", w.reshape(s.cout, s.hidden).t().contiguous())
-        self.register_buffer("b_proj", b)
+            p = parse_inverted_residual(block)
+            check_eval(block, type(block).__name__)
+        self.spec = s = p.spec
+        self.kind = p.kind
+
+        def stage(names: tuple[str, str], st, rows: int, cols: int) -> None:
+            if st is None:
+                setattr(self, names[0], None)
+                setattr(self, names[1], None)
+                return
+            w, b = st.folded()  # float64; cast below with the module
+            dt = st.conv.weight.dtype
+            self.register_buffer(names[0], w.reshape(cols, rows).t().contiguous().to(dt))
+            self.register_buffer(names[1], b.to(dt))
+
+        stage(("w_start", "b_start"), p.start, s.start_k ** 2, s.cin)
+        stage(("w_exp", "b_exp"), p.expand, s.cin, s.hidden)
+        stage(("w_dw", "b_dw"), p.depthwise, s.ksize ** 2, s.hidden)
+        w, b = p.project.folded()
+        if p.layer_scale is not None:  # y = gamma * project(h): a per-channel scale of the project
+            gamma = p.layer_scale.double()
+            w, b = w * gamma[:, None, None, None], b * gamma
+        dt = p.project.conv.weight.dtype
+        self.register_buffer("w_proj", w.reshape(s.cout, s.hidden).t().contiguous().to(dt))
+        self.register_buffer("b_proj", b.to(dt))
         self.config = None  # a kernels.BlockConfig to pin the launch; None = tuned table / heuristic
 
     def computes(self) -> str:
         s = self.spec
-        return f"{s.cin} -> {s.hidden} (t={s.t}) -> {s.cout}, stride {s.stride}" + (", +x" if s.residual else "")
+        parts = [f"{s.cin} -> {s.hidden} (t={s.t}) -> {s.cout}"]
+        if s.start_k:
+            parts.append(f"start depthwise {s.start_k}x{s.start_k}")
+        if s.ksize:
+            parts.append(f"{s.ksize}x{s.ksize} depthwise" + (" (TF same padding)" if s.tf_same else ""))
+        parts.append(f"stride {s.stride}")
+        acts = {a for a in (s.act_exp if s.has_expand else None, s.act_dw if s.ksize else None) if a}
+        if acts != {"relu6"}:
+            parts.append("/".join(sorted(acts)))
+        if s.act_proj != "none":
+            parts.append(f"{s.act_proj} after the project")
+        if self.kind not in ("inverted residual",):
+            parts.append(self.kind)
+        return ", ".join(parts) + (", +x" if s.residual else "")
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.spec.cin, self.w_proj, "FusedInvertedResidual")
@@ -270,11 +240,15 @@ class FusedInvertedResidual(FusedPart):
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         return self.call("inverted_residual", x, self.w_exp, self.b_exp, self.w_dw, self.b_dw, self.w_proj,
-                         self.b_proj, s.stride, s.residual, self.backend, config=self.config)
+                         self.b_proj, s.stride, s.residual, self.backend, s.act_exp, s.act_dw, s.act_proj,
+                         self.w_start, self.b_start, s.tf_same, config=self.config)
 
 
 def fuse_block(block: nn.Module, backend: str = "auto") -> FusedInvertedResidual:
-    """Fuse a torchvision-style InvertedResidual (eval mode) into one-kernel form.
+    """Fuse one block of the inverted-residual family (eval mode) into one-kernel form:
+    torchvision's InvertedResidual (MobileNetV2; MobileNetV3's without squeeze-excite) and
+    MNASNet block, timm's InvertedResidual, DepthwiseSeparableConv and
+    UniversalInvertedResidual (see mnv2_fast.adapters).
 
     backend: "triton" (the fused kernel), "torch" (folded PyTorch) or "auto" (Triton for
     CUDA tensors).  Raises UnsupportedBlockError for blocks the kernel cannot compute.
@@ -283,49 +257,53 @@ def fuse_block(block: nn.Module, backend: str = "auto") -> FusedInvertedResidual
 
 
 class FusedStem(FusedPart):
-    """3x3 stride-2 conv + BN + ReLU6 as one kernel; reads NCHW or channels_last input."""
+    """3x3 stride-2 conv + BN + ReLU6 (or ReLU) as one kernel; reads NCHW or channels_last input.
+    TensorFlow's "same" padding (timm's tf_ models, Conv2dSame) too."""
 
-    def __init__(self, seq: nn.Module, backend: str = "auto"):
+    def __init__(self, seq: nn.Module | Stage, backend: str = "auto"):
         super().__init__(backend)
-        conv, bn = _conv_bn(seq, "stem", act=True)
-        _check_conv(conv, "stem", kernel=3, groups=1, strides=(1, 2))
+        stage = _stage(seq, "stem", 3)
+        conv = stage.conv
         self.cin, self.cout, self.stride = conv.in_channels, conv.out_channels, conv.stride[0]
-        w, b = fold_bn(conv, bn)
+        self.act, self.tf_same = stage.act, stage.tf_same()
+        w, b = fold_bn(conv, stage.bn)
         self.register_buffer("weight", w.reshape(self.cout, self.cin * 9).t().contiguous())
         self.register_buffer("bias", b)
 
     def computes(self) -> str:
-        return f"3x3 conv stride {self.stride} + BN + ReLU6, reads NCHW or NHWC"
+        pad = " (TF same padding)" if self.tf_same else ""
+        return f"3x3 conv stride {self.stride}{pad} + BN + {_ACT_TEXT[self.act]}, reads NCHW or NHWC"
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.cin, self.weight, "the model")
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        return self.call("stem_conv", x, self.weight, self.bias, self.stride, self.backend)
+        return self.call("stem_conv", x, self.weight, self.bias, self.stride, self.backend, self.act, self.tf_same)
 
 
 class FusedHead(FusedPart):
-    """1x1 conv + BN + ReLU6 + global average pool as one kernel; returns [N, C, 1, 1].
+    """1x1 conv + BN + ReLU6 (or ReLU) + global average pool as one kernel; returns [N, C, 1, 1].
 
     The [N, C, H, W] activation of the 1x1 conv is never written: only its mean is."""
 
-    def __init__(self, seq: nn.Module, backend: str = "auto"):
+    def __init__(self, seq: nn.Module | Stage, backend: str = "auto"):
         super().__init__(backend)
-        conv, bn = _conv_bn(seq, "head", act=True)
-        _check_conv(conv, "head", kernel=1, groups=1, strides=(1,))
-        self.cin, self.cout = conv.in_channels, conv.out_channels
-        w, b = fold_bn(conv, bn)
+        stage = _stage(seq, "head", 1)
+        conv = stage.conv
+        self.cin, self.cout, self.act = conv.in_channels, conv.out_channels, stage.act
+        w, b = fold_bn(conv, stage.bn)
         self.register_buffer("weight", w.reshape(self.cout, self.cin).t().contiguous())
         self.register_buffer("bias", b)
 
     def computes(self) -> str:
-        return f"1x1 conv {self.cin} -> {self.cout} + BN + ReLU6 + global average pool (the full map is never written)"
+        return (f"1x1 conv {self.cin} -> {self.cout} + BN + {_ACT_TEXT[self.act]} + global average pool "
+                "(the full map is never written)")
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.cin, self.weight, "FusedHead")
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        return self.call("head_pool", x, self.weight, self.bias, self.backend)[:, :, None, None]
+        return self.call("head_pool", x, self.weight, self.bias, self.backend, self.act)[:, :, None, None]
 
 
 class FusedLinear(FusedPart):

@@ -1,10 +1,15 @@
 """The fused parts as registered operators, so that torch.compile, torch.export and
 AOTInductor keep each one as one node instead of tracing into Triton's launcher:
 
-    mnv2_fast::stem_conv(x, weight, bias, stride, backend)
-    mnv2_fast::inverted_residual(x, w_exp?, b_exp?, w_dw, b_dw, w_proj, b_proj, stride, residual, backend)
-    mnv2_fast::head_pool(x, weight, bias, backend)          [N, COUT] (the module adds the 1 x 1)
+    mnv2_fast::stem_conv(x, weight, bias, stride, backend, act="relu6", tf_same=False)
+    mnv2_fast::inverted_residual(x, w_exp?, b_exp?, w_dw?, b_dw?, w_proj, b_proj, stride, residual, backend,
+                                 act_exp="relu6", act_dw="relu6", act_proj="none", w_start?, b_start?,
+                                 tf_same=False)
+    mnv2_fast::head_pool(x, weight, bias, backend, act="relu6")   [N, COUT] (the module adds the 1 x 1)
     mnv2_fast::linear(a, weight, bias, backend)
+
+(the trailing arguments carry the inverted-residual family: activations, 5x5 and start
+depthwise, TensorFlow "same" padding; their defaults are MobileNetV2's.)
 
 The weights are the folded ones, in the launchers' layouts (kernels/); `backend` is the
 fused module's ("auto", "triton", "torch"), resolved per call from the input's device as
@@ -108,29 +113,31 @@ def _kernel_layout(y: torch.Tensor) -> torch.Tensor:
 # Each: the launcher (kernels/) on the Triton path, the folded PyTorch twin
 # (kernels/reference.py) otherwise.  Modules call these directly when not traced.
 
-def stem_conv(x, weight, bias, stride: int, backend: str) -> torch.Tensor:
+def stem_conv(x, weight, bias, stride: int, backend: str, act: str = "relu6", tf_same: bool = False) -> torch.Tensor:
     if use_triton(backend, x):
-        return kernels().stem_conv(x, weight, bias, stride=stride)
+        return kernels().stem_conv(x, weight, bias, stride=stride, act=act, tf_same=tf_same)
     # The output in NHWC, as the kernel's: cheaper to convert the 3-channel input than the result.
     x = x.contiguous(memory_format=_CL)
-    return _kernel_layout(kernels().reference.stem_conv(x, weight, bias, stride=stride))
+    return _kernel_layout(kernels().reference.stem_conv(x, weight, bias, stride=stride, act=act, tf_same=tf_same))
 
 
 def inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, stride: int, residual: bool, backend: str,
-                      config=None) -> torch.Tensor:
+                      act_exp: str = "relu6", act_dw: str = "relu6", act_proj: str = "none", w_start=None,
+                      b_start=None, tf_same: bool = False, config=None) -> torch.Tensor:
     """config: a kernels.BlockConfig pinning the launch (eager calls only; None: the tuned
     table or the heuristic, as the op does)."""
+    family = dict(stride=stride, residual=residual, act_exp=act_exp, act_dw=act_dw, act_proj=act_proj,
+                  w_start=w_start, b_start=b_start, tf_same=tf_same)
     if use_triton(backend, x):
         return kernels().inverted_residual(x.contiguous(memory_format=_CL), w_exp, b_exp, w_dw, b_dw, w_proj, b_proj,
-                                           stride=stride, residual=residual, config=config)
-    return _kernel_layout(kernels().reference.inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj,
-                                                                stride=stride, residual=residual))
+                                           **family, config=config)
+    return _kernel_layout(kernels().reference.inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, **family))
 
 
-def head_pool(x, weight, bias, backend: str) -> torch.Tensor:
+def head_pool(x, weight, bias, backend: str, act: str = "relu6") -> torch.Tensor:
     if use_triton(backend, x):
-        return kernels().head_pool(x.contiguous(memory_format=_CL), weight, bias)
-    return _kernel_layout(kernels().reference.head_pool(x, weight, bias))
+        return kernels().head_pool(x.contiguous(memory_format=_CL), weight, bias, act=act)
+    return _kernel_layout(kernels().reference.head_pool(x, weight, bias, act=act))
 
 
 def linear(a, weight, bias, backend: str) -> torch.Tensor:
@@ -152,19 +159,21 @@ def _nhwc(x: torch.Tensor, n, c, h, w) -> torch.Tensor:
     return torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=_CL)
 
 
-def _fake_stem_conv(x, weight, bias, stride, backend):
+# (TensorFlow's "same" padding gives the same output size as k // 2: ceil(size / stride).)
+def _fake_stem_conv(x, weight, bias, stride, backend, act="relu6", tf_same=False):
     use_triton(backend, x)
     n, _, h, w = x.shape
     return _nhwc(x, n, weight.shape[1], _out_size(h, stride), _out_size(w, stride))
 
 
-def _fake_inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, stride, residual, backend):
+def _fake_inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, stride, residual, backend, act_exp="relu6",
+                            act_dw="relu6", act_proj="none", w_start=None, b_start=None, tf_same=False):
     use_triton(backend, x)
     n, _, h, w = x.shape
     return _nhwc(x, n, w_proj.shape[1], _out_size(h, stride), _out_size(w, stride))
 
 
-def _fake_head_pool(x, weight, bias, backend):
+def _fake_head_pool(x, weight, bias, backend, act="relu6"):
     use_triton(backend, x)
     return x.new_empty((x.shape[0], weight.shape[1]))
 
@@ -201,13 +210,15 @@ def _register(name: str, schema: str, impl, fake):
     return op
 
 
-_register("stem_conv", "(Tensor x, Tensor weight, Tensor bias, int stride, str backend) -> Tensor",
-          stem_conv, _fake_stem_conv)
+_register("stem_conv", "(Tensor x, Tensor weight, Tensor bias, int stride, str backend, str act=\"relu6\", "
+          "bool tf_same=False) -> Tensor", stem_conv, _fake_stem_conv)
 _register("inverted_residual",
-          "(Tensor x, Tensor? w_exp, Tensor? b_exp, Tensor w_dw, Tensor b_dw, Tensor w_proj, Tensor b_proj, int stride, "
-          "bool residual, str backend) -> Tensor",
+          "(Tensor x, Tensor? w_exp, Tensor? b_exp, Tensor? w_dw, Tensor? b_dw, Tensor w_proj, Tensor b_proj, "
+          "int stride, bool residual, str backend, str act_exp=\"relu6\", str act_dw=\"relu6\", "
+          "str act_proj=\"none\", Tensor? w_start=None, Tensor? b_start=None, bool tf_same=False) -> Tensor",
           inverted_residual, _fake_inverted_residual)
-_register("head_pool", "(Tensor x, Tensor weight, Tensor bias, str backend) -> Tensor", head_pool, _fake_head_pool)
+_register("head_pool", "(Tensor x, Tensor weight, Tensor bias, str backend, str act=\"relu6\") -> Tensor", head_pool,
+          _fake_head_pool)
 _register("linear", "(Tensor a, Tensor weight, Tensor bias, str backend) -> Tensor", linear, _fake_linear)
 
 # name -> the registered op's overload (what graphs hold: torch.ops.mnv2_fast.<name>.default)

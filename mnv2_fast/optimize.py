@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .adapters import Part, model_layout
 from .folding import check_eval
 from .fused import (
     FusedHead,
@@ -35,6 +36,7 @@ class FusionEntry:
     part: str  # stem, block, head, classifier, other; identity: a module nothing runs for (dropout)
     fused: bool
     detail: str  # what runs there, or why it is not fused
+    absorbed: tuple[str, ...] = ()  # modules folded into this part (now nn.Identity): its BN, its activation
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,9 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, name, new)
 
 
-def _try_fuse(root, path, make, part, backend, entries) -> None:
-    """Replace root.<path> by make(); with backend='triton' an unsupported part is an error."""
+def _try_fuse(root, path, make, part, backend, entries, absorbed: tuple[str, ...] = ()) -> None:
+    """Replace root.<path> by make() (and the modules it absorbs by nn.Identity); with
+    backend='triton' an unsupported part is an error."""
     try:
         new = make()
     except UnsupportedBlockError as err:
@@ -82,13 +85,36 @@ def _try_fuse(root, path, make, part, backend, entries) -> None:
         entries.append(FusionEntry(path, part, False, f"kept as PyTorch: {err}"))
         return
     _replace(root, path, new)
-    entries.append(FusionEntry(path, part, True, new.describe()))
+    for other in absorbed:
+        _replace(root, other, nn.Identity())
+    entries.append(FusionEntry(path, part, True, new.describe(), absorbed))
 
 
 def _fuse_blocks(model: nn.Module, names: list[str], backend: str, entries: list[FusionEntry]) -> None:
     for path in names:
         block = model.get_submodule(path)
         _try_fuse(model, path, lambda b=block: FusedInvertedResidual(b, backend), "block", backend, entries)
+
+
+_FUSED = {"stem": FusedStem, "block": FusedInvertedResidual, "head": FusedHead, "classifier": FusedLinear}
+
+
+def _fuse_layout(model: nn.Module, parts: list[Part], backend: str, entries: list[FusionEntry]) -> None:
+    """A known model of another family (mnv2_fast.adapters.model_layout): each part fused where
+    the kernels compute it; what a fused part absorbs (the BatchNorm and activation modules
+    after its conv) becomes nn.Identity."""
+    for p in parts:
+        if p.part in _FUSED:
+            _try_fuse(model, p.path, lambda p=p: _FUSED[p.part](p.source(), backend), p.part, backend, entries,
+                      p.absorbed)
+            fused = entries[-1].fused
+            for path in p.absorbed:
+                entries.append(FusionEntry(path, "identity", False, f"folded into {p.path}: nothing runs") if fused
+                               else FusionEntry(path, "other", False, f"kept as PyTorch, with {p.path}"))
+        elif p.part == "identity":
+            entries.append(FusionEntry(p.path, "identity", False, p.note))
+        else:
+            entries.append(FusionEntry(p.path, "other", False, f"kept as PyTorch: {p.note}"))
 
 
 def _is_known_mobilenet_v2(model: nn.Module) -> bool:
@@ -143,17 +169,23 @@ def _no_blocks_error(model: nn.Module) -> ValueError:
     if not kinds:
         return ValueError(f"{name} contains no InvertedResidual blocks: nothing to fuse")
     found = ", ".join(f"{n} x {kind}" for kind, n in kinds.most_common())
-    return ValueError(f"{name} contains no MobileNetV2 InvertedResidual blocks (a `conv` Sequential of expand "
-                      f"1x1, depthwise 3x3, project 1x1 with ReLU6); it has {found}: those are not supported yet")
+    return ValueError(f"{name} contains no InvertedResidual blocks of the family the kernels compute "
+                      f"(torchvision's MobileNetV2/V3 and MNASNet blocks, timm's inverted residual, "
+                      f"depthwise-separable and UIB blocks); it has {found}: those are not supported yet")
 
 
 def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, cuda_graph: bool = False) -> nn.Module:
-    """Return ``model`` with its MobileNetV2 parts running on fused kernels.
+    """Return ``model`` with its MobileNetV2 (and inverted-residual family) parts running on
+    fused kernels.
 
     model:    torchvision's ``mobilenet_v2`` (any width, any number of classes, any input
-              size), ``mnv2_fast.mobilenet_v2``, or any module containing torchvision-style
-              InvertedResidual blocks (those are replaced; everything else is kept).
-              Must be in eval mode.
+              size), ``mnv2_fast.mobilenet_v2``; torchvision's ``mnasnet*`` and timm's
+              ``mobilenetv2_*``, ``efficientnet_lite*``, ``mnasnet_*``, ``mobilenetv4_conv_*``
+              (stem, blocks, head and classifier where the kernels compute them); or any
+              module containing blocks of the family (mnv2_fast.adapters: those are replaced,
+              everything else is kept).  Blocks the kernels do not compute (squeeze-excite,
+              other activations) are kept as PyTorch with the reason in the report, or are an
+              error with backend="triton".  Must be in eval mode.
     backend:  "auto" (Triton kernels for CUDA inputs, folded PyTorch otherwise), "triton"
               (always the kernels; an unsupported part is an error) or "torch".
     inplace:  modify ``model`` itself instead of a deep copy.
@@ -174,8 +206,11 @@ def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, 
     check_eval(model)
     target = model if inplace else copy.deepcopy(model)
     entries: list[FusionEntry] = []
-    if _is_known_mobilenet_v2(target):
+    layout = None if _is_known_mobilenet_v2(target) else model_layout(target)
+    if layout is None and _is_known_mobilenet_v2(target):
         _fuse_mobilenet_v2(target, backend, entries)
+    elif layout is not None:
+        _fuse_layout(target, layout, backend, entries)
     else:
         names = []
         for name, m in target.named_modules():
@@ -185,8 +220,8 @@ def optimize(model: nn.Module, *, backend: str = "auto", inplace: bool = False, 
             raise _no_blocks_error(model)
         _fuse_blocks(target, names, backend, entries)
         entries.append(FusionEntry("(rest)", "other", False,
-                                   f"kept as PyTorch: {type(model).__name__} is not a known MobileNetV2, "
-                                   "so only its InvertedResidual blocks are replaced"))
+                                   f"kept as PyTorch: {type(model).__name__} is not a model whose layout "
+                                   "mnv2_fast knows, so only its blocks are replaced"))
     report = FusionReport(backend, tuple(entries))
     target.fusion_report = report
     if cuda_graph:

@@ -165,6 +165,11 @@ def checked_launches(module, scratch_arg: int | None = None, per_program=None):
         module.launch = real_launch
 
 
+# The block kernel's scratch among the launch's arguments after the input: w_start, b_start,
+# w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, out, scratch (kernels/block.py).
+SCRATCH_ARG = 9
+
+
 def block_scratch(kwargs) -> int:
     """The block kernel's scratch per program: two staged chunks of [P_IN, BLOCK_HID]."""
     return 2 * kwargs["P_IN"] * kwargs["BLOCK_HID"]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from helpers import DEVICE, INTERPRETER, assert_close, call_guarded, make_block, nhwc, poisoned_like, reference64
-from interpreter_checks import block_scratch, checked_launches
+from interpreter_checks import SCRATCH_ARG, block_scratch, checked_launches
 from mnv2_fast import fuse_block
 from mnv2_fast.kernels import BlockConfig, BlockShape, block, default_config, inverted_residual, output_size
 from mnv2_fast.kernels._common import next_pow2, split_pow2
@@ -367,7 +367,7 @@ def test_every_access_is_in_bounds_and_the_scratch_in_barrier_order(cin, t, cout
                            torch.float32)
     x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE)
     cfg = cfg or _config(fused.spec.at(h, w), n)
-    with checked_launches(block, scratch_arg=7, per_program=block_scratch) as check:
+    with checked_launches(block, scratch_arg=SCRATCH_ARG, per_program=block_scratch) as check:
         y = _run(fused, x, cfg)
     assert check.launches == 1 and check.barriers > 0 and check.accesses > 0
     assert not check.problems, check.report()

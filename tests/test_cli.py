@@ -107,3 +107,19 @@ def test_gpu_bench_table_and_plot_render(tmp_path):
     assert "eager_cl" in text and "6.25x" in text  # 0.05 / 0.008: against the faster fused variant
     _plot(records, tmp_path / "p.png", "test")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_check_and_bench_take_a_model_of_the_family_by_name(capsys, tmp_path):
+    # torchvision's MNASNet (no timm needed): its stem, separable pair, 16 blocks, head, classifier.
+    assert main(["check", "--model", "mnasnet0_5", "--resolution", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "mnv2-fast check: mnasnet0_5, 24px" in out and "layers.3 block" in out and "FAIL" not in out
+    assert "21 of 21 parts agree" in out
+    assert main(["bench", "--model", "mnasnet0_5", "--resolution", "24", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["network"] == "mnasnet0_5" and result["numerics"]["error_over_tolerance"] <= 1
+    with pytest.raises(SystemExit):
+        main(["check", "--model", "resnet50"])
+    assert "unknown model 'resnet50'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="has none"):
+        main(["check", "--model", "mnasnet0_5", "--width", "0.5"])

@@ -75,9 +75,9 @@ def _mutated(fn):
 
 
 @pytest.mark.parametrize("mutate,msg", [
-    (lambda b: b.conv[1].__setitem__(2, nn.ReLU()), "not ReLU6"),
+    (lambda b: b.conv[1].__setitem__(2, nn.SiLU()), "activation SiLU is not supported"),
     (lambda b: setattr(b.conv[1][0], "dilation", (2, 2)), "dilation"),
-    (lambda b: b.conv[1].__setitem__(0, nn.Conv2d(96, 96, 5, 2, 2, groups=96, bias=False)), "kernel"),
+    (lambda b: b.conv[1].__setitem__(0, nn.Conv2d(96, 96, 7, 2, 3, groups=96, bias=False)), "kernel"),
     (lambda b: b.conv.__delitem__(slice(2, 4)), "has 2 layers"),
     (lambda b: b.conv.__delitem__(3), "project: expected Conv2d, BatchNorm2d"),
     (lambda b: setattr(b.conv[1][0], "padding_mode", "reflect"), "padding"),

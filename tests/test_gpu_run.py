@@ -57,3 +57,31 @@ def test_benchmark_step_killed_mid_round_is_summarised(tmp_path):
     assert from_jsonl["sources"]["bench-headline"] == "bench-headline.jsonl (no JSON written)"
     assert from_jsonl["commit"] == summary["commit"]
     assert from_jsonl["steps"][:len(summary["steps"])] == summary["steps"]  # and the final summary's own
+
+
+def test_family_rows_keep_the_reason_a_model_was_skipped(tmp_path):
+    """The family's models (bench/test_bench_family.py) become summary rows; a case skipped for
+    a reason (timm missing) is a row that says why, from the JSONL beside the JSON."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    info = {"mnv2_fast": {"gpu": "H200", "commit": "abc", "smoke": False}}
+    ran = {"extra_info": {"kind": "family", "network": "mnasnet1_0", "provider": "fused", "dtype": "float16",
+                          "batch": 256, "ms": 2.0, "resolution": 224, "first_call_s": 9.0, "cudnn_benchmark": None}}
+    eager = {"extra_info": dict(ran["extra_info"], provider="eager_cl", ms=5.0, cudnn_benchmark=True)}
+    why = "timm is not installed (a development dependency of mnv2-fast): no timm models in this run"
+    skipped = [{"skipped": {"name": f"test_family[{p}]", "reason": why,
+                            "params": {"network": "efficientnet_lite0", "provider": p, "dtype": "float16", "batch": 256,
+                                       "cudnn_benchmark": None}}} for p in ("fused", "compile")]
+    (raw / "bench-family.json").write_text(json.dumps({"machine_info": info, "datetime": "2026-01-01",
+                                                       "benchmarks": [ran, eager]}))
+    (raw / "bench-family.jsonl").write_text("\n".join(json.dumps(e) for e in [{"machine_info": info}, ran, eager]
+                                                      + skipped) + "\n")
+    out = tmp_path / "out"
+    assert _summarize().main([str(raw / "bench-family.json"), str(out)]) == 0
+    family = json.loads((out / "summary.json").read_text())["family"]
+    assert [(r["network"], r["provider"], r["ms"], r.get("skipped")) for r in family] == [
+        ("mnasnet1_0", "fused", 2.0, None), ("mnasnet1_0", "eager_cl", 5.0, None),
+        ("efficientnet_lite0", "fused", None, why), ("efficientnet_lite0", "compile", None, why)]
+    md = (out / "summary.md").read_text()
+    assert "| mnasnet1_0 | 224 | float16 | 256 | 2.000 | 128000 | 2.50x |" in md
+    assert f"| efficientnet_lite0 | – | float16 | 256 | – | – | – | – | – | – | {why} |" in md

@@ -408,3 +408,27 @@ def test_predicted_network_time_has_not_regressed(tmp_path):
                     "loops", "warp_instructions_per_program", "l1_wavefronts_per_program", "floors_ms",
                     "predicted_ms", "cudnn_ms"):
             assert key in rec, key
+
+
+@pytest.mark.parametrize("name", ["mnasnet1_0", "efficientnet_lite0", "mobilenetv4_conv_small"])
+def test_family_launches_are_the_fused_parts_with_shipped_configs(name):
+    """perf-model --model NAME: one launch per fused part of optimize(NAME), in order, and every
+    block of the GPU suite's family models has a spill-free entry in the reference table (the
+    heuristic's 5x5 and UIB tiles spill)."""
+    import torch
+
+    from mnv2_fast.kernels import choice
+    from mnv2_fast.kernels.tuned import lookup_tuned
+    from mnv2_fast.tools import zoo
+
+    if zoo.library(name)[0] == "timm":
+        pytest.importorskip("timm")
+    launches = pm.family_launches(name, 256, torch.float16, "h200")
+    parts = zoo.fused_parts(name, zoo.resolution(name))
+    assert [nl.part for nl in launches] == ["stem"] + ["block"] * (len(parts) - 3) + ["head", "classifier"]
+    blocks = [nl.launch for nl in launches if nl.part == "block"]
+    assert {b.shape.ksize for b in blocks} >= ({3, 5} if name != "mobilenetv4_conv_small" else {0, 3, 5})
+    for b in blocks:
+        assert lookup_tuned(b.shape, torch.float16, 256, choice.REFERENCE_TABLE) == b.config, b.label
+    stem, head = launches[0].launch, launches[-2].launch
+    assert stem.shape[4] == head.shape[4] == ("relu6" if name == "efficientnet_lite0" else "relu")

@@ -1,4 +1,5 @@
-"""`mnv2-fast`: benchmark, check, tune and statically check the fused MobileNetV2 kernels.
+"""`mnv2-fast`: benchmark, check, tune and statically check the fused MobileNetV2 kernels (and the
+inverted-residual family's models: --model NAME).
 
     mnv2-fast bench          fused vs eager cuDNN vs torch.compile: table, JSON and PNG
                              (without a GPU: the fused model through Triton's interpreter on a
@@ -63,6 +64,16 @@ def _positive(kind: type):
     return parse
 
 
+def _model_name(text: str) -> str:
+    from .zoo import library
+
+    try:
+        library(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _providers(text: str) -> str:
     from .providers import MODEL_PROVIDERS
 
@@ -101,7 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_opts(sp, batch_help):
-        sp.add_argument("--width", type=_positive(float), default=1.0, help="width multiplier (default 1.0)")
+        sp.add_argument("--model", type=_model_name, default="mobilenet_v2", metavar="NAME",
+                        help="mobilenet_v2 (default), or a model of the family: mnasnet0_5 ... mnasnet1_3 "
+                             "(torchvision), mobilenetv2_035 ... _140, _110d, _120d, efficientnet_lite0 ... lite4, "
+                             "mnasnet_100, mobilenetv4_conv_small (timm, a development dependency), or "
+                             "torchvision.NAME / timm.NAME")
+        sp.add_argument("--width", type=_positive(float), default=1.0,
+                        help="mobilenet_v2's width multiplier (default 1.0)")
         sp.add_argument("--resolution", type=_positive(int), help="input side in pixels (default: 224 on a GPU, 64 without)")
         sp.add_argument("--batch", type=_ints, help=batch_help)
         sp.add_argument("--dtype", choices=sorted(DTYPES),
@@ -133,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--model", action="store_true",
                    help="no GPU: rank candidates by the calibrated performance model (compiled for sm_90)")
     t.add_argument("--gpu", choices=["h100", "h200"], default="h200", help="with --model: the GPU to model")
+    t.add_argument("--network", action="append", default=[], metavar="NAME",
+                   help="with --model: also the blocks of this network (e.g. efficientnet_lite0; see --width for "
+                        "MobileNetV2), at its training resolution")
+    t.add_argument("--first-fit", action="store_true",
+                   help="with --model: the first candidate that compiles without spilling, not the fastest")
+    t.add_argument("--merge", action="store_true", help="keep the table's entries for shapes not tuned now")
 
     sub.add_parser("static-check", help="compile every shipped config for sm_90 (no GPU needed)")
 
@@ -217,6 +240,44 @@ def build_model(width: float, classes: int | None, weights: Path | None, seed: i
     return model.eval()
 
 
+def build_named(args):
+    """The model the command works on: mobilenet_v2 (--width, --weights), or another model of the
+    family by name (tools/zoo.py) with random weights, or --weights (its own state_dict)."""
+    if args.model == "mobilenet_v2":
+        return build_model(args.width, args.classes, args.weights, args.seed)
+    if args.width != 1.0:
+        raise SystemExit(f"error: --width is mobilenet_v2's width multiplier; {args.model} has none")
+    from .zoo import build
+
+    state = load_state_dict(args.weights) if args.weights else None
+    try:
+        model = build(args.model, args.classes or state_classes(state) or 1000, args.seed)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    return load_weights(model, state, args.weights, args.model)
+
+
+def state_classes(state: dict | None) -> int | None:
+    """The classes of a state_dict's classifier (its last matrix), None without one."""
+    head = [v for k, v in (state or {}).items() if k.endswith("weight") and v.dim() == 2]
+    return int(head[-1].shape[0]) if head else None
+
+
+def load_weights(model, state: dict | None, weights: Path | None, name: str):
+    """model in eval mode with `state` loaded (when given); SystemExit naming the file when it does not fit."""
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise SystemExit(f"error: {weights} does not fit the model {name}: "
+                             + "; ".join(str(err).splitlines()[:4])) from None
+    return model.eval()
+
+
+def _title(args) -> str:
+    return f"width {args.width}" if args.model == "mobilenet_v2" else args.model
+
+
 def _setup(args) -> tuple[torch.device, bool]:
     """Pick the device; without a GPU, turn Triton's interpreter on before triton is imported."""
     on_gpu = torch.cuda.is_available()
@@ -269,6 +330,8 @@ def agreement_rows(model, x: torch.Tensor, device, dtype, backend: str, progress
         progress(f"[{k + 1}/{len(parts) + 1}] {e.name} {e.part} {tuple(inp.shape)}")
         out = fast.get_submodule(e.name)(inp.to(device))
         expect = ref.get_submodule(e.name)(inp.double())
+        for other in e.absorbed:  # the BatchNorm and activation modules the fused part took in
+            expect = ref.get_submodule(other)(expect)
         if e.part == "head":  # the fused head pools too
             expect = torch.nn.functional.adaptive_avg_pool2d(expect, 1)
         rows.append((f"{e.name} {e.part}", tuple(inp.shape), error_ratio(out, expect, dtype)))
@@ -282,12 +345,12 @@ def cmd_check(args) -> int:
     device, on_gpu = _setup(args)
     dtype = DTYPES[args.dtype]
     batch = (args.batch or [4 if on_gpu else 1])[0]
-    model = build_model(args.width, args.classes, args.weights, args.seed)
+    model = build_named(args)
     torch.manual_seed(args.seed + 1)
     x = torch.randn(batch, 3, args.resolution, args.resolution)
     engine = {"triton": "Triton kernels" if on_gpu else "Triton interpreter", "torch": "folded PyTorch ops"}
     where = f"{'GPU ' + torch.cuda.get_device_name() if on_gpu else 'CPU'}, {engine[args.backend]}"
-    print(f"mnv2-fast check: width {args.width}, {args.resolution}px, batch {batch}, {args.dtype}, "
+    print(f"mnv2-fast check: {_title(args)}, {args.resolution}px, batch {batch}, {args.dtype}, "
           f"backend {args.backend}, on {where}")
     rows = agreement_rows(model, x, device, dtype, args.backend)
     table = [[name, "x".join(map(str, shape)), f"{ratio:.3f}", "PASS" if ratio <= 1 else "FAIL"]
@@ -304,7 +367,7 @@ def cmd_check(args) -> int:
 def cmd_bench(args) -> int:
     device, on_gpu = _setup(args)
     dtype = DTYPES[args.dtype]
-    model = build_model(args.width, args.classes, args.weights, args.seed)
+    model = build_named(args)
     args.out.mkdir(parents=True, exist_ok=True)
     if not on_gpu:
         return _bench_cpu(args, model, dtype)
@@ -320,7 +383,7 @@ def cmd_bench(args) -> int:
     facts = run_facts()
     facts["copy_gbps"] = round(copy_bandwidth_gbps(), 1)
     print(f"mnv2-fast bench on {facts['gpu']} (torch {facts['torch']}, triton {facts['triton']}, "
-          f"cuDNN {facts['cudnn']}, copy {facts['copy_gbps']} GB/s): width {args.width}, {args.resolution}px, "
+          f"cuDNN {facts['cudnn']}, copy {facts['copy_gbps']} GB/s): {_title(args)}, {args.resolution}px, "
           f"{args.dtype}")
     records = []
     steps = len(batches) * len(providers)
@@ -339,13 +402,14 @@ def cmd_bench(args) -> int:
     x = torch.randn(2, 3, args.resolution, args.resolution)
     fused = make_model_provider("fused", model, 2, dtype, device)
     ratio = error_ratio(fused(x.to(device, dtype)), reference64(model, x.to(dtype)), dtype, MODEL_TOLERANCE_FACTOR)
-    result = dict(facts, width=args.width, resolution=args.resolution, model=records,
+    result = dict(facts, network=args.model, width=args.width, resolution=args.resolution, model=records,
                   numerics={"dtype": args.dtype, "error_over_tolerance": round(ratio, 4)})
     (args.out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     print(_bench_table(records, providers))
     print(f"numerics: fused {args.dtype} vs unfused float64: {ratio:.3f} of the tolerance "
           f"({'PASS' if ratio <= 1 else 'FAIL'})")
-    _plot(records, args.out / "bench.png", f"MobileNetV2 {args.width} {args.resolution}px {args.dtype}, {facts['gpu']}")
+    name = f"MobileNetV2 {args.width}" if args.model == "mobilenet_v2" else args.model
+    _plot(records, args.out / "bench.png", f"{name} {args.resolution}px {args.dtype}, {facts['gpu']}")
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
     return 0 if ratio <= 1 else 1
 
@@ -396,7 +460,7 @@ def _bench_cpu(args, model, dtype) -> int:
 
     batch = (args.batch or [1])[0]
     print(f"mnv2-fast bench: no GPU here, so no timings. Running the fused model through Triton's interpreter "
-          f"instead: width {args.width}, {args.resolution}px, batch {batch}, {args.dtype}.")
+          f"instead: {_title(args)}, {args.resolution}px, batch {batch}, {args.dtype}.")
     torch.manual_seed(args.seed + 1)
     x = torch.randn(batch, 3, args.resolution, args.resolution)
     _progress("[1/2] fused model (Triton interpreter)")
@@ -412,7 +476,7 @@ def _bench_cpu(args, model, dtype) -> int:
           f"{ratio:.3f} of the {args.dtype} tolerance ({'PASS' if ratio <= 1 else 'FAIL'})")
     print(f"interpreter run took {seconds:.1f} s (the interpreter is not a speed measure)")
     print("timings need a GPU: run `mnv2-fast bench` on a machine with CUDA for fused vs cuDNN vs torch.compile.")
-    result = dict(gpu="none", width=args.width, resolution=args.resolution, batch=batch,
+    result = dict(gpu="none", network=args.model, width=args.width, resolution=args.resolution, batch=batch,
                   numerics={"dtype": args.dtype, "max_abs_diff": err, "error_over_tolerance": round(ratio, 4)},
                   model=[])
     (args.out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -423,16 +487,19 @@ def _bench_cpu(args, model, dtype) -> int:
 # ---------------------------------------------------------------- tune and static check
 
 def cmd_tune(args) -> int:
-    widths = args.width or [1.0]
+    widths = args.width or ([] if args.network else [1.0])
     dtypes = [DTYPES[d] for d in (args.dtype or ["float16"])]
     if args.model:
         from ..kernels import tuned
         from .tune import model_tune
 
         out = args.out or tuned.user_table_path(args.gpu)
-        path = model_tune(widths, args.resolution, args.batch, dtypes, args.gpu, out, progress=_progress)
+        path = model_tune(widths, args.resolution, args.batch, dtypes, args.gpu, out, progress=_progress,
+                          networks=args.network, first_fit_only=args.first_fit, merge=args.merge)
         print(f"wrote {path}")
         return 0
+    if args.network or args.first_fit:
+        raise SystemExit("error: --network and --first-fit go with --model (a GPU run tunes MobileNetV2's widths)")
     if not torch.cuda.is_available():
         raise SystemExit("error: tuning times kernels on a GPU; none is available here (--model needs none)")
     from .tune import tune

@@ -198,17 +198,14 @@ class ModelSpec:
     def build(self) -> nn.Module:
         """The model in eval mode, on the CPU; SystemExit with the reason when it cannot be built."""
         from .cli import build_model as build_mobilenet_v2
-        from .cli import load_state_dict
+        from .cli import load_state_dict, load_weights, state_classes
 
         weights = Path(self.weights) if self.weights else None
         if self.name == "mobilenet_v2":
             return build_mobilenet_v2(self.width, self.classes, weights, self.seed)
         state = load_state_dict(weights) if weights else None
         kwargs = {}
-        classes = self.classes
-        if classes is None and state is not None:  # the last matrix is the classifier's
-            head = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-            classes = int(head[-1].shape[0]) if head else None
+        classes = self.classes if self.classes is not None else state_classes(state)
         if classes is not None:
             kwargs["num_classes"] = classes
         if self.width != 1.0:
@@ -219,13 +216,7 @@ class ModelSpec:
             from .testing import randomize_bn
 
             randomize_bn(model, torch.Generator().manual_seed(self.seed))
-        else:
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as err:
-                raise SystemExit(f"error: {weights} does not fit the model {self.name}: "
-                                 + "; ".join(str(err).splitlines()[:4])) from None
-        return model.eval()
+        return load_weights(model, state, weights, self.name)
 
     def _construct(self, kwargs: dict) -> nn.Module:
         source, dot, name = self.name.partition(".")

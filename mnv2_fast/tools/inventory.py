@@ -29,7 +29,8 @@ class Launch:
     kind: str  # block, stem, head, linear
     label: str
     dtype: torch.dtype
-    shape: tuple  # block: BlockShape; stem: (cin, cout, h, w); head: (cin, cout, h, w); linear: (m, k, n)
+    # block: BlockShape; stem: (cin, cout, h, w[, act, tf_same]); head: (cin, cout, h, w[, act]); linear: (m, k, n)
+    shape: tuple
     config: object
     tf32: bool = False  # fp32 only: products on TF32 tensor cores (PyTorch's default for convs)
 
@@ -96,9 +97,9 @@ def variant(launch: Launch):
         return _inverted_residual_kernel, kernel_args(s, cfg, dtype, tf32)
     if launch.kind == "stem":
         # The input as users pass it: contiguous NCHW.
-        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32, (s[2] * s[3], s[3], 1))
+        return _stem_kernel, stem_kernel_args(s[0], s[1], 2, cfg, dtype, tf32, (s[2] * s[3], s[3], 1), *s[4:])
     if launch.kind == "head":
-        return _head_pool_kernel, head_kernel_args(s[0], s[1], s[2] * s[3], cfg, dtype, tf32)
+        return _head_pool_kernel, head_kernel_args(s[0], s[1], s[2] * s[3], cfg, dtype, tf32, *s[4:])
     if launch.kind == "linear":
         return _linear_kernel, linear_kernel_args(s[1], s[2], cfg, dtype, tf32)
     raise ValueError(launch.kind)
@@ -115,15 +116,18 @@ def random_inputs(launch: Launch, batch: int, generator: torch.Generator) -> tup
         s = launch.shape
         x = rnd(batch, s.cin, s.h, s.w)
         expand = [rnd(s.cin, s.hidden, scale=s.cin ** -0.5), rnd(s.hidden)] if s.has_expand else [None, None]
-        return ([x, *expand, rnd(9, s.hidden, scale=0.3), rnd(s.hidden),
-                 rnd(s.hidden, s.cout, scale=s.hidden ** -0.5), rnd(s.cout)],
-                dict(stride=s.stride, residual=s.residual))
+        dw = [rnd(s.ksize ** 2, s.hidden, scale=0.9 / s.ksize), rnd(s.hidden)] if s.ksize else [None, None]
+        start = dict(w_start=rnd(s.start_k ** 2, s.cin, scale=0.9 / s.start_k), b_start=rnd(s.cin)) if s.start_k else {}
+        return ([x, *expand, *dw, rnd(s.hidden, s.cout, scale=s.hidden ** -0.5), rnd(s.cout)],
+                dict(stride=s.stride, residual=s.residual, act_exp=s.act_exp, act_dw=s.act_dw, act_proj=s.act_proj,
+                     tf_same=s.tf_same, **start))
     if launch.kind == "stem":
-        cin, cout, h, w = launch.shape
-        return [rnd(batch, cin, h, w), rnd(cin * 9, cout, scale=0.3), rnd(cout)], dict(stride=2)
+        cin, cout, h, w, *rest = launch.shape
+        extra = dict(zip(("act", "tf_same"), rest))
+        return [rnd(batch, cin, h, w), rnd(cin * 9, cout, scale=0.3), rnd(cout)], dict(stride=2, **extra)
     if launch.kind == "head":
-        cin, cout, h, w = launch.shape
-        return [rnd(batch, cin, h, w), rnd(cin, cout, scale=cin ** -0.5), rnd(cout)], {}
+        cin, cout, h, w, *rest = launch.shape
+        return [rnd(batch, cin, h, w), rnd(cin, cout, scale=cin ** -0.5), rnd(cout)], dict(zip(("act",), rest))
     m, k, n = launch.shape
     return [rnd(m, k), rnd(k, n, scale=k ** -0.5), rnd(n)], {}
 
@@ -138,12 +142,14 @@ def run_once(launch: Launch, device: torch.device, batch: int = 2) -> float:
 
     args, kwargs = random_inputs(launch, batch, torch.Generator().manual_seed(0))
     args = [None if a is None else a.to(device, launch.dtype) for a in args]
+    kwargs = {k: v.to(device, launch.dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     if launch.kind in ("block", "head"):  # they read channels_last activations; the stem reads any layout
         args[0] = args[0].contiguous(memory_format=torch.channels_last)
     name = LAUNCHERS[launch.kind]
     y = getattr(kernels, name)(*args, **kwargs, config=launch.config, allow_tf32=launch.tf32)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    ref = getattr(reference, name)(*[None if a is None else a.double().cpu() for a in args], **kwargs)
+    ref = getattr(reference, name)(*[None if a is None else a.double().cpu() for a in args],
+                                   **{k: v.double().cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
     # TF32 keeps 10 mantissa bits, as fp16 does: judge it by the fp16 tolerance.
     return error_ratio(y, ref, torch.float16 if launch.tf32 else launch.dtype)

@@ -570,17 +570,122 @@ def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: flo
     return out
 
 
+def family_launches(model: str, batch: int = 256, dtype=None, gpu: str = "h200",
+                    resolution: int | None = None) -> list[NetworkLaunch]:
+    """Every kernel launch of one forward of optimize(model) for a model of the family by name
+    (tools/zoo.py), in order, with the config a GPU of this kind picks (its tuned table, else the
+    reference table, else the heuristic: as the launchers choose).  Parts kept as PyTorch launch
+    no kernel of ours and are left out (the fusion report lists them)."""
+    import torch
+
+    from ..fused import FusedHead, FusedInvertedResidual, FusedLinear, FusedStem
+    from ..kernels import choice as C
+    from ..kernels.tuned import lookup_tuned
+    from . import zoo
+
+    shipped, _ = _inventory()
+    dtype = dtype or torch.float16
+    cuda = torch.device("cuda")
+    resolution = resolution or zoo.resolution(model)
+    out, blocks = [], 0
+    for path, m, shape in zoo.fused_parts(model, resolution):
+        label = f"{model} {path}"
+        if isinstance(m, FusedStem):
+            launch = shipped.Launch("stem", label, dtype, (m.cin, m.cout, shape[2], shape[3], m.act, m.tf_same),
+                                    C.choose_stem_config(m.cout, cuda))
+            out.append(NetworkLaunch("stem", None, launch))
+        elif isinstance(m, FusedInvertedResidual):
+            spec = m.spec.at(shape[2], shape[3])
+            cfg = (lookup_tuned(spec, dtype, batch, gpu) or lookup_tuned(spec, dtype, batch, C.REFERENCE_TABLE)
+                   or C.default_config(spec, dtype.itemsize, C.batch_class(batch)))
+            blocks += 1
+            out.append(NetworkLaunch("block", blocks, shipped.Launch("block", label, dtype, spec, cfg)))
+        elif isinstance(m, FusedHead):
+            hw = shape[2] * shape[3]
+            out.append(NetworkLaunch("head", None, shipped.Launch(
+                "head", label, dtype, (m.cin, m.cout, shape[2], shape[3], m.act),
+                C.choose_head_config(m.cin, m.cout, hw, batch, cuda, dtype.itemsize))))
+        elif isinstance(m, FusedLinear):
+            out.append(NetworkLaunch("classifier", None, shipped.Launch(
+                "linear", f"{label}, batch {batch}", dtype, (batch, m.in_features, m.out_features),
+                C.choose_linear_config(batch, m.in_features, m.out_features, cuda, dtype.itemsize))))
+    return out
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@dataclass(frozen=True)
+class LoopSpec:
+    """A loop the kernel source declares: its trips per entry, the loops directly inside it
+    (in source order), and whether the compiler may unroll it away (then it is absent)."""
+
+    name: str
+    trips: float
+    inner: tuple = ()
+    optional: bool = False
+
+
+def _chain(*loops: tuple[str, float]) -> list[LoopSpec]:
+    """Loops each inside the one before."""
+    out: tuple = ()
+    for name, trips in reversed(loops):
+        out = (LoopSpec(name, trips, out),)
+    return list(out)
+
+
+def match_loops(declared: list[LoopSpec], found: list) -> list[LoopSpec]:
+    """The declared loop for each loop found in the SASS (`sass.find_loops`: ordered by depth,
+    then address), trying every choice of optional loops unrolled away.  Code is laid out in
+    source order, so siblings keep their declared order.  Raises when no choice, or several
+    with different trips, fit."""
+    optional = []
+
+    def collect(nodes):
+        for n in nodes:
+            if n.optional:
+                optional.append(n)
+            collect(n.inner)
+
+    collect(declared)
+    fits = []
+    for mask in range(1 << len(optional)):
+        absent = {id(n) for i, n in enumerate(optional) if mask >> i & 1}
+        flat: list = []  # (depth, parent position in flat, spec), pre-order = source order
+
+        def walk(nodes, depth, parent):
+            for n in nodes:
+                if id(n) in absent:
+                    continue
+                flat.append((depth, parent, n))
+                walk(n.inner, depth + 1, len(flat) - 1)
+
+        walk(declared, 0, None)
+        order = sorted(range(len(flat)), key=lambda i: (flat[i][0], i))
+        pos = {old: new for new, old in enumerate(order)}
+        expect = [(flat[i][0], None if flat[i][1] is None else pos[flat[i][1]]) for i in order]
+        if expect == [(lp.depth, lp.parent) for lp in found]:
+            fits.append([flat[i][2] for i in order])
+    if not fits or len({tuple((m.name, m.trips) for m in f) for f in fits}) > 1:
+        def show(nodes):
+            return ", ".join(f"{n.name}{'?' if n.optional else ''}" + (f" [{show(n.inner)}]" if n.inner else "")
+                             for n in nodes)
+
+        where = ", ".join(f"{lp.start:#x}-{lp.end:#x} depth {lp.depth}" for lp in found) or "none"
+        what = "fit several ways" if fits else "do not fit"
+        raise ValueError(f"the source declares loops [{show(declared)}] (?: may be unrolled), the SASS has {where}: "
+                         f"they {what}")
+    return fits[0]
+
+
 def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
-    """From the kernel source: programs, the loops it declares (outer first, with trips per
-    entry), the multiply-adds one program's products imply (padded tiles), and compulsory
-    HBM bytes.  Loops the compiler removes (one trip) are left out; tl.static_range loops are
-    unrolled and never appear."""
+    """From the kernel source: programs, the loops it declares (`LoopSpec`s, outer first, with
+    trips per entry), the multiply-adds one program's products imply (padded tiles), and
+    compulsory HBM bytes.  Loops the compiler removes (one trip) are left out;
+    tl.static_range loops are unrolled and never appear."""
     cfg, itemsize = launch.config, launch.dtype.itemsize
-    imbalance, row_padding, optional_inner = 1.0, 1, None
+    imbalance, row_padding = 1.0, 1
     if launch.kind == "block":
         from ..kernels.block import kernel_args
 
@@ -591,20 +696,28 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         per_program = tiles / programs
         imbalance = _cdiv(tiles, programs) / per_program  # the last programs walk one tile fewer
         chunks = _cdiv(s.hidden, cfg.block_hid)
-        expand = args["P_STAGE"] * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
+        # The expand runs over the staged rows (P_STAGE: the region, or with stage_image the
+        # images' own pixels), or (no middle depthwise) on the top and bottom pixels.
+        rows = args["P_STAGE"] if s.staged else 2 * args["P2"]
+        expand = rows * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
         project = 2 * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])  # top and bottom pixels
         macs = per_program * chunks * (expand + project)
-        row_padding = max(1, 64 / min(args["P2"], args["P_IN"]))  # wgmma products have 64-row tiles
+        row_padding = max(1, 64 / min(args["P2"], args["P_IN"] if s.staged else args["P2"]))  # wgmma: 64-row tiles
         # The persistent tile loop always stays a loop; the chunk loop is unrolled away when it
-        # has one trip; the row loop of the depthwise (3 + STRIDE trips) is always unrolled.
-        loops = [("tiles", per_program)] + ([("hidden chunks", chunks)] if chunks > 1 else [])
-        # The compiler usually unrolls the depthwise's row loop; where it keeps it, it is innermost.
-        optional_inner = ("depthwise rows", 3 + s.stride)
+        # has one trip.  The compiler usually unrolls the depthwise's row loop (KSIZE + STRIDE
+        # trips); where it keeps it, it is innermost.  The start depthwise's row loop has a
+        # run-time bound: one loop per call (per input-channel part; the top and the bottom
+        # pixels without a middle depthwise), before the chunks.
+        depthwise = (LoopSpec("depthwise rows", s.ksize + s.stride, optional=True),) if s.staged else ()
+        calls = (1 if s.staged else 2) * (2 if args["K_B"] else 1) if s.start_k else 0
+        inner = tuple(LoopSpec("start depthwise rows", s.start_k) for _ in range(calls))
+        inner += (LoopSpec("hidden chunks", chunks, depthwise),) if chunks > 1 else depthwise
+        loops = [LoopSpec("tiles", per_program, inner)]
         hbm = s.floor_bytes(batch, itemsize)
     elif launch.kind == "stem":
         from ..kernels.stem import stem_block_k
 
-        cin, cout, h, w = launch.shape
+        cin, cout, h, w = launch.shape[:4]
         ho, wo = output_size(h, 2), output_size(w, 2)
         block_k = stem_block_k(cin)
         programs = batch * _cdiv(ho, cfg.tile_h) * _cdiv(wo, cfg.tile_w) * _cdiv(cout, cfg.block_co)
@@ -614,13 +727,13 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
     elif launch.kind == "head":
         # Both loops have run-time bounds (they stay loops).  A short last image group walks
         # fewer chunks; it is charged as a full one, as the slowest program sets the time.
-        cin, cout, h, w = launch.shape
+        cin, cout, h, w = launch.shape[:4]
         chunks = _cdiv(min(batch, cfg.imgs) * h * w, cfg.block_p)
         k_steps = _cdiv(cin, cfg.block_k)
         programs = _cdiv(batch, cfg.imgs) * _cdiv(cout, cfg.block_n)
         # The 1x1 conv, then the pooling product (16 image columns) per chunk of packed pixels.
         macs = chunks * cfg.block_p * cfg.block_n * (k_steps * cfg.block_k + 16)
-        loops = [("pixel chunks", chunks), ("k steps", k_steps)]
+        loops = _chain(("pixel chunks", chunks), ("k steps", k_steps))
         hbm = (batch * h * w * cin + cin * cout + cout + batch * cout) * itemsize
     elif launch.kind == "linear":
         _, k, nout = launch.shape
@@ -628,12 +741,12 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         steps = _cdiv(k, cfg.block_k)
         programs = _cdiv(m, cfg.block_m) * _cdiv(nout, cfg.block_n)
         macs = cfg.block_m * steps * cfg.block_k * cfg.block_n
-        loops = [("k steps", steps)]  # a run-time bound: a loop even for one step
+        loops = _chain(("k steps", steps))  # a run-time bound: a loop even for one step
         hbm = (m * k + k * nout + nout + m * nout) * itemsize
     else:
         raise ValueError(launch.kind)
     return {"programs": programs, "loops": loops, "expected_macs_per_program": macs, "hbm_bytes": hbm,
-            "imbalance": imbalance, "row_padding": row_padding, "optional_inner": optional_inner}
+            "imbalance": imbalance, "row_padding": row_padding}
 
 
 def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = None, block: int | None = None,
@@ -649,15 +762,11 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
     geo = launch_geometry(launch, batch, gpu)
     fn_sass = S.kernel(text)
     loops = S.find_loops(fn_sass)
-    declared = geo["loops"]
-    if geo.get("optional_inner") and len(loops) == len(declared) + 1:
-        declared = declared + [geo["optional_inner"]]
-    depths = [lp.depth for lp in loops]
-    if len(loops) != len(declared) or depths != list(range(len(declared))):
-        found = ", ".join(f"{lp.start:#x}-{lp.end:#x} depth {lp.depth}" for lp in loops) or "none"
-        raise ValueError(f"{launch.label}: the source declares nested loops {[n for n, _ in declared]}, "
-                         f"the SASS has {found}")
-    trips = [t for _, t in declared]
+    try:
+        declared = match_loops(geo["loops"], loops)
+    except ValueError as err:
+        raise ValueError(f"{launch.label}: {err}") from None
+    trips = [d.trips for d in declared]
     counts = S.count(fn_sass, trips, args["num_warps"])
     implied = geo["expected_macs_per_program"]
     replication = counts.mma_macs / implied
@@ -691,8 +800,8 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
         "shared_bytes": f.shared_bytes,
         "stack_bytes": usage.get("stack", 0),
         "sass": name,
-        "loops": [{"name": n, "sass_start": f"{lp.start:#x}", "sass_end": f"{lp.end:#x}", "depth": lp.depth,
-                   "trips_per_program": t} for (n, t), lp in zip(declared, loops)],
+        "loops": [{"name": d.name, "sass_start": f"{lp.start:#x}", "sass_end": f"{lp.end:#x}", "depth": lp.depth,
+                   "trips_per_program": d.trips} for d, lp in zip(declared, loops)],
         "warp_instructions_per_program": counts.warp_instructions,
         "l1_wavefronts_per_program": counts.l1_wavefronts,
         "wavefronts_by_space": counts.wavefronts_by_space,
@@ -707,8 +816,11 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
 
 
 def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: str | Path | None = None,
-                    params: Params = CALIBRATED, log=None) -> dict:
-    """analyse_launch over a whole forward; cuDNN reference times where they were measured."""
+                    params: Params = CALIBRATED, log=None, model: str = "mobilenet_v2",
+                    resolution: int | None = None) -> dict:
+    """analyse_launch over a whole forward; cuDNN reference times where they were measured
+    (MobileNetV2).  model: mobilenet_v2 (its shipped launches, checked against the inventory)
+    or a model of the family by name (tools/zoo.py; at its training resolution by default)."""
     import torch
     import triton
 
@@ -717,22 +829,28 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
     shipped, _ = _inventory()
     use_compiler()
     dtype = dtype or torch.float16
-    inventory = {launch.key() for launch in shipped.shipped_launches()}
+    family = model != "mobilenet_v2"
+    if family:
+        launches = family_launches(model, batch, dtype, gpu, resolution)
+    else:
+        launches = network_launches(batch, dtype, gpu, resolution=resolution or 224)
+        inventory = {launch.key() for launch in shipped.shipped_launches()}
     records = []
-    for i, nl in enumerate(network_launches(batch, dtype, gpu)):
+    for i, nl in enumerate(launches):
         # The inventory holds the head and classifier at batch 1 and 256 only (their configs depend
         # on the batch); every other launch ships as is.
-        if nl.launch.key() not in inventory and not (nl.part in ("head", "classifier") and batch not in (1, 256)):
+        if (not family and nl.launch.key() not in inventory
+                and not (nl.part in ("head", "classifier") and batch not in (1, 256))):
             raise ValueError(f"{nl.launch.label} ({nl.launch.config}) is not in the shipped inventory")
         rec = analyse_launch(nl.launch, batch, gpu, part=nl.part, block=nl.block, sass_dir=sass_dir, params=params)
         # cuDNN was measured on an H200; an H100, with less memory bandwidth, is no faster, so
         # the same figures make a conservative yardstick there.
-        reference = batch == 256 and dtype == torch.float16 and nl.block is not None
+        reference = not family and batch == 256 and dtype == torch.float16 and nl.block is not None
         rec["cudnn_ms"] = CUDNN_H200_B256_FP16_MS[nl.block - 1] if reference else None
         records.append(rec)
         if log:
             log(f"[{i + 1}] {rec['label']}: {rec['predicted_ms']:.3f} ms")
-    return {
+    result = {
         "gpu": gpu,
         "triton": triton.__version__,
         "batch": batch,
@@ -741,15 +859,21 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
         "launches": records,
         "total_predicted_ms": sum(r["predicted_ms"] for r in records),
     }
+    if family:
+        from .zoo import resolution as default_resolution
+
+        result.update(network=model, resolution=resolution or default_resolution(model))
+    return result
 
 
 def network_table(result: dict) -> str:
-    lines = [f"{'launch':<30} {'config':<36} {'prog':>6} {'reg':>3} {'smem':>6} {'occ':>3} {'w':>3} {'tail':>5} "
+    width = max([30] + [len(r["label"]) for r in result["launches"]])
+    lines = [f"{'launch':<{width}} {'config':<36} {'prog':>6} {'reg':>3} {'smem':>6} {'occ':>3} {'w':>3} {'tail':>5} "
              f"{'issue':>6} {'l1':>6} {'mma':>6} {'hbm':>6} {'pred':>6} {'cudnn':>6}  bound"]
     for r in result["launches"]:
         fl = r["floors_ms"]
         cudnn = f"{r['cudnn_ms']:6.2f}" if r.get("cudnn_ms") is not None else f"{'':>6}"
-        lines.append(f"{r['label']:<30} {r['config'][:36]:<36} {r['programs']:>6} {r['registers']:>3} "
+        lines.append(f"{r['label']:<{width}} {r['config'][:36]:<36} {r['programs']:>6} {r['registers']:>3} "
                      f"{r['shared_bytes']:>6} "
                      f"{r['programs_per_sm']:>3} {r['warps_per_scheduler']:>3.0f} {r['tail']:>5.2f} "
                      f"{fl['issue']:>6.3f} {fl['l1']:>6.3f} {fl['mma']:>6.3f} {fl['hbm']:>6.3f} "
@@ -758,8 +882,9 @@ def network_table(result: dict) -> str:
     cudnn = [r["cudnn_ms"] for r in blocks if r.get("cudnn_ms") is not None]
     lines.append(f"blocks: issue floor {sum(r['floors_ms']['issue'] for r in blocks):.2f} ms, predicted "
                  f"{sum(r['predicted_ms'] for r in blocks):.2f} ms" + (f", cuDNN {sum(cudnn):.2f} ms" if cudnn else ""))
+    what = f"{result['network']} at {result['resolution']} px, " if result.get("network") else ""
     lines.append(f"total predicted (stem, blocks, head, classifier): {result['total_predicted_ms']:.2f} ms "
-                 f"on {result['gpu']}, batch {result['batch']}, {result['dtype']}, Triton {result['triton']}")
+                 f"on {result['gpu']}, {what}batch {result['batch']}, {result['dtype']}, Triton {result['triton']}")
     return "\n".join(lines)
 
 
@@ -769,6 +894,11 @@ def add_arguments(ap) -> None:
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    ap.add_argument("--model", default="mobilenet_v2", metavar="NAME",
+                    help="mobilenet_v2 (default: the shipped launches, with cuDNN's measured times), or a model of "
+                         "the family by name (e.g. efficientnet_lite0, mnasnet1_0, mobilenetv4_conv_small; "
+                         "tools/zoo.py), as optimize() runs it")
+    ap.add_argument("--resolution", type=int, help="input side in pixels (default: 224; the model's own for others)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--sass-dir", help="write each launch's SASS here")
 
@@ -786,7 +916,8 @@ def run(args) -> int:
     import torch
 
     result = analyse_network(args.batch, getattr(torch, args.dtype), args.gpu, args.sass_dir,
-                             log=lambda m: print(m, file=sys.stderr, flush=True))
+                             log=lambda m: print(m, file=sys.stderr, flush=True), model=args.model,
+                             resolution=args.resolution)
     path = calibration_dir()
     if (path / "kernels.json").is_file():
         fitted, _ = calibrate(path)

@@ -93,6 +93,7 @@ def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Pa
         g = torch.Generator(device="cpu").manual_seed(j)
         (_, *weights), kwargs = random_inputs(Launch("block", "tune", dtype, shape, None), 1, g)
         weights = [None if t is None else t.to(device, dtype) for t in weights]
+        kwargs = {k: v.to(device, dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         nbytes = batch * shape.cin * shape.h * shape.w * dtype.itemsize
         pool = input_pool(lambda: torch.randn(batch, shape.cin, shape.h, shape.w, generator=g).to(device, dtype)
                           .contiguous(memory_format=torch.channels_last), nbytes)
@@ -207,11 +208,19 @@ def _variant(launch):
     return variant(launch)
 
 
-def model_tune(widths, resolution: int, batches: list[int], dtypes, gpu: str, out: Path, progress=print) -> Path:
-    """The shipped tables: every block shape of the given widths, chosen by the model."""
+def model_tune(widths, resolution: int, batches: list[int], dtypes, gpu: str, out: Path, progress=print, *,
+               networks=(), first_fit_only: bool = False, merge: bool = False) -> Path:
+    """The shipped tables: every block shape of the given MobileNetV2 widths (at `resolution`)
+    and of the given networks (tools/zoo.py names, each at its own training resolution),
+    chosen by the model -- the fastest candidate, or with first_fit_only the first that
+    compiles without spilling (`first_fit`).  merge: keep the entries `out` holds for shapes
+    and dtypes not chosen now."""
+    import json
+
     import triton
 
     from ..kernels import tuned
+    from . import zoo
     from .interpreter import use_compiler
     from .perf_model import CALIBRATED
 
@@ -220,15 +229,29 @@ def model_tune(widths, resolution: int, batches: list[int], dtypes, gpu: str, ou
     for width in widths:
         for spec in block_specs(width, resolution=resolution):
             shapes.setdefault(spec, f"w{width} block {spec.index}")
+    for name in networks:
+        for spec, label in zoo.block_shapes(name, zoo.resolution(name)):
+            shapes.setdefault(spec, label)
     entries = []
     for j, (shape, label) in enumerate(shapes.items()):
         for dtype in dtypes:
-            chosen = model_choice(shape, dtype, batches, gpu, progress)
+            if first_fit_only:
+                chosen = {b: first_fit(shape, dtype, b, gpu, progress=progress) for b in batches}
+            else:
+                chosen = model_choice(shape, dtype, batches, gpu, progress)
             for batch, lo, hi in batch_ranges(batches):
                 ms, cfg = chosen[batch]
                 entries.append(tuned.entry(shape, dtype, (lo, hi), cfg, ms))
                 progress(f"[{j + 1}/{len(shapes)}] {label} {str(dtype)[6:]} batch {batch}: {ms:.4f} ms predicted")
     meta = dict(source="model", gpu=gpu, triton=triton.__version__, resolution=resolution, widths=list(widths),
-                model=CALIBRATED.as_dict(),
+                networks=list(networks), model=CALIBRATED.as_dict(),
                 note="predicted by the calibrated performance model (tools/perf_model.py), not measured")
+    if merge and out.is_file():
+        from ..kernels.records import BlockShape
+
+        old = json.loads(out.read_text())
+        new = {(BlockShape(**e["shape"]), e["dtype"]) for e in entries}
+        kept = [e for e in old.get("blocks", ()) if (BlockShape(**e["shape"]), e["dtype"]) not in new]
+        entries = kept + entries
+        meta = dict(old.get("meta", {}), networks=sorted(set(old.get("meta", {}).get("networks", [])) | set(networks)))
     return tuned.write_tuned(out, entries, meta)
