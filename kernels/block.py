@@ -488,6 +488,7 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
     reg_h, reg_w = shape.region(cfg.tile_h, cfg.tile_w)
     k_a, k_b = split_pow2(shape.cin)
     co_a, co_b = split_pow2(shape.cout)
+    # The kernel's constexprs by name, one per line: a list of the block's fields, not repeated logic.
     return launch_args(
         cfg, dtype, allow_tf32,
         CIN=shape.cin,
