@@ -23,7 +23,9 @@ def _summarize():
 
 def test_benchmark_step_killed_mid_round_is_summarised(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=sys.executable, MNV2_GPU_STEPS="headline", MNV2_GPU_KEEP_RAW="1",
+    # Not an xdist worker's variables: the run's own pytest would take itself for a worker.
+    outer = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env = dict(outer, PYTHON=sys.executable, MNV2_GPU_STEPS="headline", MNV2_GPU_KEEP_RAW="1",
                MNV2_GPU_KILL_S="30", MNV2_BENCH_PROVIDERS="eager_cl,eager_cl_folded",  # the fast ones
                PYTEST_ADDOPTS="-p kill_mid_round", MNV2_TEST_KILL_AFTER=str(len(FINISHED)),
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "plugins"), os.environ.get("PYTHONPATH", "")]))
