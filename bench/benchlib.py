@@ -50,6 +50,7 @@ import pytest
 import torch
 
 from mnv2_fast.tools.providers import BLOCK_PROVIDERS, MODEL_PROVIDERS
+from mnv2_fast.tools.testing import MODEL_TOLERANCE_FACTOR, error_ratio, reference64
 from mnv2_fast.tools.timing import copy_bandwidth_gbps, peak_memory_mb, run_facts, time_cuda
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
@@ -263,6 +264,23 @@ def measure(benchmark, fn: Callable, inputs: list[torch.Tensor], s: Settings) ->
 
     benchmark.pedantic(call, rounds=s.rounds, iterations=1, warmup_rounds=0)
     return info
+
+
+def check_output(fn: Callable, module: torch.nn.Module, x: torch.Tensor, provider: str, s: Settings,
+                 whole_model: bool) -> float | None:
+    """Smoke runs (off the GPU): the provider's output against the unfused module in float64,
+    as the error over the tolerance table's bound (a whole model: MODEL_TOLERANCE_FACTOR times
+    it).  A fused provider beyond its bound fails the case: a fast wrong kernel is no result.
+    The baselines' ratios are only recorded.  On the GPU the suites time, and the tests check."""
+    if s.on_gpu:
+        return None
+    out = fn(x)
+    _sync(s.device)
+    ratio = error_ratio(out.detach().cpu().to(torch.float64), reference64(module, x), x.dtype,
+                        MODEL_TOLERANCE_FACTOR if whole_model else 1.0)
+    assert not provider.startswith("fused") or ratio <= 1.0, (
+        f"{provider}: error is {ratio:.3g} x the {x.dtype} tolerance")
+    return ratio
 
 
 _FACTS = pytest.StashKey[dict]()

@@ -77,6 +77,7 @@ def test_block(benchmark, settings, block, provider, dtype, batch, cudnn_benchma
         fn, first_s = first_call(lambda: make_block_provider(provider, module, batch, dt, settings.device),
                                  inputs[0])
         info = benchlib.measure(benchmark, fn, inputs, settings)
+        info["error_ratio"] = benchlib.check_output(fn, module, inputs[0], provider, settings, whole_model=False)
     if provider.startswith("fused"):
         cfg = (default_config(spec, dt.itemsize, batch) if provider == "fused_heuristic"
                else choose_block_config(spec, dt, batch, torch.device(settings.device)))

@@ -61,5 +61,6 @@ def test_family(benchmark, settings, network, provider, dtype, batch, cudnn_benc
     with benchlib.cudnn_benchmark(cudnn_benchmark):
         fn, first_s = first_call(lambda: make_model_provider(provider, model, batch, dt, settings.device), inputs[0])
         info = benchlib.measure(benchmark, fn, inputs, settings)
+        info["error_ratio"] = benchlib.check_output(fn, model, inputs[0], provider, settings, whole_model=True)
     benchmark.extra_info.update(kind="family", network=network, provider=provider, dtype=dtype, batch=batch,
                                 resolution=resolution, first_call_s=first_s, **info)

@@ -68,5 +68,6 @@ def test_model(benchmark, settings, model, provider, dtype, batch, cudnn_benchma
     with benchlib.cudnn_benchmark(cudnn_benchmark):
         fn, first_s = first_call(lambda: make_model_provider(provider, model, batch, dt, settings.device), inputs[0])
         info = benchlib.measure(benchmark, fn, inputs, settings)
+        info["error_ratio"] = benchlib.check_output(fn, model, inputs[0], provider, settings, whole_model=True)
     benchmark.extra_info.update(kind="model", provider=provider, dtype=dtype, batch=batch, width=model.width_mult,
                                 resolution=resolution, first_call_s=first_s, repeat=repeat, **info)
