@@ -391,7 +391,7 @@ def cmd_bench(args) -> int:
         pool = nhwc_input_pool((batch, 3, args.resolution, args.resolution), dtype, device)
         for pi, name in enumerate(providers):
             _progress(f"[{bi * len(providers) + pi + 1}/{steps}] batch {batch}: {name} (build, warm up, time)")
-            fn, first_s = first_call(lambda: make_model_provider(name, model, batch, dtype, device), pool[0])
+            fn, first_s, _ = first_call(lambda: make_model_provider(name, model, batch, dtype, device), pool[0])
             t = time_cuda(fn, pool, reps=args.reps)
             rec = dict(provider=name, dtype=args.dtype, batch=batch, ms=round(t.median_ms, 4),
                        images_per_s=round(batch / t.median_ms * 1e3, 1), peak_mem_mb=round(peak_memory_mb(fn, pool[0]), 1),

@@ -44,15 +44,15 @@ def nhwc_input_pool(shape: tuple[int, ...], dtype: torch.dtype, device) -> list[
         memory_format=torch.channels_last), numel * dtype.itemsize)
 
 
-def first_call(build: Callable[[], Callable], x: torch.Tensor) -> tuple[Callable, float]:
+def first_call(build: Callable[[], Callable], x: torch.Tensor) -> tuple[Callable, float, object]:
     """Build a provider and run it once: (fn, seconds a user waits for the first result,
-    Triton JIT, torch.compile or CUDA-graph capture included)."""
+    Triton JIT, torch.compile or CUDA-graph capture included, that result)."""
     start = time.perf_counter()
     fn = build()
-    fn(x)
+    y = fn(x)
     if x.is_cuda:
         torch.cuda.synchronize()
-    return fn, time.perf_counter() - start
+    return fn, time.perf_counter() - start, y
 
 
 def warm_up(fn: Callable[[torch.Tensor], object], inputs: Sequence[torch.Tensor], *, calls: int = 1,
