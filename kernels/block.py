@@ -9,7 +9,8 @@ BLOCK_HID.  For each chunk it
 1. *stages*: computes relu6(expand(x)) once over the tile's input region (the tile at the
    stride plus a one-pixel halo, out-of-image pixels forced to 0: the depthwise's zero
    padding) on the tensor cores, and stores it, in the activation dtype, into a small
-   per-program scratch that stays in L1/L2;
+   per-program scratch that stays in L1/L2 -- 16-bit chunks straight from the product's
+   registers, as vectors (`_store_staged`), without a layout conversion through shared memory;
 2. *depthwise*: reads the nine shifted windows of that chunk back with constant offsets
    from one pointer tile -- no index math, masks or layout conversions per tap -- for
    vertical pairs of output pixels, whose windows overlap (3 + STRIDE rows of windows
@@ -38,8 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INT32_MAX, check_activation, check_param, launch, launch_args, next_pow2, output, split_pow2,
-                      tf32)
+from ._common import (INT32_MAX, check_activation, check_param, interpreting, launch, launch_args, next_pow2, output,
+                      split_pow2, tf32)
 from .choice import choose_block_config
 from .records import BlockConfig, BlockShape
 
@@ -138,12 +139,131 @@ def _start_depthwise(x_img, p_off, p_h, p_w, p_ok, H, W, start_rows, w_start_ptr
     return acc + b[None, :]
 
 
+# The staged chunk's store straight from the expand product's registers (GPU only).  Each
+# thread of a tensor-core accumulator holds, per row, the column pairs 8j + 2c + {0, 1}
+# (c = lane % 4, j = 0..J-1 with J = BLOCK_HID / 8).  With the expand's columns permuted by
+# `_stage_order`, those J pairs are hidden channels c*2J .. c*2J + 2J - 1: one contiguous
+# 4*J-byte vector store per row, and tl.store's round trip through shared memory (the
+# product's layout converted to a coalesced one: a store, a barrier, a load) is gone.
+# tl.store would convert; an inline-asm store has no layout of its own and takes the product's.
+def _vector_store_asm(n: int, masked: bool) -> tl.constexpr:
+    """PTX: pack n pairs of 16-bit values ($3..$(2n+2)) into words and store them as one vector at
+    $1 + 2*$2 (a 64-bit base, a 32-bit offset in elements: no 64-bit pointer per element is kept
+    live), under the predicate $(2n+3) != 0 when masked; $0 is a dummy result."""
+    regs = [f"w{i}" for i in range(n)]
+    body = " ".join(f"mov.b32 {w}, {{${3 + 2 * i}, ${4 + 2 * i}}};" for i, w in enumerate(regs))
+    guard = f"setp.ne.b32 p, ${3 + 2 * n}, 0; @p " if masked else ""
+    return tl.constexpr(f"{{ .reg .pred p; .reg .b64 a; .reg .b32 {', '.join(regs)}; mad.wide.u32 a, $2, 2, $1; "
+                        f"{body} {guard}st.global.v{n}.b32 [a], {{{', '.join(regs)}}}; mov.u32 $0, 0; }}")
+
+
+_ST_V2, _ST_V2_MASKED, _ST_V4, _ST_V4_MASKED = (_vector_store_asm(n, m) for n in (2, 4) for m in (False, True))
+
+
+@triton.jit
+def _stage_order(t, BLOCK_HID: tl.constexpr):
+    """The columns of t [R, BLOCK_HID] (a chunk's expand weights or bias, in channel order)
+    reordered so that the expand's column n = 8j + 2c + b computes channel c*2J + 2j + b: each
+    accumulator thread's pairs then hold contiguous channels.  Loaded in channel order (vector
+    loads) and reordered in registers, on the way to the product's shared-memory operand."""
+    J: tl.constexpr = BLOCK_HID // 8
+    return tl.reshape(tl.permute(tl.reshape(t, (t.shape[0], 4, J, 2)), (0, 2, 1, 3)), (t.shape[0], BLOCK_HID))
+
+
+@triton.jit
+def _store_words(base, offs, ok, v0, v1, v2, v3, ASM: tl.constexpr, N: tl.constexpr, MASKED: tl.constexpr):
+    """N (2 or 4) consecutive column pairs (v_j = (lo, hi) of pair j, int16) at base + offs (16-bit
+    elements) as one vector store, where ok (when MASKED)."""
+    if ASM:
+        a = tl.broadcast_to(base.to(tl.int64, bitcast=True), offs.shape)
+        if N == 2:
+            if MASKED:
+                tl.inline_asm_elementwise(_ST_V2_MASKED, "=r,l,r,h,h,h,h,r", [a, offs, v0[0], v0[1], v1[0], v1[1], ok],
+                                          dtype=tl.int32, is_pure=False, pack=1)
+            else:
+                tl.inline_asm_elementwise(_ST_V2, "=r,l,r,h,h,h,h", [a, offs, v0[0], v0[1], v1[0], v1[1]],
+                                          dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            words = [a, offs, v0[0], v0[1], v1[0], v1[1], v2[0], v2[1], v3[0], v3[1]]
+            if MASKED:
+                tl.inline_asm_elementwise(_ST_V4_MASKED, "=r,l,r,h,h,h,h,h,h,h,h,r", words + [ok], dtype=tl.int32,
+                                          is_pure=False, pack=1)
+            else:
+                tl.inline_asm_elementwise(_ST_V4, "=r,l,r,h,h,h,h,h,h,h,h", words, dtype=tl.int32, is_pure=False,
+                                          pack=1)
+    else:  # the interpreter's twin: the same values at the same addresses
+        p16 = base.to(tl.pointer_type(tl.int16)) + offs
+        m = ok != 0
+        tl.store(p16, v0[0], mask=m)
+        tl.store(p16 + 1, v0[1], mask=m)
+        tl.store(p16 + 2, v1[0], mask=m)
+        tl.store(p16 + 3, v1[1], mask=m)
+        if N == 4:
+            tl.store(p16 + 4, v2[0], mask=m)
+            tl.store(p16 + 5, v2[1], mask=m)
+            tl.store(p16 + 6, v3[0], mask=m)
+            tl.store(p16 + 7, v3[1], mask=m)
+
+
+@triton.jit
+def _pairs(t):
+    """[P, 4, 2K] as (even, odd) along the last dimension: [P, 4, K] each, [P, 4] for K = 1."""
+    if t.shape[2] == 2:
+        even, odd = tl.split(t)
+    else:
+        even, odd = tl.split(tl.reshape(t, (t.shape[0], t.shape[1], t.shape[2] // 2, 2)))
+    return even, odd
+
+
+@triton.jit
+def _store_staged(base, rows, row_ok, e, P: tl.constexpr, BLOCK_HID: tl.constexpr, ASM: tl.constexpr,
+                  MASKED: tl.constexpr):
+    """Store e [P, BLOCK_HID] (16-bit, columns in `_stage_order`) in channel order at rows [P] of
+    the buffer at base,
+    the rows where row_ok (when MASKED), each row's 2J channels of one accumulator thread as one vector."""
+    J: tl.constexpr = BLOCK_HID // 8
+    t = tl.permute(tl.reshape(e.to(tl.int16, bitcast=True), (P, J, 4, 2)), (0, 2, 1, 3))  # [row, c, j, b]
+    lo, hi = tl.split(t)  # [row, c, j]
+    offs = rows[:, None] * BLOCK_HID + (tl.arange(0, 4) * (2 * J))[None, :]
+    ok = tl.broadcast_to(row_ok.to(tl.int32)[:, None], (P, 4))
+    if J == 2:
+        l0, l1 = _pairs(lo)
+        h0, h1 = _pairs(hi)
+        _store_words(base, offs, ok, (l0, h0), (l1, h1), (l0, h0), (l1, h1), ASM, 2, MASKED)
+    else:
+        le, lo_ = _pairs(lo)  # even / odd j
+        he, ho = _pairs(hi)
+        if J == 4:  # j = 0, 2 | 1, 3
+            l0, l2 = _pairs(le)
+            l1, l3 = _pairs(lo_)
+            h0, h2 = _pairs(he)
+            h1, h3 = _pairs(ho)
+            _store_words(base, offs, ok, (l0, h0), (l1, h1), (l2, h2), (l3, h3), ASM, 4, MASKED)
+        else:  # J == 8: j = 0, 4 | 2, 6 | 1, 5 | 3, 7
+            lee, leo = _pairs(le)
+            loe, loo = _pairs(lo_)
+            hee, heo = _pairs(he)
+            hoe, hoo = _pairs(ho)
+            l0, l4 = _pairs(lee)
+            l2, l6 = _pairs(leo)
+            l1, l5 = _pairs(loe)
+            l3, l7 = _pairs(loo)
+            h0, h4 = _pairs(hee)
+            h2, h6 = _pairs(heo)
+            h1, h5 = _pairs(hoe)
+            h3, h7 = _pairs(hoo)
+            _store_words(base, offs, ok, (l0, h0), (l1, h1), (l2, h2), (l3, h3), ASM, 4, MASKED)
+            _store_words(base, offs + 8, ok, (l4, h4), (l5, h5), (l6, h6), (l7, h7), ASM, 4, MASKED)
+
 @triton.jit
 def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl.constexpr,
-                 HIDDEN: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """e + x @ w_exp[K0:K0+BK, chunk]: one power-of-two part of the expand product."""
+                 HIDDEN: tl.constexpr, DOT_PRECISION: tl.constexpr, STAGE_VECTORS: tl.constexpr = False):
+    """e + x @ w_exp[K0:K0+BK, chunk]: one power-of-two part of the expand product (its columns in
+    `_stage_order` with STAGE_VECTORS)."""
     kk = K0 + tl.arange(0, BK)
     w = tl.load(w_exp_ptr + kk[:, None] * HIDDEN + hh[None, :], mask=(kk < CIN)[:, None] & h_ok[None, :], other=0.0)
+    if STAGE_VECTORS:
+        w = _stage_order(w, hh.shape[0])
     return tl.dot(x, w, e, input_precision=DOT_PRECISION)
 
 
@@ -303,6 +423,8 @@ def _inverted_residual_kernel(
     JOIN_PAIRS: tl.constexpr = False,  # project top and bottom pixels in one product of 2*P2 rows
     P_STAGE: tl.constexpr = 0,  # rows the expand computes per chunk: P_IN, or with STAGE_IMAGE
     # next_pow2(IMGS*TILE_H*TILE_W)
+    STAGE_VECTORS: tl.constexpr = False,  # store the staged chunk from the product's registers (`_store_staged`)
+    ASM_STORES: tl.constexpr = False,  # ... with inline-asm vector stores (compiled), else tl.store (interpreter)
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
@@ -400,18 +522,24 @@ def _inverted_residual_kernel(
                         if K_B > 0:
                             x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
                     e = _expand_part(x_a, tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0,
-                                     K_A, CIN, HIDDEN, DOT_PRECISION)
+                                     K_A, CIN, HIDDEN, DOT_PRECISION, STAGE_VECTORS)
                     if K_B > 0:
-                        e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION)
-                    b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)
-                    e = _act_bounded(e + b[None, :], r_hi[:, None], ACT_EXP)
+                        e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION,
+                                         STAGE_VECTORS)
+                    b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+                    if STAGE_VECTORS:
+                        b = _stage_order(b, BLOCK_HID)
+                    e = _act_bounded(e + b, r_hi[:, None], ACT_EXP)
                 else:
                     e = tl.load(x_img + r_off[:, None] + hh[None, :], mask=r_ok[:, None] & h_ok[None, :], other=0.0)
                 # Double buffer: a warp overwrites a buffer only after the next chunk's barrier,
                 # which every warp reaches after reading it, so one barrier per chunk suffices.
                 buf = (step % 2) * (P_IN * BLOCK_HID)
                 step += 1
-                if STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
+                if STAGE_VECTORS:
+                    _store_staged(scratch + buf, r, r_in, e.to(dtype), P_STAGE, BLOCK_HID, ASM_STORES,
+                                  STAGE_IMAGE)
+                elif STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
                     tl.store(stage_ptrs + buf, e.to(dtype), mask=r_in[:, None])
                 else:
                     tl.store(stage_ptrs + buf, e.to(dtype))
@@ -510,6 +638,10 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         # The expand's rows: the staged region, or with stage_image the images' own pixels.
         P_STAGE=max(16, next_pow2(cfg.imgs * cfg.tile_h * cfg.tile_w)) if cfg.stage_image else _staged_rows(shape, cfg),
         P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * cfg.tile_w)),
+        # 16-bit products stage their chunk from the accumulator's registers; compiled, with
+        # vector stores in inline asm, which the interpreter cannot run (it takes tl.store).
+        STAGE_VECTORS=shape.staged and shape.has_expand and dtype.itemsize == 2 and cfg.block_hid in (16, 32, 64),
+        ASM_STORES=not interpreting(),
         K_A=k_a,
         K_B=k_b,
         CO_A=co_a,

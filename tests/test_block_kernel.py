@@ -120,18 +120,21 @@ TILINGS = [
 ]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("tiling", TILINGS, ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()))
-def test_block_tilings(tiling, stride):
+def test_block_tilings(tiling, stride, dtype):
     # 40 and 48 channels: the expand and the project run as two power-of-two products
-    # (32 + 16 each, the first padded); hidden 120 is not a multiple of 16, 32 or 64.
+    # (32 + 16 each, the first padded); hidden 120 is not a multiple of 16, 32 or 64.  fp16
+    # stages its chunks from the expand's accumulators in `_stage_order` (a partial last chunk
+    # included), fp32 with tl.store.
     cin, t, cout = (40, 3, 40) if stride == 1 else (40, 3, 48)
     block = make_block(cin, cout, stride, t)
-    fused = fuse_block(block, backend="triton").to(DEVICE, torch.float32)
+    fused = fuse_block(block, backend="triton").to(DEVICE, dtype)
     # 5 images: ragged groups of 2 and 3; 2 are enough for several tiles per program else.
-    x = nhwc(torch.randn(5 if tiling.get("imgs", 1) > 1 else 2, cin, 9, 7)).to(DEVICE)
+    x = nhwc(torch.randn(5 if tiling.get("imgs", 1) > 1 else 2, cin, 9, 7)).to(DEVICE, dtype)
     y = _run(fused, x, BlockConfig(**tiling))
-    assert_close(y, reference64(block, x), torch.float32, str(tiling))
+    assert_close(y, reference64(block, x), dtype, str(tiling))
 
 
 # Whole-image tiles with stage_image (stride 1): only the image's pixels are expanded and
