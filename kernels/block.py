@@ -423,13 +423,16 @@ def _inverted_residual_kernel(
     JOIN_PAIRS: tl.constexpr = False,  # project top and bottom pixels in one product of 2*P2 rows
     P_STAGE: tl.constexpr = 0,  # rows the expand computes per chunk: P_IN, or with STAGE_IMAGE
     # next_pow2(IMGS*TILE_H*TILE_W)
-    STAGE_VECTORS: tl.constexpr = False,  # store the staged chunk from the product's registers (`_store_staged`)
+    STAGE_VECTORS: tl.constexpr = True,  # 16-bit expand products: stage the chunk from the product's registers
+    # (`_store_staged`; chunks of 16-64), else with tl.store (a layout conversion, fewer registers)
     ASM_STORES: tl.constexpr = False,  # ... with inline-asm vector stores (compiled), else tl.store (interpreter)
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
+    VECTORS: tl.constexpr = (STAGE_VECTORS and HAS_EXPAND and y_ptr.dtype.element_ty.primitive_bitwidth == 16
+                             and BLOCK_HID >= 16 and BLOCK_HID <= 64)
     tiles_w = tl.cdiv(WO, TILE_W)
     tiles_hw = tl.cdiv(HO, TILE_H) * tiles_w
     n_tiles = tl.cdiv(N, IMGS) * tiles_hw
@@ -522,12 +525,12 @@ def _inverted_residual_kernel(
                         if K_B > 0:
                             x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
                     e = _expand_part(x_a, tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0,
-                                     K_A, CIN, HIDDEN, DOT_PRECISION, STAGE_VECTORS)
+                                     K_A, CIN, HIDDEN, DOT_PRECISION, VECTORS)
                     if K_B > 0:
                         e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION,
-                                         STAGE_VECTORS)
+                                         VECTORS)
                     b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-                    if STAGE_VECTORS:
+                    if VECTORS:
                         b = _stage_order(b, BLOCK_HID)
                     e = _act_bounded(e + b, r_hi[:, None], ACT_EXP)
                 else:
@@ -536,7 +539,7 @@ def _inverted_residual_kernel(
                 # which every warp reaches after reading it, so one barrier per chunk suffices.
                 buf = (step % 2) * (P_IN * BLOCK_HID)
                 step += 1
-                if STAGE_VECTORS:
+                if VECTORS:
                     _store_staged(scratch + buf, r, r_in, e.to(dtype), P_STAGE, BLOCK_HID, ASM_STORES,
                                   STAGE_IMAGE)
                 elif STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
@@ -638,9 +641,8 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         # The expand's rows: the staged region, or with stage_image the images' own pixels.
         P_STAGE=max(16, next_pow2(cfg.imgs * cfg.tile_h * cfg.tile_w)) if cfg.stage_image else _staged_rows(shape, cfg),
         P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * cfg.tile_w)),
-        # 16-bit products stage their chunk from the accumulator's registers; compiled, with
-        # vector stores in inline asm, which the interpreter cannot run (it takes tl.store).
-        STAGE_VECTORS=shape.staged and shape.has_expand and dtype.itemsize == 2 and cfg.block_hid in (16, 32, 64),
+        # The staged chunk's vector stores (cfg.stage_vectors), compiled, are inline asm, which
+        # the interpreter cannot run: it takes their tl.store twin.
         ASM_STORES=not interpreting(),
         K_A=k_a,
         K_B=k_b,

@@ -182,7 +182,9 @@ class BlockConfig(LaunchConfig):
     compiled variant reaches; maxnreg caps its registers to reach it).  stage_image: for
     stride 1 and a tile covering the whole image, only the image's pixels are expanded per
     chunk (the halo ring is padding, zeroed once per program).  join_pairs: the pairs' top and
-    bottom pixels projected in one product of twice the rows."""
+    bottom pixels projected in one product of twice the rows.  stage_vectors: 16-bit
+    chunks are staged straight from the expand's accumulators with vector stores (off: through
+    tl.store's layout conversion, which needs fewer registers)."""
 
     tile_h: int = 8  # output tile rows (even) ...
     tile_w: int = 8  # ... columns ...
@@ -193,6 +195,7 @@ class BlockConfig(LaunchConfig):
     programs_per_sm: int = 2  # resident programs per multiprocessor: sizes the persistent grid
     join_pairs: bool = False  # project both pixels of each pair in one product (2x the rows)
     stage_image: bool = False  # stride 1, one tile per image: expand only the image's pixels (the halo is padding)
+    stage_vectors: bool = True  # 16-bit: store staged chunks from the expand's registers (False: tl.store, fewer registers)
 
     def validate(self, shape: BlockShape) -> None:
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):

@@ -45,10 +45,12 @@ def _tiles(shape) -> list[tuple[int, int, int]]:
 def candidates(shape, itemsize: int, batch: int):
     """The heuristic's config and a sweep around it: tiles, hidden chunk, warps, register cap
     (which sets the occupancy), and for tiles that cover the whole image (stride 1) the same with stage_image; for tiles of
-    28-32 pixel pairs (half a wgmma tile), the same with join_pairs."""
+    28-32 pixel pairs (half a wgmma tile), the same with join_pairs; for 16-bit expands, each
+    with and without stage_vectors."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
+    vector_stores = itemsize == 2 and shape.staged and shape.has_expand
     for imgs, tile_h, tile_w in _tiles(shape):
         whole = shape.stride == 1 and tile_h >= shape.ho and tile_w >= shape.wo
         for stage_image in (False, True) if whole else (False,):
@@ -58,10 +60,12 @@ def candidates(shape, itemsize: int, batch: int):
                 for resident in (True,):
                     # Products of fewer than 64 rows: both pixels of each pair in one.
                     for join in (False, True) if 28 <= imgs * tile_h // 2 * tile_w <= 32 else (False,):
-                        out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
-                                               x_resident=resident, num_warps=warps, maxnreg=maxnreg,
-                                               programs_per_sm=16 // warps, stage_image=stage_image,
-                                               join_pairs=join))
+                        # 16-bit expands: the vector stores of staged chunks, or tl.store (fewer registers).
+                        for vectors in (True, False) if vector_stores else (True,):
+                            out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
+                                                   x_resident=resident, num_warps=warps, maxnreg=maxnreg,
+                                                   programs_per_sm=16 // warps, stage_image=stage_image,
+                                                   join_pairs=join, stage_vectors=vectors))
     return list(dict.fromkeys(out))
 
 
