@@ -193,7 +193,7 @@ def _store_words(base, offs, ok, v0, v1, v2, v3, ASM: tl.constexpr, N: tl.conste
                                           pack=1)
     else:  # the interpreter's twin: the same values at the same addresses
         p16 = base.to(tl.pointer_type(tl.int16)) + offs
-        m = ok != 0
+        m = (ok != 0) | (not MASKED)  # as the asm: every row unless MASKED
         tl.store(p16, v0[0], mask=m)
         tl.store(p16 + 1, v0[1], mask=m)
         tl.store(p16 + 2, v1[0], mask=m)

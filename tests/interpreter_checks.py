@@ -55,9 +55,10 @@ class _Launch:
         self.pid = None
         self.epoch = 0
         self.last = {}  # (buffer, "r" or "w") -> epoch of the last access
+        self.written = {}  # buffer -> (epoch, addresses stored in it during that epoch)
 
     def new_program(self, pid):
-        self.pid, self.epoch, self.last = pid, 0, {}
+        self.pid, self.epoch, self.last, self.written = pid, 0, {}, {}
 
     def barrier(self):
         self.epoch += 1
@@ -92,9 +93,17 @@ class _Launch:
             if kind == "store" and self.last.get((mine, "r")) == self.epoch:
                 self.check.problems.append(f"program {self.pid}: overwrites scratch buffer {mine} with no barrier "
                                            "since it last read it (another warp may still be reading)")
-            if kind == "store" and self.last.get((mine, "w")) == self.epoch:
-                self.check.problems.append(f"program {self.pid}: writes scratch buffer {mine} twice with no barrier "
-                                           "between (two warps' stores to one address race)")
+            if kind == "store":
+                # Several stores may fill one buffer between barriers (the vector stores' twin
+                # stores a chunk element by element); one address written twice may not.
+                mine_addrs = np.unique(in_scratch[(in_scratch - lo) // self.buf_bytes == b])
+                epoch, seen = self.written.get(mine, (None, None))
+                if epoch == self.epoch:
+                    if np.intersect1d(seen, mine_addrs).size:
+                        self.check.problems.append(f"program {self.pid}: writes an address of scratch buffer {mine} "
+                                                   "twice with no barrier between (two warps' stores race)")
+                    mine_addrs = np.union1d(seen, mine_addrs)
+                self.written[mine] = (self.epoch, mine_addrs)
             if kind == "load" and self.last.get((mine, "w")) == self.epoch:
                 self.check.problems.append(f"program {self.pid}: reads scratch buffer {mine} with no barrier since "
                                            "it wrote it (another warp's part may not be there yet)")

@@ -360,18 +360,18 @@ ACCESS_CASES = [
 
 
 @pytest.mark.skipif(not INTERPRETER, reason="checks the interpreter's loads and stores")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])  # fp16: the chunks' vector stores
 @pytest.mark.parametrize("cin,t,cout,stride,n,h,w,cfg", ACCESS_CASES)
-def test_every_access_is_in_bounds_and_the_scratch_in_barrier_order(cin, t, cout, stride, n, h, w, cfg):
+def test_every_access_is_in_bounds_and_the_scratch_in_barrier_order(cin, t, cout, stride, n, h, w, cfg, dtype):
     """No load or store outside the launch's tensors (padding rows and pixel pairs included,
     whose values never reach the output), each program in its own scratch, and every scratch
     buffer read only after a barrier that follows its write, overwritten only after a barrier
     that follows its read (tests/interpreter_checks.py)."""
-    block_, fused = _fused(BlockShape(cin, cin * t, cout, stride, h, w, t > 1, stride == 1 and cin == cout),
-                           torch.float32)
-    x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE)
+    block_, fused = _fused(BlockShape(cin, cin * t, cout, stride, h, w, t > 1, stride == 1 and cin == cout), dtype)
+    x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE, dtype)
     cfg = cfg or _config(fused.spec.at(h, w), n)
     with checked_launches(block, scratch_arg=SCRATCH_ARG, per_program=block_scratch) as check:
         y = _run(fused, x, cfg)
     assert check.launches == 1 and check.barriers > 0 and check.accesses > 0
     assert not check.problems, check.report()
-    assert_close(y, reference64(block_, x), torch.float32, str(cfg))
+    assert_close(y, reference64(block_, x), dtype, str(cfg))
