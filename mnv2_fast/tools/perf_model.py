@@ -702,7 +702,10 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         expand = rows * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
         project = 2 * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])  # top and bottom pixels
         macs = per_program * chunks * (expand + project)
-        row_padding = max(1, 64 / min(args["P2"], args["P_IN"] if s.staged else args["P2"]))  # wgmma: 64-row tiles
+        # wgmma works on 64-row tiles: the project's rows (2 x P2 joined, else P2 per product) and
+        # the expand's (P_STAGE) pad up to them.
+        project_rows = 2 * args["P2"] if cfg.join_pairs else args["P2"]
+        row_padding = max(1, 64 / min(project_rows, args["P_STAGE"] if s.staged else args["P2"]))
         # The persistent tile loop always stays a loop; the chunk loop is unrolled away when it
         # has one trip.  The compiler usually unrolls the depthwise's row loop (KSIZE + STRIDE
         # trips); where it keeps it, it is innermost.  The start depthwise's row loop has a
