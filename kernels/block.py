@@ -304,6 +304,72 @@ def _depthwise_pairs(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constex
     return top, bot
 
 
+
+@triton.jit
+def _depthwise_quads(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
+                     STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr,
+                     P2: tl.constexpr):
+    """`_depthwise_pairs` for 2x2 groups of output pixels (two vertical pairs side by side): the
+    right pixels' taps start STRIDE staged columns right of the left ones', so each of the
+    KSIZE + STRIDE columns of windows in a row is loaded once for both (a 3x3 depthwise at
+    stride 1: 16 windows for 4 pixels instead of 24), and each weight vector serves 4 pixels.
+    Returns (top-left, top-right, bottom-left, bottom-right)."""
+    acc_tl = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
+    acc_tr = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
+    acc_bl = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
+    acc_br = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
+    for j in range(KSIZE + STRIDE):  # unrolled by the compiler: constant offsets throughout
+        kt = tl.minimum(j, KSIZE - 1)  # the kernel row this staged row is for the top pixels ...
+        kb = tl.maximum(j - STRIDE, 0)  # ... and for the bottom ones
+        # The right pixels' tap m - STRIDE is the left pixels' tap of STRIDE columns before:
+        # its weights are carried over (t1, t2: one and two columns back), not reloaded.
+        t1 = tl.zeros([BLOCK_HID], dtype=w_dw_ptr.dtype.element_ty)
+        b1 = t1
+        t2 = t1
+        b2 = t1
+        for m in tl.static_range(KSIZE + STRIDE):
+            r = tl.load(pair_ptrs + (j * REG_W + m) * BLOCK_HID)
+            if m < KSIZE:  # the left pixels' tap m
+                t = tl.load(w_dw_ptr + (kt * KSIZE + m) * HIDDEN + hh, mask=h_ok, other=0.0)
+                b = tl.load(w_dw_ptr + (kb * KSIZE + m) * HIDDEN + hh, mask=h_ok, other=0.0)
+                if m == 0:
+                    row_tl = r * t[None, :]
+                    row_bl = r * b[None, :]
+                else:
+                    row_tl += r * t[None, :]
+                    row_bl += r * b[None, :]
+            else:
+                t = t1
+                b = b1
+            if m >= STRIDE:  # the right pixels' tap m - STRIDE
+                tr_w = t2 if STRIDE == 2 else t1
+                br_w = b2 if STRIDE == 2 else b1
+                if m == STRIDE:
+                    row_tr = r * tr_w[None, :]
+                    row_br = r * br_w[None, :]
+                else:
+                    row_tr += r * tr_w[None, :]
+                    row_br += r * br_w[None, :]
+            t2 = t1
+            b2 = b1
+            t1 = t
+            b1 = b
+        acc_tl += tl.where(j < KSIZE, row_tl.to(tl.float32), 0.0)
+        acc_tr += tl.where(j < KSIZE, row_tr.to(tl.float32), 0.0)
+        acc_bl += tl.where(j >= STRIDE, row_bl.to(tl.float32), 0.0)
+        acc_br += tl.where(j >= STRIDE, row_br.to(tl.float32), 0.0)
+    bias = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    acc_tl = _act(acc_tl + bias, ACT)
+    acc_tr = _act(acc_tr + bias, ACT)
+    acc_bl = _act(acc_bl + bias, ACT)
+    acc_br = _act(acc_br + bias, ACT)
+    if HIDDEN % BLOCK_HID != 0:  # padding columns: see `_depthwise_pairs`
+        acc_tl = tl.where(h_ok[None, :], acc_tl, 0.0)
+        acc_tr = tl.where(h_ok[None, :], acc_tr, 0.0)
+        acc_bl = tl.where(h_ok[None, :], acc_bl, 0.0)
+        acc_br = tl.where(h_ok[None, :], acc_br, 0.0)
+    return acc_tl, acc_tr, acc_bl, acc_br
+
 @triton.jit
 def _join_pairs(top, bot, P2: tl.constexpr, BLOCK_HID: tl.constexpr):
     """[2*P2, BLOCK_HID]: the pairs' top and bottom pixels interleaved (rows 2q and 2q + 1), so
@@ -316,6 +382,16 @@ def _join_pairs(top, bot, P2: tl.constexpr, BLOCK_HID: tl.constexpr):
 def _split_pairs(acc, P2: tl.constexpr, CO: tl.constexpr):
     """The inverse of `_join_pairs` for the accumulators: (top, bottom), [P2, CO] each."""
     return tl.split(tl.permute(tl.reshape(acc, (P2, 2, CO)), (0, 2, 1)))
+
+
+@triton.jit
+def _split_quads(acc, P2: tl.constexpr, CO: tl.constexpr):
+    """The 2x2 groups' accumulators [4*P2, CO] (rows 4q + 2u + v: column u, row v) as (top-left,
+    top-right, bottom-left, bottom-right), [P2, CO] each."""
+    top, bot = _split_pairs(acc, 2 * P2, CO)
+    top_l, top_r = _split_pairs(top, P2, CO)
+    bot_l, bot_r = _split_pairs(bot, P2, CO)
+    return top_l, top_r, bot_l, bot_r
 
 
 @triton.jit
@@ -426,6 +502,7 @@ def _inverted_residual_kernel(
     STAGE_VECTORS: tl.constexpr = True,  # 16-bit expand products: stage the chunk from the product's registers
     # (`_store_staged`; chunks of 16-64), else with tl.store (a layout conversion, fewer registers)
     ASM_STORES: tl.constexpr = False,  # ... with inline-asm vector stores (compiled), else tl.store (interpreter)
+    QUADS: tl.constexpr = False,  # 2x2 pixel groups (pairs side by side) share windows and weights; needs JOIN_PAIRS
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
@@ -437,11 +514,13 @@ def _inverted_residual_kernel(
     tiles_hw = tl.cdiv(HO, TILE_H) * tiles_w
     n_tiles = tl.cdiv(N, IMGS) * tiles_hw
     # Tile-invariant index math, once per program: offsets relative to a tile's origin.
-    q = tl.arange(0, P2)  # pixel pairs: rows q_y (top) and q_y + 1 (bottom) of column q_x
-    q_img = q // (TILE_H // 2 * TILE_W)
-    q_y = (q // TILE_W) % (TILE_H // 2) * 2
-    q_x = q % TILE_W
-    q_in = q < IMGS * (TILE_H // 2) * TILE_W
+    GW: tl.constexpr = 2 if QUADS else 1  # columns per pixel group
+    QW: tl.constexpr = TILE_W // GW  # groups per tile row
+    q = tl.arange(0, P2)  # pixel pairs (or 2x2 groups): rows q_y (top) and q_y + 1 (bottom) of column q_x (+ 1)
+    q_img = q // (TILE_H // 2 * QW)
+    q_y = (q // QW) % (TILE_H // 2) * 2
+    q_x = q % QW * GW
+    q_in = q < IMGS * (TILE_H // 2) * QW
     q_x_rel = ((q_img * H + q_y) * W + q_x) * CIN
     q_y_rel = ((q_img * HO + q_y) * WO + q_x) * COUT
     hh0 = tl.arange(0, BLOCK_HID)
@@ -460,9 +539,9 @@ def _inverted_residual_kernel(
         # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
         # padding pairs (q_in false) read the last pair's windows: theirs would lie past the staged
         # region, in another program's scratch or past its end.
-        q_last = tl.minimum(q, IMGS * (TILE_H // 2) * TILE_W - 1)
-        q_win = (q_last // (TILE_H // 2 * TILE_W) * (REG_H * REG_W) + (q_last // TILE_W) % (TILE_H // 2) * 2
-                 * (STRIDE * REG_W) + q_last % TILE_W * STRIDE)
+        q_last = tl.minimum(q, IMGS * (TILE_H // 2) * QW - 1)
+        q_win = (q_last // (TILE_H // 2 * QW) * (REG_H * REG_W) + (q_last // QW) % (TILE_H // 2) * 2
+                 * (STRIDE * REG_W) + q_last % QW * GW * STRIDE)
         pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
         if STAGE_IMAGE:
             _zero_scratch(scratch, P_IN, BLOCK_HID)
@@ -483,10 +562,10 @@ def _inverted_residual_kernel(
         n0 = tile // tiles_hw * IMGS
         x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)  # 64-bit image base, 32-bit offsets within
         y_img = y_ptr + n0.to(tl.int64) * (HO * WO * COUT)
-        if JOIN_PAIRS:  # one product per part for both pixels of each pair: rows 2q (top), 2q + 1
-            acc_a = tl.zeros([2 * P2, CO_A], dtype=tl.float32)
+        if JOIN_PAIRS:  # one product per part for all pixels of each group: rows 2q (top), 2q + 1 (quads: 4q + ...)
+            acc_a = tl.zeros([2 * GW * P2, CO_A], dtype=tl.float32)
             if CO_B > 0:
-                acc_b = tl.zeros([2 * P2, CO_B], dtype=tl.float32)
+                acc_b = tl.zeros([2 * GW * P2, CO_B], dtype=tl.float32)
         else:
             acc_ta = tl.zeros([P2, CO_A], dtype=tl.float32)  # top pixels, first output part
             acc_ba = tl.zeros([P2, CO_A], dtype=tl.float32)  # bottom pixels
@@ -547,12 +626,19 @@ def _inverted_residual_kernel(
                 else:
                     tl.store(stage_ptrs + buf, e.to(dtype))
                 tl.debug_barrier()
-                # 2. Depthwise for the tile's pixel pairs.
-                d_top, d_bot = _depthwise_pairs(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE,
-                                                KSIZE, ACT_DW, BLOCK_HID, P2)
+                # 2. Depthwise for the tile's pixel pairs (or 2x2 groups: then d_top and d_bot hold
+                # both columns, rows 2q + u for the left (u = 0) and the right pixel).
+                if QUADS:
+                    d_tl, d_tr, d_bl, d_br = _depthwise_quads(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN,
+                                                              REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2)
+                    d_top = _join_pairs(d_tl, d_tr, P2, BLOCK_HID)
+                    d_bot = _join_pairs(d_bl, d_br, P2, BLOCK_HID)
+                else:
+                    d_top, d_bot = _depthwise_pairs(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W,
+                                                    STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2)
                 # 3. Project into the accumulators.
                 if JOIN_PAIRS:
-                    d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), P2, BLOCK_HID)
+                    d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
                     acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
                     if CO_B > 0:
                         acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
@@ -560,7 +646,11 @@ def _inverted_residual_kernel(
                     acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta, acc_ba,
                                                                     acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
                                                                     COUT, DOT_PRECISION)
-            if JOIN_PAIRS:
+            if QUADS:  # left pixels into the pairs' accumulators, right ones apart
+                acc_ta, acc_tra, acc_ba, acc_bra = _split_quads(acc_a, P2, CO_A)
+                if CO_B > 0:
+                    acc_tb, acc_trb, acc_bb, acc_brb = _split_quads(acc_b, P2, CO_B)
+            elif JOIN_PAIRS:
                 acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
                 if CO_B > 0:
                     acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
@@ -609,6 +699,18 @@ def _inverted_residual_kernel(
                         HAS_RESIDUAL)
             _store_part(acc_bb, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, CO_A, CO_B,
                         COUT, ACT_PROJ, HAS_RESIDUAL)
+        if QUADS:  # the groups' right column
+            ok_tr = ok_top & (ow + 1 < WO)
+            ok_br = ok_bot & (ow + 1 < WO)
+            _store_part(acc_tra, x_img, y_img, b_proj_ptr, in_top + CIN, out_top + COUT, ok_tr, 0, CO_A, COUT,
+                        ACT_PROJ, HAS_RESIDUAL)
+            _store_part(acc_bra, x_img, y_img, b_proj_ptr, in_top + W * CIN + CIN, out_top + WO * COUT + COUT, ok_br,
+                        0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
+            if CO_B > 0:
+                _store_part(acc_trb, x_img, y_img, b_proj_ptr, in_top + CIN, out_top + COUT, ok_tr, CO_A, CO_B, COUT,
+                            ACT_PROJ, HAS_RESIDUAL)
+                _store_part(acc_brb, x_img, y_img, b_proj_ptr, in_top + W * CIN + CIN, out_top + WO * COUT + COUT,
+                            ok_br, CO_A, CO_B, COUT, ACT_PROJ, HAS_RESIDUAL)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -640,7 +742,8 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         P_IN=_staged_rows(shape, cfg),
         # The expand's rows: the staged region, or with stage_image the images' own pixels.
         P_STAGE=max(16, next_pow2(cfg.imgs * cfg.tile_h * cfg.tile_w)) if cfg.stage_image else _staged_rows(shape, cfg),
-        P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * cfg.tile_w)),
+        # Pixel pairs, or 2x2 groups with quads.
+        P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * (cfg.tile_w // 2 if cfg.quads else cfg.tile_w))),
         # The staged chunk's vector stores (cfg.stage_vectors), compiled, are inline asm, which
         # the interpreter cannot run: it takes their tl.store twin.
         ASM_STORES=not interpreting(),

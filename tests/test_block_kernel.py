@@ -117,6 +117,9 @@ TILINGS = [
     dict(tile_h=6, tile_w=3, imgs=1, block_hid=16, x_resident=False),
     dict(tile_h=10, tile_w=7, imgs=2, block_hid=32),
     dict(tile_h=4, tile_w=3, imgs=2, block_hid=16, join_pairs=True),
+    # 2x2 pixel groups: the right column past the image's 7 columns (tile widths 4 and 6)
+    dict(tile_h=2, tile_w=4, imgs=2, block_hid=32, join_pairs=True, quads=True),
+    dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, x_resident=False),
 ]
 
 
@@ -149,6 +152,7 @@ STAGE_IMAGE_CASES = [
     (32, 1, 24, 5, 4, 3, torch.float32, dict(tile_h=4, tile_w=4, imgs=1, block_hid=32)),
     (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=2, block_hid=64, num_warps=8)),
     (40, 3, 48, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=1, block_hid=32, join_pairs=True)),
+    (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=1, block_hid=32, join_pairs=True, quads=True)),
 ]
 
 
@@ -182,6 +186,13 @@ def test_block_stage_image_keeps_nan_and_inf_inside_the_image():
     assert torch.isfinite(ref[3]).all()
     finite = torch.isfinite(ref)
     assert_close(torch.where(finite, y, 0), torch.where(finite, ref, 0), torch.float32, "finite part")
+
+
+def test_quads_need_joined_products_and_an_even_tile_width():
+    a = _args()
+    for tile in (dict(tile_h=4, tile_w=4, quads=True), dict(tile_h=4, tile_w=3, join_pairs=True, quads=True)):
+        with pytest.raises(ValueError, match="quads needs join_pairs and an even tile_w"):
+            inverted_residual(_x(), **a, stride=2, residual=False, config=BlockConfig(**tile))
 
 
 def test_stage_image_needs_stride_1_and_a_tile_covering_the_image():
@@ -356,6 +367,9 @@ ACCESS_CASES = [
     # the pixel enumeration never stored; three programs over four images.
     (16, 3, 24, 1, 4, 5, 5, BlockConfig(tile_h=6, tile_w=5, block_hid=16, stage_image=True)),
     (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16, join_pairs=True)),
+    # 2x2 pixel groups: padding groups, the right column past odd widths, stride 1 and 2.
+    (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True)),
+    (16, 3, 16, 1, 2, 5, 7, BlockConfig(tile_h=4, tile_w=6, block_hid=32, join_pairs=True, quads=True)),
 ]
 
 

@@ -124,6 +124,7 @@ TILINGS = {
     "small-2imgs": dict(tile_h=2, tile_w=3, imgs=2, block_hid=16),
     "reload": dict(tile_h=4, tile_w=2, imgs=1, block_hid=32, x_resident=False),
     "3imgs": dict(tile_h=6, tile_w=5, imgs=3, block_hid=64),
+    "quads": dict(tile_h=2, tile_w=4, imgs=2, block_hid=32, join_pairs=True, quads=True),
 }
 TILED = {
     "ir-k5-s2-tf-same": lambda: _ir(40, 48, 5, 2, 2.5, same=True),  # hidden 100: chunks of 16/32/64 end partial
@@ -134,7 +135,8 @@ TILED = {
 }
 TILED_CASES = [("ir-k5-s2-tf-same", "small-2imgs"), ("ir-k5-s1-relu-res", "reload"), ("ir-k5-s1-relu-res", "3imgs"),
                ("uib-extradw-s2", "small-2imgs"), ("uib-extradw-s2", "3imgs"), ("uib-convnext-s2", "small-2imgs"),
-               ("uib-convnext-s2", "reload"), ("ds-k5-pwact-res", "small-2imgs")]
+               ("uib-convnext-s2", "reload"), ("ds-k5-pwact-res", "small-2imgs"), ("ir-k5-s2-tf-same", "quads"),
+               ("ir-k5-s1-relu-res", "quads"), ("uib-extradw-s2", "quads"), ("ds-k5-pwact-res", "quads")]
 
 
 def _launch_guarded(fused, x, cfg):

@@ -700,11 +700,12 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         # images' own pixels), or (no middle depthwise) on the top and bottom pixels.
         rows = args["P_STAGE"] if s.staged else 2 * args["P2"]
         expand = rows * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
-        project = 2 * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])  # top and bottom pixels
+        group = 4 if cfg.quads else 2  # pixels per pair (top and bottom) or 2x2 group
+        project = group * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])
         macs = per_program * chunks * (expand + project)
         # wgmma works on 64-row tiles: the project's rows (2 x P2 joined, else P2 per product) and
         # the expand's (P_STAGE) pad up to them.
-        project_rows = 2 * args["P2"] if cfg.join_pairs else args["P2"]
+        project_rows = group * args["P2"] if cfg.join_pairs else args["P2"]
         row_padding = max(1, 64 / min(project_rows, args["P_STAGE"] if s.staged else args["P2"]))
         # The persistent tile loop always stays a loop; the chunk loop is unrolled away when it
         # has one trip.  The compiler usually unrolls the depthwise's row loop (KSIZE + STRIDE

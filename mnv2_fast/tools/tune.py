@@ -45,8 +45,8 @@ def _tiles(shape) -> list[tuple[int, int, int]]:
 def candidates(shape, itemsize: int, batch: int):
     """The heuristic's config and a sweep around it: tiles, hidden chunk, warps, register cap
     (which sets the occupancy), and for tiles that cover the whole image (stride 1) the same with stage_image; for tiles of
-    28-32 pixel pairs (half a wgmma tile), the same with join_pairs; for 16-bit expands, each
-    with and without stage_vectors."""
+    28-32 pixel pairs (half a wgmma tile), the same with join_pairs; for even tile widths, 2x2
+    pixel groups (quads); for 16-bit expands, each with and without stage_vectors."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
@@ -58,14 +58,18 @@ def candidates(shape, itemsize: int, batch: int):
                 # The input reloaded per chunk (x_resident off) never won a block in attempt 1's
                 # sweep, and 8 warps uncapped now give the registers it would free.
                 for resident in (True,):
-                    # Products of fewer than 64 rows: both pixels of each pair in one.
-                    for join in (False, True) if 28 <= imgs * tile_h // 2 * tile_w <= 32 else (False,):
+                    # Products of fewer than 64 rows: both pixels of each pair in one; 2x2 pixel
+                    # groups (even tile widths), always joined.
+                    groups = [(False, False), (True, False)] if 28 <= imgs * tile_h // 2 * tile_w <= 32 else [
+                        (False, False)]
+                    groups += [(True, True)] if shape.staged and tile_w % 2 == 0 else []
+                    for join, quads in groups:
                         # 16-bit expands: the vector stores of staged chunks, or tl.store (fewer registers).
                         for vectors in (True, False) if vector_stores else (True,):
                             out.append(BlockConfig(tile_h=tile_h, tile_w=tile_w, imgs=imgs, block_hid=block_hid,
                                                    x_resident=resident, num_warps=warps, maxnreg=maxnreg,
                                                    programs_per_sm=16 // warps, stage_image=stage_image,
-                                                   join_pairs=join, stage_vectors=vectors))
+                                                   join_pairs=join, stage_vectors=vectors, quads=quads))
     return list(dict.fromkeys(out))
 
 
