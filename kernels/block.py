@@ -68,6 +68,32 @@ def _act_bounded(v, hi, ACT: tl.constexpr):
     return v
 
 
+# The expand's bias and clamp on fp16 pairs (GPU only): add.f16x2, then max and min with NaN
+# propagated, as tl.maximum / tl.minimum(propagate_nan=ALL) do.
+_EPILOGUE_F16X2 = tl.constexpr("{ .reg .b32 t, z; mov.b32 z, 0; add.rn.f16x2 t, $1, $2; max.NaN.f16x2 t, t, z; "
+                               "min.NaN.f16x2 $0, t, $3; }")
+
+
+@triton.jit
+def _expand_epilogue(e, b, hi, ACT: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr):
+    """act(e + b) bounded by hi (`_act_bounded`), in the staged dtype.  fp16: e is rounded to
+    fp16 first and the bias and clamp run on fp16 pairs -- half the instructions of fp32, and
+    the staged value is fp16 anyway (one more rounding, of the sum); compiled, as packed PTX
+    (Triton would not pack them), interpreted, as fp16 Triton ops of the same rounding."""
+    if dtype == tl.float16 and ACT != "none":
+        e16 = e.to(tl.float16)
+        b16 = tl.broadcast_to(b.to(tl.float16), e16.shape)
+        hi16 = tl.broadcast_to(hi.to(tl.float16), e16.shape)
+        if ASM:
+            out = tl.inline_asm_elementwise(_EPILOGUE_F16X2, "=r,r,r,r", [e16, b16, hi16], dtype=tl.float16,
+                                            is_pure=True, pack=2)
+        else:
+            out = _act_bounded(e16 + b16, hi16, ACT)
+    else:
+        out = _act_bounded(e + b.to(tl.float32), hi, ACT).to(dtype)
+    return out
+
+
 @triton.jit
 def _upper_bound(ok, ACT: tl.constexpr):
     """Per pixel: the activation's upper bound inside the image (ok), 0 outside."""
@@ -608,10 +634,10 @@ def _inverted_residual_kernel(
                     if K_B > 0:
                         e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION,
                                          VECTORS)
-                    b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+                    b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0)[None, :]
                     if VECTORS:
                         b = _stage_order(b, BLOCK_HID)
-                    e = _act_bounded(e + b, r_hi[:, None], ACT_EXP)
+                    e = _expand_epilogue(e, b, r_hi[:, None], ACT_EXP, dtype, ASM_STORES)
                 else:
                     e = tl.load(x_img + r_off[:, None] + hh[None, :], mask=r_ok[:, None] & h_ok[None, :], other=0.0)
                 # Double buffer: a warp overwrites a buffer only after the next chunk's barrier,
