@@ -245,8 +245,8 @@ def _pairs(t):
 def _store_staged(base, rows, row_ok, e, P: tl.constexpr, BLOCK_HID: tl.constexpr, ASM: tl.constexpr,
                   MASKED: tl.constexpr):
     """Store e [P, BLOCK_HID] (16-bit, columns in `_stage_order`) in channel order at rows [P] of
-    the buffer at base,
-    the rows where row_ok (when MASKED), each row's 2J channels of one accumulator thread as one vector."""
+    the buffer at base (those where row_ok, when MASKED), each row's 2J channels of one
+    accumulator thread as one vector."""
     J: tl.constexpr = BLOCK_HID // 8
     t = tl.permute(tl.reshape(e.to(tl.int16, bitcast=True), (P, J, 4, 2)), (0, 2, 1, 3))  # [row, c, j, b]
     lo, hi = tl.split(t)  # [row, c, j]
@@ -256,30 +256,25 @@ def _store_staged(base, rows, row_ok, e, P: tl.constexpr, BLOCK_HID: tl.constexp
         l0, l1 = _pairs(lo)
         h0, h1 = _pairs(hi)
         _store_words(base, offs, ok, (l0, h0), (l1, h1), (l0, h0), (l1, h1), ASM, 2, MASKED)
-    else:
-        le, lo_ = _pairs(lo)  # even / odd j
-        he, ho = _pairs(hi)
-        if J == 4:  # j = 0, 2 | 1, 3
-            l0, l2 = _pairs(le)
-            l1, l3 = _pairs(lo_)
-            h0, h2 = _pairs(he)
-            h1, h3 = _pairs(ho)
-            _store_words(base, offs, ok, (l0, h0), (l1, h1), (l2, h2), (l3, h3), ASM, 4, MASKED)
-        else:  # J == 8: j = 0, 4 | 2, 6 | 1, 5 | 3, 7
-            lee, leo = _pairs(le)
-            loe, loo = _pairs(lo_)
-            hee, heo = _pairs(he)
-            hoe, hoo = _pairs(ho)
-            l0, l4 = _pairs(lee)
-            l2, l6 = _pairs(leo)
-            l1, l5 = _pairs(loe)
-            l3, l7 = _pairs(loo)
-            h0, h4 = _pairs(hee)
-            h2, h6 = _pairs(heo)
-            h1, h5 = _pairs(hoe)
-            h3, h7 = _pairs(hoo)
-            _store_words(base, offs, ok, (l0, h0), (l1, h1), (l2, h2), (l3, h3), ASM, 4, MASKED)
-            _store_words(base, offs + 8, ok, (l4, h4), (l5, h5), (l6, h6), (l7, h7), ASM, 4, MASKED)
+    elif J == 4:
+        _store_four(base, offs, ok, lo, hi, ASM, MASKED)
+    else:  # J == 8: pairs 0-3, then 4-7, 16 bytes further
+        lo_a, lo_b = tl.split(tl.permute(tl.reshape(lo, (P, 4, 2, 4)), (0, 1, 3, 2)))
+        hi_a, hi_b = tl.split(tl.permute(tl.reshape(hi, (P, 4, 2, 4)), (0, 1, 3, 2)))
+        _store_four(base, offs, ok, lo_a, hi_a, ASM, MASKED)
+        _store_four(base, offs + 8, ok, lo_b, hi_b, ASM, MASKED)
+
+
+@triton.jit
+def _store_four(base, offs, ok, lo, hi, ASM: tl.constexpr, MASKED: tl.constexpr):
+    """Four column pairs (lo, hi: [P, 4, 4], pair j last) as one v4 store per (row, c)."""
+    le, lo_ = _pairs(lo)  # even / odd j: 0, 2 | 1, 3
+    he, ho = _pairs(hi)
+    l0, l2 = _pairs(le)
+    l1, l3 = _pairs(lo_)
+    h0, h2 = _pairs(he)
+    h1, h3 = _pairs(ho)
+    _store_words(base, offs, ok, (l0, h0), (l1, h1), (l2, h2), (l3, h3), ASM, 4, MASKED)
 
 @triton.jit
 def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl.constexpr,
@@ -294,56 +289,23 @@ def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, 
 
 
 @triton.jit
-def _depthwise_pairs(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
-                     STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr,
-                     P2: tl.constexpr):
-    """act(depthwise KSIZE x KSIZE + bias) of one staged chunk for vertical pairs of output pixels.
+def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
+               STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr, P2: tl.constexpr,
+               GW: tl.constexpr):
+    """act(depthwise KSIZE x KSIZE + bias) of one staged chunk for groups of output pixels:
+    vertical pairs (GW = 1), or 2x2 groups (GW = 2, quads: two pairs side by side).
 
-    The bottom pixel's taps start STRIDE staged rows below the top pixel's, so each of the
-    KSIZE + STRIDE rows of windows is loaded once for both.  A row's KSIZE taps are summed in
-    the activation dtype, the rows in fp32."""
-    top = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
-    bot = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
-    for j in range(KSIZE + STRIDE):  # unrolled by the compiler: constant offsets throughout
-        kt = tl.minimum(j, KSIZE - 1)  # the kernel row this staged row is for the top pixel ...
-        kb = tl.maximum(j - STRIDE, 0)  # ... and for the bottom pixel
-        for kw in tl.static_range(KSIZE):
-            r = tl.load(pair_ptrs + (j * REG_W + kw) * BLOCK_HID)
-            t = tl.load(w_dw_ptr + (kt * KSIZE + kw) * HIDDEN + hh, mask=h_ok, other=0.0)
-            b = tl.load(w_dw_ptr + (kb * KSIZE + kw) * HIDDEN + hh, mask=h_ok, other=0.0)
-            if kw == 0:
-                row_t = r * t[None, :]
-                row_b = r * b[None, :]
-            else:
-                row_t += r * t[None, :]
-                row_b += r * b[None, :]
-        top += tl.where(j < KSIZE, row_t.to(tl.float32), 0.0)
-        bot += tl.where(j >= STRIDE, row_b.to(tl.float32), 0.0)
-    b = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)
-    top = _act(top + b[None, :], ACT)
-    bot = _act(bot + b[None, :], ACT)
-    if HIDDEN % BLOCK_HID != 0:
-        # Padding columns: an Inf input would make them NaN (Inf * 0 in the expand), and the
-        # project would spread it to every output channel.
-        top = tl.where(h_ok[None, :], top, 0.0)
-        bot = tl.where(h_ok[None, :], bot, 0.0)
-    return top, bot
-
-
-
-@triton.jit
-def _depthwise_quads(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
-                     STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr,
-                     P2: tl.constexpr):
-    """`_depthwise_pairs` for 2x2 groups of output pixels (two vertical pairs side by side): the
-    right pixels' taps start STRIDE staged columns right of the left ones', so each of the
-    KSIZE + STRIDE columns of windows in a row is loaded once for both (a 3x3 depthwise at
-    stride 1: 16 windows for 4 pixels instead of 24), and each weight vector serves 4 pixels.
-    Returns (top-left, top-right, bottom-left, bottom-right)."""
+    The bottom pixels' taps start STRIDE staged rows below the top ones', so each of the
+    KSIZE + STRIDE rows of windows is loaded once for both; with GW = 2 the right pixels' taps
+    start STRIDE staged columns right of the left ones', so each of a row's KSIZE + STRIDE
+    windows serves both columns (3x3 at stride 1: 16 window loads per 4 pixels instead of 24)
+    and each weight vector four pixels.  A row's taps are summed in the activation dtype, the
+    rows in fp32.  Returns (top-left, top-right, bottom-left, bottom-right); the right ones
+    are the left ones when GW = 1."""
     acc_tl = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
-    acc_tr = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
     acc_bl = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
-    acc_br = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
+    acc_tr = acc_tl
+    acc_br = acc_bl
     for j in range(KSIZE + STRIDE):  # unrolled by the compiler: constant offsets throughout
         kt = tl.minimum(j, KSIZE - 1)  # the kernel row this staged row is for the top pixels ...
         kb = tl.maximum(j - STRIDE, 0)  # ... and for the bottom ones
@@ -353,7 +315,7 @@ def _depthwise_quads(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constex
         b1 = t1
         t2 = t1
         b2 = t1
-        for m in tl.static_range(KSIZE + STRIDE):
+        for m in tl.static_range(KSIZE + (STRIDE if GW == 2 else 0)):
             r = tl.load(pair_ptrs + (j * REG_W + m) * BLOCK_HID)
             if m < KSIZE:  # the left pixels' tap m
                 t = tl.load(w_dw_ptr + (kt * KSIZE + m) * HIDDEN + hh, mask=h_ok, other=0.0)
@@ -367,7 +329,7 @@ def _depthwise_quads(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constex
             else:
                 t = t1
                 b = b1
-            if m >= STRIDE:  # the right pixels' tap m - STRIDE
+            if GW == 2 and m >= STRIDE:  # the right pixels' tap m - STRIDE
                 tr_w = t2 if STRIDE == 2 else t1
                 br_w = b2 if STRIDE == 2 else b1
                 if m == STRIDE:
@@ -381,20 +343,32 @@ def _depthwise_quads(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constex
             t1 = t
             b1 = b
         acc_tl += tl.where(j < KSIZE, row_tl.to(tl.float32), 0.0)
-        acc_tr += tl.where(j < KSIZE, row_tr.to(tl.float32), 0.0)
         acc_bl += tl.where(j >= STRIDE, row_bl.to(tl.float32), 0.0)
-        acc_br += tl.where(j >= STRIDE, row_br.to(tl.float32), 0.0)
+        if GW == 2:
+            acc_tr += tl.where(j < KSIZE, row_tr.to(tl.float32), 0.0)
+            acc_br += tl.where(j >= STRIDE, row_br.to(tl.float32), 0.0)
     bias = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    acc_tl = _act(acc_tl + bias, ACT)
-    acc_tr = _act(acc_tr + bias, ACT)
-    acc_bl = _act(acc_bl + bias, ACT)
-    acc_br = _act(acc_br + bias, ACT)
-    if HIDDEN % BLOCK_HID != 0:  # padding columns: see `_depthwise_pairs`
-        acc_tl = tl.where(h_ok[None, :], acc_tl, 0.0)
-        acc_tr = tl.where(h_ok[None, :], acc_tr, 0.0)
-        acc_bl = tl.where(h_ok[None, :], acc_bl, 0.0)
-        acc_br = tl.where(h_ok[None, :], acc_br, 0.0)
+    acc_tl = _depthwise_out(acc_tl, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+    acc_bl = _depthwise_out(acc_bl, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+    if GW == 2:
+        acc_tr = _depthwise_out(acc_tr, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+        acc_br = _depthwise_out(acc_br, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+    else:
+        acc_tr = acc_tl
+        acc_br = acc_bl
     return acc_tl, acc_tr, acc_bl, acc_br
+
+
+@triton.jit
+def _depthwise_out(acc, bias, h_ok, ACT: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_HID: tl.constexpr):
+    """A depthwise sum's bias and activation."""
+    acc = _act(acc + bias, ACT)
+    if HIDDEN % BLOCK_HID != 0:
+        # Padding columns: an Inf input would make them NaN (Inf * 0 in the expand), and the
+        # project would spread it to every output channel.
+        acc = tl.where(h_ok[None, :], acc, 0.0)
+    return acc
+
 
 @triton.jit
 def _join_pairs(top, bot, P2: tl.constexpr, BLOCK_HID: tl.constexpr):
@@ -654,14 +628,11 @@ def _inverted_residual_kernel(
                 tl.debug_barrier()
                 # 2. Depthwise for the tile's pixel pairs (or 2x2 groups: then d_top and d_bot hold
                 # both columns, rows 2q + u for the left (u = 0) and the right pixel).
+                d_top, d_tr, d_bot, d_br = _depthwise(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W,
+                                                      STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW)
                 if QUADS:
-                    d_tl, d_tr, d_bl, d_br = _depthwise_quads(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN,
-                                                              REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2)
-                    d_top = _join_pairs(d_tl, d_tr, P2, BLOCK_HID)
-                    d_bot = _join_pairs(d_bl, d_br, P2, BLOCK_HID)
-                else:
-                    d_top, d_bot = _depthwise_pairs(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W,
-                                                    STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2)
+                    d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
+                    d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
                 # 3. Project into the accumulators.
                 if JOIN_PAIRS:
                     d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
