@@ -33,10 +33,12 @@ def _tiles(shape) -> list[tuple[int, int, int]]:
         if wo >= 20:
             return [(1, 4, 8), (1, 6, 8), (1, 2, 16), (1, 8, 8), (1, 8, 14)]
         return [(1, 8, 7), (1, 4, 7), (1, 6, 7), (1, 8, 14), (2, 8, 7)]
+    # 14x14 and 6x14 tiles: their regions (16x16, 8x16 at a 3x3 depthwise) fill a power-of-two
+    # row count, where 8x8 or 16x16 pad 100 rows to 128 and 324 to 512.
     if wo >= 32:
-        return [(1, 8, 16), (1, 16, 16), (1, 8, 8)]
+        return [(1, 8, 16), (1, 16, 16), (1, 8, 8), (1, 14, 14), (1, 6, 14)]
     if wo >= 20:
-        return [(1, 8, 14), (1, 4, 28), (1, 8, 8)]
+        return [(1, 8, 14), (1, 4, 28), (1, 8, 8), (1, 14, 14), (1, 6, 14)]
     if wo >= 10:
         return [(1, 14, 14), (1, 8, 14), (1, 4, 14)]
     # 8 columns over 7: one wasted, but 2x2 pixel groups (quads) need an even width.
