@@ -51,7 +51,8 @@ import torch
 
 from mnv2_fast.tools.providers import BLOCK_PROVIDERS, MODEL_PROVIDERS
 from mnv2_fast.tools.testing import MODEL_TOLERANCE_FACTOR, error_ratio, reference64
-from mnv2_fast.tools.timing import copy_bandwidth_gbps, peak_memory_mb, run_facts, time_cuda
+from mnv2_fast.tools.timing import (copy_bandwidth_gbps, first_call, nhwc_input_pool, peak_memory_mb, run_facts,
+                                    time_cuda)
 
 DTYPE_NAMES = ("float16", "bfloat16", "float32")
 NUM_BLOCKS = 17
@@ -263,6 +264,22 @@ def measure(benchmark, fn: Callable, inputs: list[torch.Tensor], s: Settings) ->
         _sync(s.device)
 
     benchmark.pedantic(call, rounds=s.rounds, iterations=1, warmup_rounds=0)
+    return info
+
+
+def run_case(benchmark, s: Settings, provider: str, make: Callable, module: torch.nn.Module, shape: tuple,
+             dtype: torch.dtype, cudnn_mode: bool | None, whole_model: bool) -> dict:
+    """One case of a suite, under its cudnn.benchmark mode: a pool of inputs of `shape`, seeded
+    (the providers of one module get the same inputs: one float64 reference serves them), the
+    provider built by make() and called once (`first_call`), timed (`measure`) and its first
+    output checked (`check_output`).  measure()'s info, with first_call_s and error_ratio."""
+    torch.manual_seed(0)
+    inputs = nhwc_input_pool(shape, dtype, s.device)
+    with cudnn_benchmark(cudnn_mode):
+        fn, first_s, first_y = first_call(make, inputs[0])
+        info = measure(benchmark, fn, inputs, s)
+        info.update(first_call_s=first_s,
+                    error_ratio=check_output(first_y, module, inputs[0], provider, s, whole_model))
     return info
 
 

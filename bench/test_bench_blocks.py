@@ -20,7 +20,6 @@ from mnv2_fast.tools.static_check import describe
 from mnv2_fast.model import InvertedResidual, block_specs
 from mnv2_fast.tools.providers import BLOCK_PROVIDERS, make_block_provider
 from mnv2_fast.tools.testing import randomize_bn
-from mnv2_fast.tools.timing import first_call, nhwc_input_pool
 
 WIDTH, RESOLUTION = 1.0, 224
 SPECS = block_specs(WIDTH, resolution=RESOLUTION)  # each at its input size in a 224-px network
@@ -71,14 +70,10 @@ def test_block(benchmark, settings, block, provider, dtype, batch, cudnn_benchma
         spec = spec.at(smoke_size(spec.h), smoke_size(spec.w))
     size = spec.h
     dt = getattr(torch, dtype)
-    torch.manual_seed(0)  # the providers of one module get the same inputs (one float64 reference)
-    inputs = nhwc_input_pool((batch, spec.cin, size, size), dt, settings.device)
     module = make_block(block)
-    with benchlib.cudnn_benchmark(cudnn_benchmark):
-        fn, first_s, first_y = first_call(lambda: make_block_provider(provider, module, batch, dt, settings.device),
-                                 inputs[0])
-        info = benchlib.measure(benchmark, fn, inputs, settings)
-        info["error_ratio"] = benchlib.check_output(first_y, module, inputs[0], provider, settings, whole_model=False)
+    info = benchlib.run_case(benchmark, settings, provider,
+                             lambda: make_block_provider(provider, module, batch, dt, settings.device), module,
+                             (batch, spec.cin, size, size), dt, cudnn_benchmark, whole_model=False)
     if provider.startswith("fused"):
         cfg = (default_config(spec, dt.itemsize, batch) if provider == "fused_heuristic"
                else choose_block_config(spec, dt, batch, torch.device(settings.device)))
@@ -86,6 +81,5 @@ def test_block(benchmark, settings, block, provider, dtype, batch, cudnn_benchma
     benchmark.extra_info.update(
         kind="block", block=block, provider=provider, dtype=dtype, batch=batch,
         cin=spec.cin, hidden=spec.hidden, cout=spec.cout, stride=spec.stride, size=size,
-        bytes=spec.floor_bytes(batch, dt.itemsize), flops=spec.flops(batch),
-        first_call_s=first_s, **info,
+        bytes=spec.floor_bytes(batch, dt.itemsize), flops=spec.flops(batch), **info,
     )

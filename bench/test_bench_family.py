@@ -19,7 +19,6 @@ import torch
 import benchlib
 from mnv2_fast.tools import zoo
 from mnv2_fast.tools.providers import make_model_provider
-from mnv2_fast.tools.timing import first_call, nhwc_input_pool
 
 NETWORKS = ("efficientnet_lite0", "mnasnet1_0", "mobilenetv4_conv_small")
 PROVIDERS = ("fused", "eager_cl", "compile")
@@ -57,11 +56,8 @@ def test_family(benchmark, settings, network, provider, dtype, batch, cudnn_benc
     resolution = SMOKE_RESOLUTION if settings.smoke else zoo.resolution(network)
     dt = getattr(torch, dtype)
     model = zoo.build(network)
-    torch.manual_seed(0)  # the providers of one module get the same inputs (one float64 reference)
-    inputs = nhwc_input_pool((batch, 3, resolution, resolution), dt, settings.device)
-    with benchlib.cudnn_benchmark(cudnn_benchmark):
-        fn, first_s, first_y = first_call(lambda: make_model_provider(provider, model, batch, dt, settings.device), inputs[0])
-        info = benchlib.measure(benchmark, fn, inputs, settings)
-        info["error_ratio"] = benchlib.check_output(first_y, model, inputs[0], provider, settings, whole_model=True)
+    info = benchlib.run_case(benchmark, settings, provider,
+                             lambda: make_model_provider(provider, model, batch, dt, settings.device), model,
+                             (batch, 3, resolution, resolution), dt, cudnn_benchmark, whole_model=True)
     benchmark.extra_info.update(kind="family", network=network, provider=provider, dtype=dtype, batch=batch,
-                                resolution=resolution, first_call_s=first_s, **info)
+                                resolution=resolution, **info)

@@ -17,7 +17,6 @@ import benchlib
 from mnv2_fast.model import mobilenet_v2
 from mnv2_fast.tools.providers import MODEL_PROVIDERS, make_model_provider
 from mnv2_fast.tools.testing import randomize_bn
-from mnv2_fast.tools.timing import first_call, nhwc_input_pool
 
 WIDTH, RESOLUTION = 1.0, 224
 SMOKE_WIDTH, SMOKE_RESOLUTION = 0.35, 32
@@ -64,11 +63,8 @@ def model(settings):
 def test_model(benchmark, settings, model, provider, dtype, batch, cudnn_benchmark, repeat):
     resolution = SMOKE_RESOLUTION if settings.smoke else RESOLUTION
     dt = getattr(torch, dtype)
-    torch.manual_seed(0)  # the providers of one module get the same inputs (one float64 reference)
-    inputs = nhwc_input_pool((batch, 3, resolution, resolution), dt, settings.device)
-    with benchlib.cudnn_benchmark(cudnn_benchmark):
-        fn, first_s, first_y = first_call(lambda: make_model_provider(provider, model, batch, dt, settings.device), inputs[0])
-        info = benchlib.measure(benchmark, fn, inputs, settings)
-        info["error_ratio"] = benchlib.check_output(first_y, model, inputs[0], provider, settings, whole_model=True)
+    info = benchlib.run_case(benchmark, settings, provider,
+                             lambda: make_model_provider(provider, model, batch, dt, settings.device), model,
+                             (batch, 3, resolution, resolution), dt, cudnn_benchmark, whole_model=True)
     benchmark.extra_info.update(kind="model", provider=provider, dtype=dtype, batch=batch, width=model.width_mult,
-                                resolution=resolution, first_call_s=first_s, repeat=repeat, **info)
+                                resolution=resolution, repeat=repeat, **info)
