@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .records import ACTIVATIONS
+
 # Activation dtypes the kernels accept; matrix products run on tensor cores for the 16-bit ones.
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -234,6 +236,13 @@ def _relu6(x):
 
 
 @triton.jit
+def _tf_same_pad(OUT, STRIDE: tl.constexpr, K: tl.constexpr, IN):
+    """TensorFlow "same" padding before the first row or column: the total padding a k x k
+    window at the stride needs, split with the odd pixel at the bottom/right."""
+    return tl.maximum((OUT - 1) * STRIDE + K - IN, 0) // 2
+
+
+@triton.jit
 def _activation(x, ACT: tl.constexpr):
     """"relu6", "relu" or "none" (NaN survives, as in torch.nn.ReLU6 / ReLU)."""
     if ACT == "relu6":
@@ -241,9 +250,6 @@ def _activation(x, ACT: tl.constexpr):
     elif ACT == "relu":
         x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
     return x
-
-
-ACTIVATIONS = ("relu6", "relu", "none")
 
 
 def check_act(act: str) -> str:

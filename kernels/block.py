@@ -39,20 +39,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INT32_MAX, check_activation, check_param, interpreting, launch, launch_args, next_pow2, output,
-                      split_pow2, tf32)
+from ._common import (INT32_MAX, _activation, _tf_same_pad, check_activation, check_param, interpreting, launch,
+                      launch_args, next_pow2, output, split_pow2, tf32)
 from .choice import choose_block_config
 from .records import BlockConfig, BlockShape
-
-
-@triton.jit
-def _act(v, ACT: tl.constexpr):
-    """A stage's activation: "relu6", "relu" or "none".  NaN survives, as in torch.nn.ReLU6/ReLU."""
-    if ACT == "relu6":
-        v = tl.minimum(tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0, propagate_nan=tl.PropagateNan.ALL)
-    elif ACT == "relu":
-        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    return v
 
 
 @triton.jit
@@ -276,6 +266,7 @@ def _store_four(base, offs, ok, lo, hi, ASM: tl.constexpr, MASKED: tl.constexpr)
     h1, h3 = _pairs(ho)
     _store_words(base, offs, ok, (l0, h0), (l1, h1), (l2, h2), (l3, h3), ASM, 4, MASKED)
 
+
 @triton.jit
 def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl.constexpr,
                  HIDDEN: tl.constexpr, DOT_PRECISION: tl.constexpr, STAGE_VECTORS: tl.constexpr = False):
@@ -348,11 +339,11 @@ def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, RE
             acc_tr += tl.where(j < KSIZE, row_tr.to(tl.float32), 0.0)
             acc_br += tl.where(j >= STRIDE, row_br.to(tl.float32), 0.0)
     bias = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    acc_tl = _depthwise_out(acc_tl, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
-    acc_bl = _depthwise_out(acc_bl, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+    acc_tl = _bias_act(acc_tl, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+    acc_bl = _bias_act(acc_bl, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
     if GW == 2:
-        acc_tr = _depthwise_out(acc_tr, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
-        acc_br = _depthwise_out(acc_br, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+        acc_tr = _bias_act(acc_tr, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+        acc_br = _bias_act(acc_br, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
     else:
         acc_tr = acc_tl
         acc_br = acc_bl
@@ -360,9 +351,9 @@ def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, RE
 
 
 @triton.jit
-def _depthwise_out(acc, bias, h_ok, ACT: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_HID: tl.constexpr):
-    """A depthwise sum's bias and activation."""
-    acc = _act(acc + bias, ACT)
+def _bias_act(acc, bias, h_ok, ACT: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_HID: tl.constexpr):
+    """A hidden chunk's bias and activation (the depthwise's, or the expand's without one)."""
+    acc = _activation(acc + bias, ACT)
     if HIDDEN % BLOCK_HID != 0:
         # Padding columns: an Inf input would make them NaN (Inf * 0 in the expand), and the
         # project would spread it to every output channel.
@@ -434,7 +425,7 @@ def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.cons
     co = CO0 + tl.arange(0, BCO)
     ok = ok[:, None] & (co < COUT)[None, :]
     acc += tl.load(b_proj_ptr + co, mask=co < COUT, other=0.0).to(tl.float32)[None, :]
-    acc = _act(acc, ACT)  # depthwise-separable blocks may have one after the project
+    acc = _activation(acc, ACT)  # depthwise-separable blocks may have one after the project
     if HAS_RESIDUAL:  # stride 1 and CIN == COUT: the input pixel is the output pixel
         acc += tl.load(x_img + in_off[:, None] + co[None, :], mask=ok, other=0.0).to(tl.float32)
     tl.store(y_img + out_off[:, None] + co[None, :], acc.to(y_img.dtype.element_ty), mask=ok)
@@ -501,7 +492,8 @@ def _inverted_residual_kernel(
     # next_pow2(IMGS*TILE_H*TILE_W)
     STAGE_VECTORS: tl.constexpr = True,  # 16-bit expand products: stage the chunk from the product's registers
     # (`_store_staged`; chunks of 16-64), else with tl.store (a layout conversion, fewer registers)
-    ASM_STORES: tl.constexpr = False,  # ... with inline-asm vector stores (compiled), else tl.store (interpreter)
+    INLINE_PTX: tl.constexpr = False,  # the vector stores and the fp16 epilogue as inline PTX (compiled), else
+    # their twins in Triton ops (the interpreter runs no PTX)
     QUADS: tl.constexpr = False,  # 2x2 pixel groups (pairs side by side) share windows and weights; needs JOIN_PAIRS
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
@@ -546,8 +538,8 @@ def _inverted_residual_kernel(
         if STAGE_IMAGE:
             _zero_scratch(scratch, P_IN, BLOCK_HID)
         if TF_SAME:  # TensorFlow's "same": the total padding split with the odd pixel at the bottom/right
-            pad_t = tl.maximum((HO - 1) * STRIDE + KSIZE - H, 0) // 2
-            pad_l = tl.maximum((WO - 1) * STRIDE + KSIZE - W, 0) // 2
+            pad_t = _tf_same_pad(HO, STRIDE, KSIZE, H)
+            pad_l = _tf_same_pad(WO, STRIDE, KSIZE, W)
         else:
             pad_t = KSIZE // 2
             pad_l = KSIZE // 2
@@ -611,7 +603,7 @@ def _inverted_residual_kernel(
                     b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0)[None, :]
                     if VECTORS:
                         b = _stage_order(b, BLOCK_HID)
-                    e = _expand_epilogue(e, b, r_hi[:, None], ACT_EXP, dtype, ASM_STORES)
+                    e = _expand_epilogue(e, b, r_hi[:, None], ACT_EXP, dtype, INLINE_PTX)
                 else:
                     e = tl.load(x_img + r_off[:, None] + hh[None, :], mask=r_ok[:, None] & h_ok[None, :], other=0.0)
                 # Double buffer: a warp overwrites a buffer only after the next chunk's barrier,
@@ -619,7 +611,7 @@ def _inverted_residual_kernel(
                 buf = (step % 2) * (P_IN * BLOCK_HID)
                 step += 1
                 if VECTORS:
-                    _store_staged(scratch + buf, r, r_in, e.to(dtype), P_STAGE, BLOCK_HID, ASM_STORES,
+                    _store_staged(scratch + buf, r, r_in, e.to(dtype), P_STAGE, BLOCK_HID, INLINE_PTX,
                                   STAGE_IMAGE)
                 elif STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
                     tl.store(stage_ptrs + buf, e.to(dtype), mask=r_in[:, None])
@@ -670,7 +662,7 @@ def _inverted_residual_kernel(
             for h0 in range(0, HIDDEN, BLOCK_HID):
                 hh = h0 + hh0
                 h_ok = hh < HIDDEN
-                b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)
+                b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
                 e_t = _expand_part(xt_a, tl.zeros([P2, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0, K_A,
                                    CIN, HIDDEN, DOT_PRECISION)
                 e_b = _expand_part(xb_a, tl.zeros([P2, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0, K_A,
@@ -678,11 +670,8 @@ def _inverted_residual_kernel(
                 if K_B > 0:
                     e_t = _expand_part(xt_b, e_t, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION)
                     e_b = _expand_part(xb_b, e_b, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION)
-                e_t = _act(e_t + b[None, :], ACT_EXP)
-                e_b = _act(e_b + b[None, :], ACT_EXP)
-                if HIDDEN % BLOCK_HID != 0:  # padding columns: NaN from Inf * 0, as in the depthwise
-                    e_t = tl.where(h_ok[None, :], e_t, 0.0)
-                    e_b = tl.where(h_ok[None, :], e_b, 0.0)
+                e_t = _bias_act(e_t, b, h_ok, ACT_EXP, HIDDEN, BLOCK_HID)
+                e_b = _bias_act(e_b, b, h_ok, ACT_EXP, HIDDEN, BLOCK_HID)
                 acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(e_t.to(dtype), e_b.to(dtype), acc_ta, acc_ba,
                                                                 acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
                                                                 COUT, DOT_PRECISION)
@@ -741,9 +730,9 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         P_STAGE=max(16, next_pow2(cfg.imgs * cfg.tile_h * cfg.tile_w)) if cfg.stage_image else _staged_rows(shape, cfg),
         # Pixel pairs, or 2x2 groups with quads.
         P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * (cfg.tile_w // 2 if cfg.quads else cfg.tile_w))),
-        # The staged chunk's vector stores (cfg.stage_vectors), compiled, are inline asm, which
-        # the interpreter cannot run: it takes their tl.store twin.
-        ASM_STORES=not interpreting(),
+        # The staged chunk's vector stores and the fp16 epilogue, compiled, are inline PTX, which
+        # the interpreter cannot run: it takes their twins in Triton ops.
+        INLINE_PTX=not interpreting(),
         K_A=k_a,
         K_B=k_b,
         CO_A=co_a,
@@ -847,8 +836,6 @@ def inverted_residual(
     """
     check_activation("x", x)
     n, cin, h, w = x.shape
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride}")
     has_expand = w_exp is not None
     if has_expand != (b_exp is not None):
         raise ValueError("w_exp and b_exp must both be given (t > 1) or both be None (t = 1)")

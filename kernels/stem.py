@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INT32_MAX, _activation, check_act, check_activation, check_weight, launch, launch_args, output,
-                      tf32)
+from ._common import (INT32_MAX, _activation, _tf_same_pad, check_act, check_activation, check_weight, launch,
+                      launch_args, output, tf32)
 from .choice import choose_stem_config
 from .records import StemConfig, output_size
 
@@ -100,8 +100,8 @@ def _stem_kernel(
     ow = tl.program_id(0) // CO_BLOCKS * TILE_W + tl.arange(0, TILE_H * TILE_W) % TILE_W
     pix_ok = (oh < HO) & (ow < WO)
     if TF_SAME:  # the total padding split with the odd pixel at the bottom/right
-        ih0 = oh * STRIDE - tl.maximum((HO - 1) * STRIDE + 3 - H, 0) // 2
-        iw0 = ow * STRIDE - tl.maximum((WO - 1) * STRIDE + 3 - W, 0) // 2
+        ih0 = oh * STRIDE - _tf_same_pad(HO, STRIDE, 3, H)
+        iw0 = ow * STRIDE - _tf_same_pad(WO, STRIDE, 3, W)
     else:
         ih0 = oh * STRIDE - 1
         iw0 = ow * STRIDE - 1

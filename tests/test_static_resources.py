@@ -66,7 +66,7 @@ shape = BlockShape(24, 96, 24, 1, 8, 8, True, True)
 for hid in (16, 32, 64):
     fn, args = variant(Launch("block", "staged", torch.float16, shape, BlockConfig(tile_h=4, tile_w=8, block_hid=hid,
                                                                                    num_warps=4)))
-    row = [hid, args["STAGE_VECTORS"], args["ASM_STORES"]]
+    row = [hid, args["STAGE_VECTORS"], args["INLINE_PTX"]]
     for vectors in (True, False):
         c = compile_variant(fn, dict(args, STAGE_VECTORS=vectors), torch.float16)
         ops = resources(c).sass_ops
