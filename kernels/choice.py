@@ -29,7 +29,13 @@ def choose_block_config(shape: BlockShape, dtype: torch.dtype, batch: int, devic
     one), else the reference table, else the heuristic."""
     if interpreting(device):
         return interpreter_config(shape, batch)
-    return (lookup_tuned(shape, dtype, batch, device_slug(device)) or lookup_tuned(shape, dtype, batch, REFERENCE_TABLE)
+    return tabled_block_config(shape, dtype, batch, device_slug(device))
+
+
+def tabled_block_config(shape: BlockShape, dtype: torch.dtype, batch: int, slug: str) -> BlockConfig:
+    """What a GPU of kind `slug` (h100, h200, ...) launches: its tuned table (the user's, then the
+    shipped one), else the reference table, else the heuristic."""
+    return (lookup_tuned(shape, dtype, batch, slug) or lookup_tuned(shape, dtype, batch, REFERENCE_TABLE)
             or default_config(shape, dtype.itemsize, batch_class(batch)))
 
 

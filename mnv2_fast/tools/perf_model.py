@@ -540,11 +540,10 @@ class NetworkLaunch:
 def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: float = 1.0,
                      resolution: int = 224) -> list[NetworkLaunch]:
     """Every kernel launch of one MobileNetV2 forward, in order, with the config a GPU of
-    this kind picks at this batch (its tuned table, else the heuristic), as shipped."""
+    this kind picks at this batch (`choice.tabled_block_config`), as shipped."""
     import torch
 
     from ..kernels import choice as C
-    from ..kernels.tuned import lookup_tuned
     from ..model import block_specs, head_channels, stem_channels
 
     shipped, _ = _inventory()
@@ -555,7 +554,7 @@ def network_launches(batch: int = 256, dtype=None, gpu: str = "h200", width: flo
                                                       C.choose_stem_config(stem, cuda)))]
     specs = block_specs(width, resolution=resolution)
     for shape in specs:
-        cfg = lookup_tuned(shape, dtype, batch, gpu) or C.default_config(shape, dtype.itemsize, C.batch_class(batch))
+        cfg = C.tabled_block_config(shape, dtype, batch, gpu)
         out.append(NetworkLaunch("block", shape.index,
                                  shipped.Launch("block", f"w{width} block {shape.index}", dtype, shape, cfg)))
     s = specs[-1].ho
@@ -580,7 +579,6 @@ def family_launches(model: str, batch: int = 256, dtype=None, gpu: str = "h200",
 
     from ..fused import FusedHead, FusedInvertedResidual, FusedLinear, FusedStem
     from ..kernels import choice as C
-    from ..kernels.tuned import lookup_tuned
     from . import zoo
 
     shipped, _ = _inventory()
@@ -596,8 +594,7 @@ def family_launches(model: str, batch: int = 256, dtype=None, gpu: str = "h200",
             out.append(NetworkLaunch("stem", None, launch))
         elif isinstance(m, FusedInvertedResidual):
             spec = m.spec.at(shape[2], shape[3])
-            cfg = (lookup_tuned(spec, dtype, batch, gpu) or lookup_tuned(spec, dtype, batch, C.REFERENCE_TABLE)
-                   or C.default_config(spec, dtype.itemsize, C.batch_class(batch)))
+            cfg = C.tabled_block_config(spec, dtype, batch, gpu)
             blocks += 1
             out.append(NetworkLaunch("block", blocks, shipped.Launch("block", label, dtype, spec, cfg)))
         elif isinstance(m, FusedHead):
