@@ -45,15 +45,17 @@ class UnsupportedBlockError(ValueError):
 # ---------------------------------------------------------------- stages
 
 
-def activation_name(m: nn.Module | None) -> str:
-    """"relu6", "relu" or "none" for the activations the kernel has; UnsupportedBlockError else."""
-    if m is None or isinstance(m, nn.Identity):
+def activation_name(m: nn.Module | None, what: str | None = None) -> str:
+    """"relu6", "relu" or "none" for the activations the kernel has; UnsupportedBlockError else
+    (naming the stage `what`)."""
+    if _identity(m):
         return "none"
     if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0):
         return "relu6"
     if isinstance(m, nn.ReLU):
         return "relu"
-    raise UnsupportedBlockError(f"activation {type(m).__name__} is not supported (ReLU6 or ReLU)")
+    raise UnsupportedBlockError(f"{what + ': ' if what else ''}activation {type(m).__name__} is not supported "
+                                "(ReLU6 or ReLU)")
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Stage:
         return fold_bn(self.conv, self.bn, torch.float64)
 
     def tf_same(self) -> bool:
-        return type(self.conv).__name__ == "Conv2dSame"
+        return _is_conv_same(self.conv)
 
 
 @dataclass
@@ -89,6 +91,11 @@ class BlockDesc:
     depthwise: Stage | None
     project: Stage
     layer_scale: torch.Tensor | None = None  # per output channel, after the project
+
+
+def _is_conv_same(conv: nn.Module) -> bool:
+    """timm's Conv2dSame: TensorFlow "same" padding, computed per input (its own padding is 0)."""
+    return type(conv).__name__ == "Conv2dSame"
 
 
 def check_conv(conv: nn.Module, what: str, *, kernel: tuple[int, ...], depthwise: bool, strides=(1, 2)) -> int:
@@ -110,7 +117,7 @@ def check_conv(conv: nn.Module, what: str, *, kernel: tuple[int, ...], depthwise
         problems.append(f"stride {tuple(conv.stride)} (need one of {strides})")
     if conv.dilation != (1, 1):
         problems.append(f"dilation {tuple(conv.dilation)}")
-    same = type(conv).__name__ == "Conv2dSame"  # timm: TensorFlow "same" padding, computed per input
+    same = _is_conv_same(conv)
     if conv.padding_mode != "zeros" or (not same and conv.padding != (k // 2, k // 2)) or (same and conv.padding != (0, 0)):
         problems.append(f"padding {conv.padding} ({conv.padding_mode})")
     if problems:
@@ -172,11 +179,7 @@ def _tv_stage(seq: nn.Module, what: str) -> Stage:
     if not 2 <= len(mods) <= 3 or not isinstance(mods[0], nn.Conv2d) or not isinstance(mods[1], nn.BatchNorm2d):
         raise UnsupportedBlockError(f"{what}: expected Conv2d, BatchNorm2d[, activation]; got "
                                     f"{[type(m).__name__ for m in mods]}")
-    try:
-        act = activation_name(mods[2] if len(mods) == 3 else None)
-    except UnsupportedBlockError as err:
-        raise UnsupportedBlockError(f"{what}: {err}") from None
-    return Stage(mods[0], mods[1], act, what)
+    return Stage(mods[0], mods[1], activation_name(mods[2] if len(mods) == 3 else None, what), what)
 
 
 def conv_bn_act(mods: list[nn.Module], what: str) -> Stage:
@@ -266,11 +269,7 @@ def _timm_stage(conv: nn.Module, bn: nn.Module, what: str) -> Stage:
     drop = getattr(bn, "drop", None)
     if drop is not None and not isinstance(drop, (nn.Identity, nn.Dropout)):
         raise UnsupportedBlockError(f"{what}: {type(drop).__name__} after the BatchNorm")
-    try:
-        act = activation_name(getattr(bn, "act", None))
-    except UnsupportedBlockError as err:
-        raise UnsupportedBlockError(f"{what}: {err}") from None
-    return Stage(conv, bn, act, what)
+    return Stage(conv, bn, activation_name(getattr(bn, "act", None), what), what)
 
 
 def _timm_conv_norm_act(m: nn.Module, what: str) -> Stage | None:

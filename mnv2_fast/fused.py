@@ -195,12 +195,15 @@ class FusedInvertedResidual(FusedPart):
         self.spec = s = p.spec
         self.kind = p.kind
 
-        def stage(names: tuple[str, str], st, rows: int, cols: int) -> None:
+        def stage(names: tuple[str, str], st, rows: int, cols: int, scale=None) -> None:
             if st is None:
                 setattr(self, names[0], None)
                 setattr(self, names[1], None)
                 return
             w, b = st.folded()  # float64; cast below with the module
+            if scale is not None:  # y = gamma * conv(h): a per-channel scale of the conv
+                gamma = scale.double()
+                w, b = w * gamma[:, None, None, None], b * gamma
             dt = st.conv.weight.dtype
             self.register_buffer(names[0], w.reshape(cols, rows).t().contiguous().to(dt))
             self.register_buffer(names[1], b.to(dt))
@@ -208,13 +211,7 @@ class FusedInvertedResidual(FusedPart):
         stage(("w_start", "b_start"), p.start, s.start_k ** 2, s.cin)
         stage(("w_exp", "b_exp"), p.expand, s.cin, s.hidden)
         stage(("w_dw", "b_dw"), p.depthwise, s.ksize ** 2, s.hidden)
-        w, b = p.project.folded()
-        if p.layer_scale is not None:  # y = gamma * project(h): a per-channel scale of the project
-            gamma = p.layer_scale.double()
-            w, b = w * gamma[:, None, None, None], b * gamma
-        dt = p.project.conv.weight.dtype
-        self.register_buffer("w_proj", w.reshape(s.cout, s.hidden).t().contiguous().to(dt))
-        self.register_buffer("b_proj", b.to(dt))
+        stage(("w_proj", "b_proj"), p.project, s.hidden, s.cout, p.layer_scale)  # a layer scale folded in
         self.config = None  # a kernels.BlockConfig to pin the launch; None = tuned table / heuristic
 
     def computes(self) -> str:

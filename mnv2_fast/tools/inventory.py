@@ -105,6 +105,12 @@ def variant(launch: Launch):
     raise ValueError(launch.kind)
 
 
+def map_tensors(args: list, kwargs: dict, f) -> tuple[list, dict]:
+    """f applied to every tensor among a launcher's arguments (None and other values kept)."""
+    return ([None if a is None else f(a) for a in args],
+            {k: f(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+
+
 def random_inputs(launch: Launch, batch: int, generator: torch.Generator) -> tuple[list, dict]:
     """(arguments, keyword arguments) of the launch's launcher, random, float32 on the CPU:
     the input first, then weights scaled so that activations stay O(1)."""
@@ -141,15 +147,14 @@ def run_once(launch: Launch, device: torch.device, batch: int = 2) -> float:
     from .testing import error_ratio
 
     args, kwargs = random_inputs(launch, batch, torch.Generator().manual_seed(0))
-    args = [None if a is None else a.to(device, launch.dtype) for a in args]
-    kwargs = {k: v.to(device, launch.dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    args, kwargs = map_tensors(args, kwargs, lambda t: t.to(device, launch.dtype))
     if launch.kind in ("block", "head"):  # they read channels_last activations; the stem reads any layout
         args[0] = args[0].contiguous(memory_format=torch.channels_last)
     name = LAUNCHERS[launch.kind]
     y = getattr(kernels, name)(*args, **kwargs, config=launch.config, allow_tf32=launch.tf32)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    ref = getattr(reference, name)(*[None if a is None else a.double().cpu() for a in args],
-                                   **{k: v.double().cpu() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+    ref_args, ref_kwargs = map_tensors(args, kwargs, lambda t: t.double().cpu())
+    ref = getattr(reference, name)(*ref_args, **ref_kwargs)
     # TF32 keeps 10 mantissa bits, as fp16 does: judge it by the fp16 tolerance.
     return error_ratio(y, ref, torch.float16 if launch.tf32 else launch.dtype)

@@ -22,7 +22,7 @@ import torch
 
 from ..kernels.records import BlockConfig
 from ..model import block_specs
-from .inventory import Launch, random_inputs, run_once
+from .inventory import Launch, map_tensors, random_inputs, run_once
 
 
 def _tiles(shape) -> list[tuple[int, int, int]]:
@@ -102,9 +102,8 @@ def tune(widths, resolution: int, batches: list[int], dtypes, reps: int, out: Pa
     jobs = [(s, d, b) for s in shapes for d in dtypes for b in batch_ranges(batches)]
     for j, (shape, dtype, (batch, lo, hi)) in enumerate(jobs):
         g = torch.Generator(device="cpu").manual_seed(j)
-        (_, *weights), kwargs = random_inputs(Launch("block", "tune", dtype, shape, None), 1, g)
-        weights = [None if t is None else t.to(device, dtype) for t in weights]
-        kwargs = {k: v.to(device, dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        (_, *weights), kwargs = map_tensors(*random_inputs(Launch("block", "tune", dtype, shape, None), 1, g),
+                                            lambda t: t.to(device, dtype))
         nbytes = batch * shape.cin * shape.h * shape.w * dtype.itemsize
         pool = input_pool(lambda: torch.randn(batch, shape.cin, shape.h, shape.w, generator=g).to(device, dtype)
                           .contiguous(memory_format=torch.channels_last), nbytes)
