@@ -41,7 +41,8 @@ import triton.language as tl
 
 from ._common import (INT32_MAX, _activation, _tf_same_pad, check_activation, check_param, interpreting, launch,
                       launch_args, next_pow2, output, split_pow2, tf32)
-from .choice import choose_block_config
+from .choice import choose_block_config, choose_project_config
+from .head import linear
 from .records import BlockConfig, BlockShape
 
 
@@ -419,6 +420,22 @@ def _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H: tl.const
 
 
 @triton.jit
+def _store_hidden(y_img, out_top, ow, ok_top, ok_bot, d_tl, d_tr, d_bl, d_br, hh, h_ok, WO, HIDDEN: tl.constexpr,
+                  GW: tl.constexpr):
+    """Store one hidden chunk of the depthwise's output, [P2, BLOCK_HID] per pixel set, to the
+    hidden tensor [N, HO, WO, HIDDEN] (rows: the pairs' or groups' top-left pixels at out_top)."""
+    dtype = y_img.dtype.element_ty
+    tl_ptrs = y_img + out_top[:, None] + hh[None, :]
+    bl_ptrs = tl_ptrs + WO * HIDDEN
+    tl.store(tl_ptrs, d_tl.to(dtype), mask=ok_top[:, None] & h_ok[None, :])
+    tl.store(bl_ptrs, d_bl.to(dtype), mask=ok_bot[:, None] & h_ok[None, :])
+    if GW == 2:
+        right = ow + 1 < WO
+        tl.store(tl_ptrs + HIDDEN, d_tr.to(dtype), mask=(ok_top & right)[:, None] & h_ok[None, :])
+        tl.store(bl_ptrs + HIDDEN, d_br.to(dtype), mask=(ok_bot & right)[:, None] & h_ok[None, :])
+
+
+@triton.jit
 def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.constexpr, BCO: tl.constexpr,
                 COUT: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
     """Project bias, activation, residual, store: output channels CO0..CO0+BCO of one pixel set."""
@@ -456,7 +473,7 @@ def _inverted_residual_kernel(
     b_dw_ptr,  # depthwise bias [HIDDEN]
     w_proj_ptr,  # project weight [HIDDEN, COUT], x's dtype
     b_proj_ptr,  # project bias [COUT]
-    y_ptr,  # output, contiguous NHWC [N, HO, WO, COUT]
+    y_ptr,  # output, contiguous NHWC [N, HO, WO, COUT] (without PROJECT: the hidden tensor, COUT = HIDDEN)
     scratch_ptr,  # per program: two [P_IN, BLOCK_HID] buffers of one staged hidden chunk, x's dtype
     N, H, W, HO, WO,  # batch, input and output sizes
     start_rows,  # START_K at run time: the start depthwise's row loop bound (see _start_depthwise)
@@ -495,9 +512,13 @@ def _inverted_residual_kernel(
     INLINE_PTX: tl.constexpr = False,  # the vector stores and the fp16 epilogue as inline PTX (compiled), else
     # their twins in Triton ops (the interpreter runs no PTX)
     QUADS: tl.constexpr = False,  # 2x2 pixel groups (pairs side by side) share windows and weights; needs JOIN_PAIRS
+    PROJECT_APART: tl.constexpr = False,  # store the depthwise's output (the hidden tensor) to y; a GEMM projects
+    # it (on small maps the fused project re-reads all its weights for every few pixels)
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
+    PROJECT: tl.constexpr = not PROJECT_APART
+    tl.static_assert(PROJECT or KSIZE > 0)
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     VECTORS: tl.constexpr = (STAGE_VECTORS and HAS_EXPAND and y_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -554,7 +575,9 @@ def _inverted_residual_kernel(
         n0 = tile // tiles_hw * IMGS
         x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)  # 64-bit image base, 32-bit offsets within
         y_img = y_ptr + n0.to(tl.int64) * (HO * WO * COUT)
-        if JOIN_PAIRS:  # one product per part for all pixels of each group: rows 2q (top), 2q + 1 (quads: 4q + ...)
+        if not PROJECT:
+            pass
+        elif JOIN_PAIRS:  # one product per part for all pixels of each group: rows 2q (top), 2q + 1 (quads: 4q + ...)
             acc_a = tl.zeros([2 * GW * P2, CO_A], dtype=tl.float32)
             if CO_B > 0:
                 acc_b = tl.zeros([2 * GW * P2, CO_B], dtype=tl.float32)
@@ -586,6 +609,9 @@ def _inverted_residual_kernel(
                     x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
                     if K_B > 0:
                         x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
+            if not PROJECT:
+                oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
+                out_hid = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
             for h0 in range(0, HIDDEN, BLOCK_HID):
                 hh = h0 + hh0
                 h_ok = hh < HIDDEN
@@ -622,11 +648,16 @@ def _inverted_residual_kernel(
                 # both columns, rows 2q + u for the left (u = 0) and the right pixel).
                 d_top, d_tr, d_bot, d_br = _depthwise(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W,
                                                       STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW)
-                if QUADS:
+                if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it.
+                    _store_hidden(y_img, out_hid, ow, ok_top, ok_bot, d_top, d_tr, d_bot, d_br, hh, h_ok, WO, HIDDEN,
+                                  GW)
+                elif QUADS:
                     d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
                     d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
                 # 3. Project into the accumulators.
-                if JOIN_PAIRS:
+                if not PROJECT:
+                    pass
+                elif JOIN_PAIRS:
                     d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
                     acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
                     if CO_B > 0:
@@ -635,7 +666,9 @@ def _inverted_residual_kernel(
                     acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta, acc_ba,
                                                                     acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
                                                                     COUT, DOT_PRECISION)
-            if QUADS:  # left pixels into the pairs' accumulators, right ones apart
+            if not PROJECT:
+                pass
+            elif QUADS:  # left pixels into the pairs' accumulators, right ones apart
                 acc_ta, acc_tra, acc_ba, acc_bra = _split_quads(acc_a, P2, CO_A)
                 if CO_B > 0:
                     acc_tb, acc_trb, acc_bb, acc_brb = _split_quads(acc_b, P2, CO_B)
@@ -643,7 +676,8 @@ def _inverted_residual_kernel(
                 acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
                 if CO_B > 0:
                     acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
-            oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
+            if PROJECT:
+                oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
         else:
             # No middle depthwise (UIB's FFN, with or without a start depthwise): the expand and
             # the project on each pixel, a fused two-matrix MLP; nothing is staged.
@@ -675,28 +709,29 @@ def _inverted_residual_kernel(
                 acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(e_t.to(dtype), e_b.to(dtype), acc_ta, acc_ba,
                                                                 acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
                                                                 COUT, DOT_PRECISION)
-        in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
-        out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
-        _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
-        _store_part(acc_ba, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, 0, CO_A, COUT,
-                    ACT_PROJ, HAS_RESIDUAL)
-        if CO_B > 0:
-            _store_part(acc_tb, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, CO_A, CO_B, COUT, ACT_PROJ,
-                        HAS_RESIDUAL)
-            _store_part(acc_bb, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, CO_A, CO_B,
-                        COUT, ACT_PROJ, HAS_RESIDUAL)
-        if QUADS:  # the groups' right column
-            ok_tr = ok_top & (ow + 1 < WO)
-            ok_br = ok_bot & (ow + 1 < WO)
-            _store_part(acc_tra, x_img, y_img, b_proj_ptr, in_top + CIN, out_top + COUT, ok_tr, 0, CO_A, COUT,
+        if PROJECT:
+            in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
+            out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
+            _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
+            _store_part(acc_ba, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, 0, CO_A, COUT,
                         ACT_PROJ, HAS_RESIDUAL)
-            _store_part(acc_bra, x_img, y_img, b_proj_ptr, in_top + W * CIN + CIN, out_top + WO * COUT + COUT, ok_br,
-                        0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
             if CO_B > 0:
-                _store_part(acc_trb, x_img, y_img, b_proj_ptr, in_top + CIN, out_top + COUT, ok_tr, CO_A, CO_B, COUT,
+                _store_part(acc_tb, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, CO_A, CO_B, COUT, ACT_PROJ,
+                            HAS_RESIDUAL)
+                _store_part(acc_bb, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, CO_A, CO_B,
+                            COUT, ACT_PROJ, HAS_RESIDUAL)
+            if QUADS:  # the groups' right column
+                ok_tr = ok_top & (ow + 1 < WO)
+                ok_br = ok_bot & (ow + 1 < WO)
+                _store_part(acc_tra, x_img, y_img, b_proj_ptr, in_top + CIN, out_top + COUT, ok_tr, 0, CO_A, COUT,
                             ACT_PROJ, HAS_RESIDUAL)
-                _store_part(acc_brb, x_img, y_img, b_proj_ptr, in_top + W * CIN + CIN, out_top + WO * COUT + COUT,
-                            ok_br, CO_A, CO_B, COUT, ACT_PROJ, HAS_RESIDUAL)
+                _store_part(acc_bra, x_img, y_img, b_proj_ptr, in_top + W * CIN + CIN, out_top + WO * COUT + COUT, ok_br,
+                            0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
+                if CO_B > 0:
+                    _store_part(acc_trb, x_img, y_img, b_proj_ptr, in_top + CIN, out_top + COUT, ok_tr, CO_A, CO_B, COUT,
+                                ACT_PROJ, HAS_RESIDUAL)
+                    _store_part(acc_brb, x_img, y_img, b_proj_ptr, in_top + W * CIN + CIN, out_top + WO * COUT + COUT,
+                                ok_br, CO_A, CO_B, COUT, ACT_PROJ, HAS_RESIDUAL)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -706,13 +741,15 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
     waits for)."""
     reg_h, reg_w = shape.region(cfg.tile_h, cfg.tile_w)
     k_a, k_b = split_pow2(shape.cin)
-    co_a, co_b = split_pow2(shape.cout)
+    # project_apart: the kernel's output is the hidden tensor, and no accumulator is allocated.
+    cout = shape.hidden if cfg.project_apart else shape.cout
+    co_a, co_b = (16, 0) if cfg.project_apart else split_pow2(shape.cout)
     # The kernel's constexprs by name, one per line: a list of the block's fields, not repeated logic.
     return launch_args(
         cfg, dtype, allow_tf32,
         CIN=shape.cin,
         HIDDEN=shape.hidden,
-        COUT=shape.cout,
+        COUT=cout,
         STRIDE=shape.stride,
         KSIZE=shape.ksize,
         START_K=shape.start_k,
@@ -768,6 +805,11 @@ def programs_for(shape: BlockShape, cfg: BlockConfig, n: int, device: torch.devi
 
 
 _TAPS = {9: 3, 25: 5}
+
+
+def _pixel_rows(t: torch.Tensor) -> torch.Tensor:
+    """A channels_last [N, C, H, W] tensor as the [N*H*W, C] matrix it is in memory (a view)."""
+    return t.permute(0, 2, 3, 1).view(-1, t.shape[1])
 
 
 def _kernel_size(name: str, w: torch.Tensor | None, channels: str) -> int:
@@ -828,9 +870,12 @@ def inverted_residual(
     Returns [N, COUT, HO, WO] in channels_last memory, HO = (H - 1) // stride + 1.
     The same computation in PyTorch ops: `reference.inverted_residual`, same arguments.
 
-    Memory: nothing of size N*H*W*HIDDEN is ever allocated or written.  The scratch is two
-    staged chunks per program of the persistent grid (`scratch_elements`: at most a few MiB
-    on an H100/H200 whatever the batch), rewritten for every chunk, so it stays in L1/L2.
+    Memory: nothing of size N*H*W*HIDDEN is ever allocated or written, unless the config sets
+    project_apart (then the hidden tensor, of the output's pixels, is written for a GEMM to
+    project: chosen where the fused project re-reading its weights costs more, 7x7 maps).  The
+    scratch is two staged chunks per program of the persistent grid (`scratch_elements`: at
+    most a few MiB on an H100/H200 whatever the batch), rewritten for every chunk, so it stays
+    in L1/L2.
     Offsets are 64-bit per image and 32-bit within one, so batches beyond 2^31 elements are
     safe; a tile's images (config.imgs) must stay below 2^31 elements, or this raises.
     """
@@ -869,7 +914,7 @@ def inverted_residual(
     shape.check()
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
-    span = cfg.imgs * max(h * w * cin, shape.ho * shape.wo * cout)
+    span = cfg.imgs * max(h * w * cin, shape.ho * shape.wo * (hidden if cfg.project_apart else cout))
     if span > INT32_MAX:
         raise ValueError(f"{cfg.imgs} image(s) of x {tuple(x.shape)}, or of the output, span {span} elements, more "
                          "than 2^31: the block kernel indexes within a tile's images in 32 bits (take imgs=1, or "
@@ -879,6 +924,10 @@ def inverted_residual(
     programs = programs_for(shape, cfg, n, x.device)
     scratch = torch.empty(scratch_elements(shape, cfg, programs), dtype=x.dtype, device=x.device)
     dummy = w_proj  # never read where a stage is absent
+    # project_apart: the kernel writes the hidden tensor (NHWC), a GEMM over all pixels projects it.
+    y = torch.empty((n, shape.ho, shape.wo, hidden), dtype=x.dtype, device=x.device) if cfg.project_apart else out
+    if cfg.project_apart and interpreting(x.device):  # the tests' poison: a pixel the kernel misses shows as NaN
+        y.fill_(float("nan"))
     launch(
         _inverted_residual_kernel, (programs,), x,
         w_start if start_k else dummy,
@@ -889,9 +938,14 @@ def inverted_residual(
         b_dw if ksize else dummy,
         w_proj,
         b_proj,
-        out,
+        y,
         scratch if shape.staged else dummy,
         n, h, w, shape.ho, shape.wo, start_k,
         **kernel_args(shape, cfg, x.dtype, tf32(allow_tf32)),
     )
+    if cfg.project_apart:
+        m = n * shape.ho * shape.wo
+        linear(y.view(m, hidden), w_proj, b_proj, act=act_proj, residual=_pixel_rows(x) if residual else None,
+               config=choose_project_config(m, hidden, cout, x.device, x.dtype.itemsize), allow_tf32=tf32(allow_tf32),
+               out=_pixel_rows(out))
     return out

@@ -179,6 +179,15 @@ def choose_head_config(cin: int, cout: int, hw: int, batch: int, device: torch.d
                       num_stages=2)
 
 
+def choose_project_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:
+    """A block's project where it runs apart (`BlockConfig.project_apart`), a GEMM of all the
+    batch's pixels: 128 x 64 tiles in K steps of 32, 8 warps, 3 stages (the performance
+    model's pick for block 17, M = 12544, K = 960, N = 320: bench/NOTES.md)."""
+    if interpreting(device):
+        return choose_linear_config(m, k, nout, device, itemsize)
+    return LinearConfig(block_m=128, block_n=64, block_k=32, num_warps=8, num_stages=3)
+
+
 def choose_linear_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:
     """K in steps of 256 (128 for fp32: three stages fit shared memory), 8 warps on 64 rows.
     Batch <= 16: 16 x 16 tiles, so the weight is streamed by 63 programs at once (1000

@@ -81,7 +81,8 @@ def _linear_kernel(
     w_ptr,  # weight [K, NOUT], contiguous, input dtype
     b_ptr,  # bias [NOUT]
     y_ptr,  # output [M, NOUT], contiguous, input dtype
-    M,  # rows (batch)
+    r_ptr,  # residual [M, NOUT], contiguous, input dtype, added last (HAS_RESIDUAL; else not read)
+    M,  # rows (batch; a block's project: its pixels)
     k_end,  # K, at run time: the product loop's bound (see below)
     K: tl.constexpr,  # input features
     NOUT: tl.constexpr,  # output features (classes)
@@ -89,6 +90,8 @@ def _linear_kernel(
     BLOCK_N: tl.constexpr,  # output features per program
     BLOCK_K: tl.constexpr,  # input features per product step
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 products
+    ACT: tl.constexpr = "none",  # activation after the bias (a block's project: its act_proj)
+    HAS_RESIDUAL: tl.constexpr = False,  # add r (a block's project: the block's input)
 ):
     m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     j = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -103,8 +106,11 @@ def _linear_kernel(
         a = tl.load(a_ptr + (m * K)[:, None] + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + k[:, None] * NOUT + j[None, :], mask=k_ok[:, None] & j_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
-    acc += tl.load(b_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + (m * NOUT)[:, None] + j[None, :], acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
+    acc = _activation(acc + tl.load(b_ptr + j, mask=j_ok, other=0.0).to(tl.float32)[None, :], ACT)
+    ok = m_ok[:, None] & j_ok[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(r_ptr + (m * NOUT)[:, None] + j[None, :], mask=ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + (m * NOUT)[:, None] + j[None, :], acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 def head_kernel_args(cin: int, cout: int, hw: int, cfg: HeadConfig, dtype: torch.dtype, allow_tf32: bool,
@@ -112,8 +118,9 @@ def head_kernel_args(cin: int, cout: int, hw: int, cfg: HeadConfig, dtype: torch
     return launch_args(cfg, dtype, allow_tf32, HW=hw, CIN=cin, COUT=cout, ACT=act)
 
 
-def linear_kernel_args(k: int, nout: int, cfg: LinearConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
-    return launch_args(cfg, dtype, allow_tf32, K=k, NOUT=nout)
+def linear_kernel_args(k: int, nout: int, cfg: LinearConfig, dtype: torch.dtype, allow_tf32: bool,
+                       act: str = "none", residual: bool = False) -> dict:
+    return launch_args(cfg, dtype, allow_tf32, K=k, NOUT=nout, ACT=act, HAS_RESIDUAL=residual)
 
 
 def head_pool(
@@ -154,21 +161,31 @@ def linear(
     weight: torch.Tensor,
     bias: torch.Tensor,
     *,
+    act: str = "none",
+    residual: torch.Tensor | None = None,
     config: LinearConfig | None = None,
     allow_tf32: bool | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """a @ weight + bias.  a: [M, K] contiguous;  weight: [K, NOUT] in a's dtype;  bias: [NOUT].
+    """act(a @ weight + bias) [+ residual].  a: [M, K] contiguous;  weight: [K, NOUT] in a's
+    dtype;  bias: [NOUT];  residual: [M, NOUT] contiguous in a's dtype, or None.  (The classifier;
+    also a block's project where it runs apart, `BlockConfig.project_apart`.)
 
     allow_tf32 (fp32 products on TF32 tensor cores) defaults to
     torch.backends.cuda.matmul.allow_tf32, the switch nn.Linear follows."""
     check_activation("a", a, "MK")
     m, k = a.shape
     nout = check_weight(weight, bias, k, a, "K, NOUT")
+    if residual is not None:
+        check_activation("residual", residual, "MK")
+        if residual.shape != (m, nout) or residual.dtype != a.dtype or residual.device != a.device:
+            raise ValueError(f"residual must be [{m}, {nout}] {a.dtype} on {a.device}, got {tuple(residual.shape)} "
+                             f"{residual.dtype} on {residual.device}")
     cfg = config or choose_linear_config(m, k, nout, a.device, a.dtype.itemsize)
-    out = output(out, (m, nout), a, reads=(weight, bias))
+    out = output(out, (m, nout), a, reads=(weight, bias, residual))
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(nout, cfg.block_n))
-    launch(_linear_kernel, grid, a, weight, bias, out, m, k, **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32))
+    launch(_linear_kernel, grid, a, weight, bias, out, a if residual is None else residual, m, k,
+           **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32, check_act(act), residual is not None))
     return out

@@ -197,6 +197,7 @@ class BlockConfig(LaunchConfig):
     stage_image: bool = False  # stride 1, one tile per image: expand only the image's pixels (the halo is padding)
     stage_vectors: bool = True  # 16-bit: store staged chunks from the expand's registers (False: tl.store, fewer registers)
     quads: bool = False  # 2x2 pixel groups share window loads and depthwise weights (needs join_pairs, tile_w even)
+    project_apart: bool = False  # the kernel writes the hidden tensor, a GEMM projects it (small maps: see block.py)
 
     def validate(self, shape: BlockShape) -> None:
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):
@@ -219,6 +220,8 @@ class BlockConfig(LaunchConfig):
         if self.quads and not (self.join_pairs and self.tile_w % 2 == 0):
             raise ValueError(f"config quads needs join_pairs and an even tile_w (2x2 pixel groups), got "
                              f"join_pairs={self.join_pairs}, tile_w={self.tile_w}")
+        if self.project_apart and not shape.staged:
+            raise ValueError("config project_apart needs a middle depthwise (the staged path)")
         if shape.start_k and shape.staged and not self.x_resident:
             raise ValueError("config x_resident=False: a start depthwise is computed once per tile, so its input "
                              "must stay resident")

@@ -81,6 +81,7 @@ def head_pool(x, weight, bias, *, act: str = "relu6") -> torch.Tensor:
     return activation(_conv1x1(x, weight, bias), act).mean(dim=(2, 3))
 
 
-def linear(a, weight, bias) -> torch.Tensor:
-    """a [M, K] @ weight [K, NOUT] + bias."""
-    return torch.addmm(bias, a, weight)
+def linear(a, weight, bias, *, act: str = "none", residual=None) -> torch.Tensor:
+    """act(a [M, K] @ weight [K, NOUT] + bias) [+ residual [M, NOUT]]."""
+    y = activation(torch.addmm(bias, a, weight), act)
+    return y if residual is None else y + residual

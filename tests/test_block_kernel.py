@@ -120,6 +120,10 @@ TILINGS = [
     # 2x2 pixel groups: the right column past the image's 7 columns (tile widths 4 and 6)
     dict(tile_h=2, tile_w=4, imgs=2, block_hid=32, join_pairs=True, quads=True),
     dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, x_resident=False),
+    # The project apart: the kernel writes the hidden tensor (pairs, then 2x2 groups whose right
+    # column overhangs), a GEMM projects it and adds the residual (stride 1).
+    dict(tile_h=4, tile_w=3, imgs=2, block_hid=32, project_apart=True),
+    dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, project_apart=True),
 ]
 
 
@@ -153,6 +157,9 @@ STAGE_IMAGE_CASES = [
     (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=2, block_hid=64, num_warps=8)),
     (40, 3, 48, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=1, block_hid=32, join_pairs=True)),
     (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=1, block_hid=32, join_pairs=True, quads=True)),
+    # block 17's kind of config: two images per tile, the project apart
+    (24, 6, 40, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
+                                             project_apart=True)),
 ]
 
 
@@ -193,6 +200,13 @@ def test_quads_need_joined_products_and_an_even_tile_width():
     for tile in (dict(tile_h=4, tile_w=4, quads=True), dict(tile_h=4, tile_w=3, join_pairs=True, quads=True)):
         with pytest.raises(ValueError, match="quads needs join_pairs and an even tile_w"):
             inverted_residual(_x(), **a, stride=2, residual=False, config=BlockConfig(**tile))
+
+
+def test_project_apart_needs_a_middle_depthwise():
+    a = dict(_args(), w_dw=None, b_dw=None)
+    with pytest.raises(ValueError, match="project_apart needs a middle depthwise"):
+        inverted_residual(_x(), **a, stride=1, residual=False, config=BlockConfig(tile_h=2, tile_w=2,
+                                                                                  project_apart=True))
 
 
 def test_stage_image_needs_stride_1_and_a_tile_covering_the_image():
@@ -370,6 +384,10 @@ ACCESS_CASES = [
     # 2x2 pixel groups: padding groups, the right column past odd widths, stride 1 and 2.
     (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True)),
     (16, 3, 16, 1, 2, 5, 7, BlockConfig(tile_h=4, tile_w=6, block_hid=32, join_pairs=True, quads=True)),
+    # The project apart: the hidden tensor's stores, the right column past the image included.
+    (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True,
+                                        project_apart=True)),
+    (16, 3, 16, 1, 2, 5, 7, BlockConfig(tile_h=4, tile_w=3, block_hid=32, project_apart=True)),
 ]
 
 

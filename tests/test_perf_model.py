@@ -322,7 +322,7 @@ use_compiler()
 from mnv2_fast.kernels import aot
 from mnv2_fast.tools import perf_model as pm
 
-picked = [nl for nl in pm.network_launches(256, torch.float16, "h200") if nl.block in (1, 2, 12) or nl.part == "head"]
+picked = [nl for nl in pm.network_launches(256, torch.float16, "h200") if nl.block in (1, 2, 12, 17) or nl.part == "head"]
 out = {nl.launch.label: pm.analyse_launch(nl.launch, 256, "h200", part=nl.part, block=nl.block, sass_dir=sys.argv[1])
        for nl in picked}
 
@@ -370,6 +370,16 @@ def test_analyse_launch_on_compiled_kernels(tmp_path):
         assert rec["predicted_ms"] > max(rec["floors_ms"].values())
     for block in (1, 2, 12):  # the products do the work their tiles imply (64-row tiles at least)
         assert 1.0 - 1e-9 <= by_block[block]["mma_replication"] <= 2.0
+    # Block 17 runs its project apart: the kernel does the expand only, the GEMM after it the
+    # project of all 256 x 49 pixels, and the block's time is both launches'.
+    rec, spec = by_block[17], specs[16]
+    project = rec["project"]
+    assert json.loads(rec["config_json"])["project_apart"]
+    assert rec["predicted_ms"] == pytest.approx(rec["kernel_ms"] + project["predicted_ms"])
+    pixels = 256 * spec.ho * spec.wo
+    assert rec["mma_macs_per_program"] * rec["programs"] < 2 * pixels * spec.cin * spec.hidden
+    assert project["mma_macs_per_program"] * project["programs"] >= pixels * spec.hidden * spec.cout
+    assert project["predicted_ms"] > max(project["floors_ms"].values())
 
 
 # ---------------------------------------------------------------- the speed regression test (no GPU)

@@ -29,13 +29,27 @@ class Launch:
     kind: str  # block, stem, head, linear
     label: str
     dtype: torch.dtype
-    # block: BlockShape; stem: (cin, cout, h, w[, act, tf_same]); head: (cin, cout, h, w[, act]); linear: (m, k, n)
+    # block: BlockShape; stem: (cin, cout, h, w[, act, tf_same]); head: (cin, cout, h, w[, act]);
+    # linear: (m, k, n[, act, residual]) (with them: a block's project, run apart)
     shape: tuple
     config: object
     tf32: bool = False  # fp32 only: products on TF32 tensor cores (PyTorch's default for convs)
 
     def key(self):
         return (self.kind, self.shape, self.config, self.dtype, self.tf32)
+
+
+def project_launch(launch: Launch, m: int) -> Launch | None:
+    """The GEMM that projects a block's hidden tensor of m pixels where its config runs the
+    project apart (`BlockConfig.project_apart`), else None."""
+    from ..kernels.choice import choose_project_config
+
+    s = launch.shape
+    if launch.kind != "block" or not launch.config.project_apart:
+        return None
+    cfg = choose_project_config(m, s.hidden, s.cout, torch.device("cuda"), launch.dtype.itemsize)
+    return Launch("linear", launch.label + " project", launch.dtype, (m, s.hidden, s.cout, s.act_proj, s.residual),
+                  cfg, launch.tf32)
 
 
 def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> list[Launch]:
@@ -50,6 +64,9 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> lis
         if launch.dtype == torch.float32 and not launch.tf32:  # fp32 ships both product precisions
             tf32 = replace(launch, label=launch.label + " tf32", tf32=True)
             out.setdefault(tf32.key(), tf32)
+        project = project_launch(launch, 2 * launch.shape.ho * launch.shape.wo) if launch.kind == "block" else None
+        if project is not None:  # its compiled variant does not depend on m
+            add(project)
 
     for width in widths:
         dtypes = ALL_DTYPES if width == 1.0 else (torch.float16,)
@@ -101,7 +118,7 @@ def variant(launch: Launch):
     if launch.kind == "head":
         return _head_pool_kernel, head_kernel_args(s[0], s[1], s[2] * s[3], cfg, dtype, tf32, *s[4:])
     if launch.kind == "linear":
-        return _linear_kernel, linear_kernel_args(s[1], s[2], cfg, dtype, tf32)
+        return _linear_kernel, linear_kernel_args(s[1], s[2], cfg, dtype, tf32, *s[3:])
     raise ValueError(launch.kind)
 
 
@@ -134,8 +151,9 @@ def random_inputs(launch: Launch, batch: int, generator: torch.Generator) -> tup
     if launch.kind == "head":
         cin, cout, h, w, *rest = launch.shape
         return [rnd(batch, cin, h, w), rnd(cin, cout, scale=cin ** -0.5), rnd(cout)], dict(zip(("act",), rest))
-    m, k, n = launch.shape
-    return [rnd(m, k), rnd(k, n, scale=k ** -0.5), rnd(n)], {}
+    m, k, n, *rest = launch.shape
+    act, residual = rest or ("none", False)
+    return [rnd(m, k), rnd(k, n, scale=k ** -0.5), rnd(n)], dict(act=act, residual=rnd(m, n) if residual else None)
 
 
 @torch.no_grad()

@@ -698,11 +698,12 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         rows = args["P_STAGE"] if s.staged else 2 * args["P2"]
         expand = rows * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
         group = 4 if cfg.quads else 2  # pixels per pair (top and bottom) or 2x2 group
-        project = group * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])
+        # project_apart: the project is the next launch's GEMM (kind "project").
+        project = 0 if cfg.project_apart else group * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])
         macs = per_program * chunks * (expand + project)
         # wgmma works on 64-row tiles: the project's rows (2 x P2 joined, else P2 per product) and
         # the expand's (P_STAGE) pad up to them.
-        project_rows = group * args["P2"] if cfg.join_pairs else args["P2"]
+        project_rows = group * args["P2"] if cfg.join_pairs and not cfg.project_apart else args["P2"]
         row_padding = max(1, 64 / min(project_rows, args["P_STAGE"] if s.staged else args["P2"]))
         # The persistent tile loop always stays a loop; the chunk loop is unrolled away when it
         # has one trip.  The compiler usually unrolls the depthwise's row loop (KSIZE + STRIDE
@@ -715,6 +716,8 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         inner += (LoopSpec("hidden chunks", chunks, depthwise),) if chunks > 1 else depthwise
         loops = [LoopSpec("tiles", per_program, inner)]
         hbm = s.floor_bytes(batch, itemsize)
+        if cfg.project_apart:  # the hidden tensor written instead of the output, the project's weights not read
+            hbm += (batch * s.ho * s.wo * (s.hidden - s.cout) - s.hidden * s.cout - s.cout) * itemsize
     elif launch.kind == "stem":
         from ..kernels.stem import stem_block_k
 
@@ -737,13 +740,14 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         loops = _chain(("pixel chunks", chunks), ("k steps", k_steps))
         hbm = (batch * h * w * cin + cin * cout + cout + batch * cout) * itemsize
     elif launch.kind == "linear":
-        _, k, nout = launch.shape
-        m = batch
+        _, k, nout, *rest = launch.shape
+        m = batch  # the classifier's batch; a block's project: the batch's pixels
         steps = _cdiv(k, cfg.block_k)
         programs = _cdiv(m, cfg.block_m) * _cdiv(nout, cfg.block_n)
         macs = cfg.block_m * steps * cfg.block_k * cfg.block_n
         loops = _chain(("k steps", steps))  # a run-time bound: a loop even for one step
-        hbm = (m * k + k * nout + nout + m * nout) * itemsize
+        residual = bool(rest) and rest[1]
+        hbm = (m * k + k * nout + nout + (2 if residual else 1) * m * nout) * itemsize
     else:
         raise ValueError(launch.kind)
     return {"programs": programs, "loops": loops, "expected_macs_per_program": macs, "hbm_bytes": hbm,
@@ -789,7 +793,12 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
                  l1_wavefronts_per_program=counts.l1_wavefronts, mma_macs_per_program=counts.mma_macs,
                  hbm_bytes=geo["hbm_bytes"], imbalance=geo["imbalance"], counts=counts)
     pred = predict(f, gpu, params)
-    return {
+    project = None
+    if launch.kind == "block" and launch.config.project_apart:  # the GEMM after it, as one more launch
+        s = launch.shape
+        project = analyse_launch(shipped.project_launch(launch, batch * s.ho * s.wo), batch * s.ho * s.wo, gpu,
+                                 part=part, block=block, sass_dir=sass_dir, params=params, cache=cache)
+    record = {
         "part": part or {"linear": "classifier"}.get(launch.kind, launch.kind),
         "block": block,
         "label": launch.label,
@@ -814,6 +823,11 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
         "hbm_bytes": f.hbm_bytes,
         **pred.as_dict(),
     }
+    if project is not None:  # the block's time is both launches'
+        record["kernel_ms"] = record["predicted_ms"]
+        record["project"] = project
+        record["predicted_ms"] += project["predicted_ms"]
+    return record
 
 
 def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: str | Path | None = None,

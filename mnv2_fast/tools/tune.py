@@ -49,7 +49,8 @@ def candidates(shape, itemsize: int, batch: int):
     """The heuristic's config and a sweep around it: tiles, hidden chunk, warps, register cap
     (which sets the occupancy), and for tiles that cover the whole image (stride 1) the same with stage_image; for tiles of
     28-32 pixel pairs (half a wgmma tile), the same with join_pairs; for even tile widths, 2x2
-    pixel groups (quads); for 16-bit expands, each with and without stage_vectors."""
+    pixel groups (quads); for 16-bit expands, each with and without stage_vectors; for maps
+    under 10 pixels wide, each also with project_apart."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
@@ -73,6 +74,8 @@ def candidates(shape, itemsize: int, batch: int):
                                                    x_resident=resident, num_warps=warps, maxnreg=maxnreg,
                                                    programs_per_sm=16 // warps, stage_image=stage_image,
                                                    join_pairs=join, stage_vectors=vectors, quads=quads))
+    if shape.staged and shape.wo < 10:  # small maps: each also with the project apart, a GEMM over all pixels
+        out += [replace(cfg, project_apart=True) for cfg in out[1:]]
     return list(dict.fromkeys(out))
 
 
