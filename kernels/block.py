@@ -514,11 +514,16 @@ def _inverted_residual_kernel(
     QUADS: tl.constexpr = False,  # 2x2 pixel groups (pairs side by side) share windows and weights; needs JOIN_PAIRS
     PROJECT_APART: tl.constexpr = False,  # store the depthwise's output (the hidden tensor) to y; a GEMM projects
     # it (on small maps the fused project re-reads all its weights for every few pixels)
+    HIDDEN_SPLIT: tl.constexpr = 1,  # with PROJECT_APART: work items per tile, each a share of its hidden chunks
+    # (at small batches a few tiles would leave most SMs idle)
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
     PROJECT: tl.constexpr = not PROJECT_APART
     tl.static_assert(PROJECT or KSIZE > 0)
+    tl.static_assert(HIDDEN_SPLIT == 1 or PROJECT_APART)
+    # A work item's hidden channels: whole chunks, the last part possibly shorter.
+    SPLIT_HID: tl.constexpr = (HIDDEN + BLOCK_HID * HIDDEN_SPLIT - 1) // (BLOCK_HID * HIDDEN_SPLIT) * BLOCK_HID
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     VECTORS: tl.constexpr = (STAGE_VECTORS and HAS_EXPAND and y_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -569,7 +574,19 @@ def _inverted_residual_kernel(
         q_s_rel = ((q_img * H + q_y * STRIDE) * W + q_x * STRIDE) * CIN
 
     step = 0  # chunks staged so far: the buffer parity, carried across tiles
-    for tile in range(pid, n_tiles, tl.num_programs(0)):
+    if HIDDEN_SPLIT > 1:
+        n_work = n_tiles * HIDDEN_SPLIT
+    else:
+        n_work = n_tiles
+    for work in range(pid, n_work, tl.num_programs(0)):
+        if HIDDEN_SPLIT > 1:
+            tile = work // HIDDEN_SPLIT
+            h_lo = work % HIDDEN_SPLIT * SPLIT_HID
+            h_hi = tl.minimum(h_lo + SPLIT_HID, HIDDEN)
+        else:
+            tile = work
+            h_lo = 0
+            h_hi = HIDDEN
         t_h = (tile % tiles_hw) // tiles_w
         t_w = tile % tiles_w
         n0 = tile // tiles_hw * IMGS
@@ -612,7 +629,7 @@ def _inverted_residual_kernel(
             if not PROJECT:
                 oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
                 out_hid = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
-            for h0 in range(0, HIDDEN, BLOCK_HID):
+            for h0 in range(h_lo, h_hi, BLOCK_HID):
                 hh = h0 + hh0
                 h_ok = hh < HIDDEN
                 # 1. Stage this chunk of the depthwise input over the region.

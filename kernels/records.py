@@ -89,8 +89,9 @@ class BlockShape:
         return (tile_h - 1) * self.stride + self.ksize, (tile_w - 1) * self.stride + self.ksize
 
     def tiles(self, cfg: "BlockConfig", n: int) -> int:
-        """Output tiles of a batch of n: imgs x tile_h x tile_w pixels each."""
-        return _cdiv(n, cfg.imgs) * _cdiv(self.ho, cfg.tile_h) * _cdiv(self.wo, cfg.tile_w)
+        """Work items of a batch of n: output tiles of imgs x tile_h x tile_w pixels, each
+        split into hidden_split parts of its hidden channels."""
+        return _cdiv(n, cfg.imgs) * _cdiv(self.ho, cfg.tile_h) * _cdiv(self.wo, cfg.tile_w) * cfg.hidden_split
 
     def grid(self, cfg: "BlockConfig", n: int, sms: int) -> int:
         """Programs of the persistent launch: one per tile, at most as many as fit the GPU's
@@ -198,6 +199,7 @@ class BlockConfig(LaunchConfig):
     stage_vectors: bool = True  # 16-bit: store staged chunks from the expand's registers (False: tl.store, fewer registers)
     quads: bool = False  # 2x2 pixel groups share window loads and depthwise weights (needs join_pairs, tile_w even)
     project_apart: bool = False  # the kernel writes the hidden tensor, a GEMM projects it (small maps: see block.py)
+    hidden_split: int = 1  # with project_apart: a tile's hidden chunks split over this many work items (small batches)
 
     def validate(self, shape: BlockShape) -> None:
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):
@@ -222,6 +224,9 @@ class BlockConfig(LaunchConfig):
                              f"join_pairs={self.join_pairs}, tile_w={self.tile_w}")
         if self.project_apart and not shape.staged:
             raise ValueError("config project_apart needs a middle depthwise (the staged path)")
+        if self.hidden_split < 1 or (self.hidden_split > 1 and not self.project_apart):
+            raise ValueError(f"config hidden_split={self.hidden_split} must be >= 1, and above 1 only with "
+                             "project_apart (the parts write disjoint hidden channels; fused, they would need a sum)")
         if shape.start_k and shape.staged and not self.x_resident:
             raise ValueError("config x_resident=False: a start depthwise is computed once per tile, so its input "
                              "must stay resident")

@@ -124,6 +124,10 @@ TILINGS = [
     # column overhangs), a GEMM projects it and adds the residual (stride 1).
     dict(tile_h=4, tile_w=3, imgs=2, block_hid=32, project_apart=True),
     dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, project_apart=True),
+    # ... with each tile's 8 hidden chunks (the last partial) split over 3 work items (3, 3, 2
+    # chunks), and over 5 (2 chunks each: the fifth has none).
+    dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, project_apart=True, hidden_split=3),
+    dict(tile_h=4, tile_w=3, imgs=2, block_hid=16, project_apart=True, hidden_split=5),
 ]
 
 
@@ -207,6 +211,12 @@ def test_project_apart_needs_a_middle_depthwise():
     with pytest.raises(ValueError, match="project_apart needs a middle depthwise"):
         inverted_residual(_x(), **a, stride=1, residual=False, config=BlockConfig(tile_h=2, tile_w=2,
                                                                                   project_apart=True))
+
+
+def test_hidden_split_needs_the_project_apart():
+    with pytest.raises(ValueError, match="hidden_split=2 must be >= 1, and above 1 only with project_apart"):
+        inverted_residual(_x(), **_args(), stride=1, residual=False, config=BlockConfig(tile_h=2, tile_w=2,
+                                                                                        hidden_split=2))
 
 
 def test_stage_image_needs_stride_1_and_a_tile_covering_the_image():
@@ -388,6 +398,8 @@ ACCESS_CASES = [
     (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True,
                                         project_apart=True)),
     (16, 3, 16, 1, 2, 5, 7, BlockConfig(tile_h=4, tile_w=3, block_hid=32, project_apart=True)),
+    (16, 3, 16, 1, 2, 5, 7, BlockConfig(tile_h=4, tile_w=6, block_hid=16, join_pairs=True, quads=True,
+                                        project_apart=True, hidden_split=2)),
 ]
 
 

@@ -692,7 +692,9 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         programs = s.grid(cfg, batch, gpu_spec(gpu).sms)
         per_program = tiles / programs
         imbalance = _cdiv(tiles, programs) / per_program  # the last programs walk one tile fewer
-        chunks = _cdiv(s.hidden, cfg.block_hid)
+        # Chunks per work item (hidden_split: a share of a tile's; the last share, if shorter, is
+        # charged as a full one).
+        chunks = _cdiv(_cdiv(s.hidden, cfg.block_hid), cfg.hidden_split)
         # The expand runs over the staged rows (P_STAGE: the region, or with stage_image the
         # images' own pixels), or (no middle depthwise) on the top and bottom pixels.
         rows = args["P_STAGE"] if s.staged else 2 * args["P2"]
