@@ -160,3 +160,17 @@ def test_head_config_limits():
         HeadConfig(imgs=17)
     with pytest.raises(ValueError, match="block_p=48"):
         HeadConfig(block_p=48)
+
+
+def test_tune_candidates_try_the_project_apart_on_small_maps_and_batches():
+    from mnv2_fast.tools.tune import candidates
+
+    specs = block_specs(1.0, resolution=224)
+    wide, small = specs[1], specs[16]  # block 2 (56 x 56 outputs), block 17 (7 x 7)
+    assert not any(c.project_apart for c in candidates(wide, 2, 256))
+    at_256 = candidates(small, 2, 256)
+    assert any(c.project_apart for c in at_256) and all(c.hidden_split == 1 for c in at_256)
+    split = [c for c in candidates(small, 2, 1) if c.hidden_split > 1]
+    assert split and all(c.project_apart and c.hidden_split == -(-small.hidden // c.block_hid) for c in split)
+    for c in split:
+        c.validate(small)

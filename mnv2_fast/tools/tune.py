@@ -50,7 +50,8 @@ def candidates(shape, itemsize: int, batch: int):
     (which sets the occupancy), and for tiles that cover the whole image (stride 1) the same with stage_image; for tiles of
     28-32 pixel pairs (half a wgmma tile), the same with join_pairs; for even tile widths, 2x2
     pixel groups (quads); for 16-bit expands, each with and without stage_vectors; for maps
-    under 10 pixels wide, each also with project_apart."""
+    under 10 pixels wide or batches up to 8, each also with project_apart, and at batches up
+    to 16 with one hidden chunk per work item (hidden_split)."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
@@ -74,9 +75,13 @@ def candidates(shape, itemsize: int, batch: int):
                                                    x_resident=resident, num_warps=warps, maxnreg=maxnreg,
                                                    programs_per_sm=16 // warps, stage_image=stage_image,
                                                    join_pairs=join, stage_vectors=vectors, quads=quads))
-    if shape.staged and shape.wo < 10:  # small maps: each also with the project apart, a GEMM over all pixels
-        out += [replace(cfg, project_apart=True) for cfg in out[1:]]
-    return list(dict.fromkeys(out))
+    # Small maps, or small batches: each also with the project apart (a GEMM over all pixels);
+    # at small batches also with each chunk of a tile its own work item (hidden_split).
+    apart = [replace(cfg, project_apart=True) for cfg in out[1:]] if shape.staged and (shape.wo < 10 or batch <= 8) \
+        else []
+    if batch <= 16:
+        apart += [replace(cfg, hidden_split=-(-shape.hidden // cfg.block_hid)) for cfg in apart]
+    return list(dict.fromkeys(out + apart))
 
 
 # (hidden chunk, warps, register cap): 8 warps uncapped (up to 255 registers, one program
