@@ -65,6 +65,12 @@ _EPILOGUE_F16X2 = tl.constexpr("{ .reg .b32 t, z; mov.b32 z, 0; add.rn.f16x2 t, 
                                "min.NaN.f16x2 $0, t, $3; }")
 
 
+# The depthwise's on fp16 pairs, its bound a constant: relu6 and relu.
+_DW_RELU6_F16X2 = tl.constexpr("{ .reg .b32 t, z, h; mov.b32 z, 0; mov.b32 h, 0x46004600; add.rn.f16x2 t, $1, $2; "
+                               "max.NaN.f16x2 t, t, z; min.NaN.f16x2 $0, t, h; }")
+_DW_RELU_F16X2 = tl.constexpr("{ .reg .b32 t, z; mov.b32 z, 0; add.rn.f16x2 t, $1, $2; max.NaN.f16x2 $0, t, z; }")
+
+
 @triton.jit
 def _expand_epilogue(e, b, hi, ACT: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr):
     """act(e + b) bounded by hi (`_act_bounded`), in the staged dtype.  fp16: e is rounded to
@@ -283,7 +289,7 @@ def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, 
 @triton.jit
 def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
                STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr, P2: tl.constexpr,
-               GW: tl.constexpr):
+               GW: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr):
     """act(depthwise KSIZE x KSIZE + bias) of one staged chunk for groups of output pixels:
     vertical pairs (GW = 1), or 2x2 groups (GW = 2, quads: two pairs side by side).
 
@@ -340,15 +346,36 @@ def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, RE
             acc_tr += tl.where(j < KSIZE, row_tr.to(tl.float32), 0.0)
             acc_br += tl.where(j >= STRIDE, row_br.to(tl.float32), 0.0)
     bias = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    acc_tl = _bias_act(acc_tl, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
-    acc_bl = _bias_act(acc_bl, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+    acc_tl = _dw_epilogue(acc_tl, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    acc_bl = _dw_epilogue(acc_bl, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
     if GW == 2:
-        acc_tr = _bias_act(acc_tr, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
-        acc_br = _bias_act(acc_br, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+        acc_tr = _dw_epilogue(acc_tr, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+        acc_br = _dw_epilogue(acc_br, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
     else:
         acc_tr = acc_tl
         acc_br = acc_bl
     return acc_tl, acc_tr, acc_bl, acc_br
+
+
+@triton.jit
+def _dw_epilogue(acc, bias, h_ok, ACT: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_HID: tl.constexpr,
+                 dtype: tl.constexpr, ASM: tl.constexpr):
+    """The depthwise's bias and activation, in the dtype the project reads: fp16 like the expand's
+    epilogue (`_expand_epilogue`: packed pairs of the fp16-rounded sum; the bound a constant),
+    else in fp32."""
+    if dtype == tl.float16 and ACT != "none":
+        e16 = acc.to(tl.float16)
+        b16 = tl.broadcast_to(bias.to(tl.float16), e16.shape)
+        if ASM:  # the bound as an immediate (0x4600 = 6.0): no register holds it
+            out = tl.inline_asm_elementwise(_DW_RELU6_F16X2 if ACT == "relu6" else _DW_RELU_F16X2, "=r,r,r",
+                                            [e16, b16], dtype=tl.float16, is_pure=True, pack=2)
+        else:
+            out = _activation(e16 + b16, ACT)
+        if HIDDEN % BLOCK_HID != 0:  # padding columns: see _bias_act
+            out = tl.where(h_ok[None, :], out, 0.0).to(dtype)
+    else:
+        out = _bias_act(acc, bias, h_ok, ACT, HIDDEN, BLOCK_HID)
+    return out
 
 
 @triton.jit
@@ -516,6 +543,8 @@ def _inverted_residual_kernel(
     # it (on small maps the fused project re-reads all its weights for every few pixels)
     HIDDEN_SPLIT: tl.constexpr = 1,  # with PROJECT_APART: work items per tile, each a share of its hidden chunks
     # (at small batches a few tiles would leave most SMs idle)
+    PACKED_DW: tl.constexpr = True,  # fp16: the depthwise's bias and clamp on packed pairs (`_dw_epilogue`; off: in
+    # fp32, which a few register-capped configs need)
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
@@ -664,7 +693,8 @@ def _inverted_residual_kernel(
                 # 2. Depthwise for the tile's pixel pairs (or 2x2 groups: then d_top and d_bot hold
                 # both columns, rows 2q + u for the left (u = 0) and the right pixel).
                 d_top, d_tr, d_bot, d_br = _depthwise(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W,
-                                                      STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW)
+                                                      STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW,
+                                                      dtype if PACKED_DW else tl.float32, INLINE_PTX)
                 if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it.
                     _store_hidden(y_img, out_hid, ow, ok_top, ok_bot, d_top, d_tr, d_bot, d_br, hh, h_ok, WO, HIDDEN,
                                   GW)

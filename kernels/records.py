@@ -200,6 +200,7 @@ class BlockConfig(LaunchConfig):
     quads: bool = False  # 2x2 pixel groups share window loads and depthwise weights (needs join_pairs, tile_w even)
     project_apart: bool = False  # the kernel writes the hidden tensor, a GEMM projects it (small maps: see block.py)
     hidden_split: int = 1  # with project_apart: a tile's hidden chunks split over this many work items (small batches)
+    packed_dw: bool = True  # fp16: the depthwise's bias and clamp on packed pairs (False: in fp32, as bf16 and fp32)
 
     def validate(self, shape: BlockShape) -> None:
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):

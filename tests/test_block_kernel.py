@@ -128,6 +128,8 @@ TILINGS = [
     # chunks), and over 5 (2 chunks each: the fifth has none).
     dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, project_apart=True, hidden_split=3),
     dict(tile_h=4, tile_w=3, imgs=2, block_hid=16, project_apart=True, hidden_split=5),
+    # fp16's depthwise epilogue in fp32, as register-capped configs take it
+    dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, packed_dw=False),
 ]
 
 
