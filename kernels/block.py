@@ -42,7 +42,7 @@ import triton.language as tl
 from ._common import (INT32_MAX, _activation, _tf_same_pad, check_activation, check_param, interpreting, launch,
                       launch_args, next_pow2, output, split_pow2, tf32)
 from .choice import choose_block_config, choose_project_config
-from .head import linear
+from .head import launch_linear
 from .records import BlockConfig, BlockShape
 
 
@@ -621,13 +621,13 @@ def _inverted_residual_kernel(
         n0 = tile // tiles_hw * IMGS
         x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)  # 64-bit image base, 32-bit offsets within
         y_img = y_ptr + n0.to(tl.int64) * (HO * WO * COUT)
-        if not PROJECT:
-            pass
-        elif JOIN_PAIRS:  # one product per part for all pixels of each group: rows 2q (top), 2q + 1 (quads: 4q + ...)
+        # The project's accumulators (none with the project apart).  Joined: one product per part
+        # for all pixels of each group, rows 2q (top), 2q + 1 (quads: 4q + ...).
+        if PROJECT and JOIN_PAIRS:
             acc_a = tl.zeros([2 * GW * P2, CO_A], dtype=tl.float32)
             if CO_B > 0:
                 acc_b = tl.zeros([2 * GW * P2, CO_B], dtype=tl.float32)
-        else:
+        elif PROJECT:
             acc_ta = tl.zeros([P2, CO_A], dtype=tl.float32)  # top pixels, first output part
             acc_ba = tl.zeros([P2, CO_A], dtype=tl.float32)  # bottom pixels
             if CO_B > 0:
@@ -695,35 +695,31 @@ def _inverted_residual_kernel(
                 d_top, d_tr, d_bot, d_br = _depthwise(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W,
                                                       STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW,
                                                       dtype if PACKED_DW else tl.float32, INLINE_PTX)
-                if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it.
+                if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it ...
                     _store_hidden(y_img, out_hid, ow, ok_top, ok_bot, d_top, d_tr, d_bot, d_br, hh, h_ok, WO, HIDDEN,
                                   GW)
-                elif QUADS:
-                    d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
-                    d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
-                # 3. Project into the accumulators.
-                if not PROJECT:
-                    pass
-                elif JOIN_PAIRS:
-                    d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
-                    acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                    if CO_B > 0:
-                        acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                else:
-                    acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta, acc_ba,
-                                                                    acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
-                                                                    COUT, DOT_PRECISION)
-            if not PROJECT:
-                pass
-            elif QUADS:  # left pixels into the pairs' accumulators, right ones apart
-                acc_ta, acc_tra, acc_ba, acc_bra = _split_quads(acc_a, P2, CO_A)
-                if CO_B > 0:
-                    acc_tb, acc_trb, acc_bb, acc_brb = _split_quads(acc_b, P2, CO_B)
-            elif JOIN_PAIRS:
-                acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
-                if CO_B > 0:
-                    acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
+                else:  # ... or project it into the accumulators.
+                    if QUADS:
+                        d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
+                        d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
+                    if JOIN_PAIRS:
+                        d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
+                        acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                        if CO_B > 0:
+                            acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                    else:
+                        acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta,
+                                                                        acc_ba, acc_tb, acc_bb, w_proj_ptr, hh, h_ok,
+                                                                        CO_A, CO_B, COUT, DOT_PRECISION)
             if PROJECT:
+                if QUADS:  # left pixels into the pairs' accumulators, right ones apart
+                    acc_ta, acc_tra, acc_ba, acc_bra = _split_quads(acc_a, P2, CO_A)
+                    if CO_B > 0:
+                        acc_tb, acc_trb, acc_bb, acc_brb = _split_quads(acc_b, P2, CO_B)
+                elif JOIN_PAIRS:
+                    acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
+                    if CO_B > 0:
+                        acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
                 oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
         else:
             # No middle depthwise (UIB's FFN, with or without a start depthwise): the expand and
@@ -992,7 +988,7 @@ def inverted_residual(
     )
     if cfg.project_apart:
         m = n * shape.ho * shape.wo
-        linear(y.view(m, hidden), w_proj, b_proj, act=act_proj, residual=_pixel_rows(x) if residual else None,
-               config=choose_project_config(m, hidden, cout, x.device, x.dtype.itemsize), allow_tf32=tf32(allow_tf32),
-               out=_pixel_rows(out))
+        # x, out and the weights are checked above; the hidden tensor is the kernel's own.
+        launch_linear(y.view(m, hidden), w_proj, b_proj, _pixel_rows(out), _pixel_rows(x) if residual else None,
+                      act_proj, choose_project_config(m, hidden, cout, x.device, x.dtype.itemsize), tf32(allow_tf32))
     return out

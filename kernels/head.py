@@ -185,7 +185,15 @@ def linear(
     out = output(out, (m, nout), a, reads=(weight, bias, residual))
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    launch_linear(a, weight, bias, out, residual, check_act(act), cfg, allow_tf32)
+    return out
+
+
+def launch_linear(a, weight, bias, out, residual, act: str, cfg: LinearConfig, allow_tf32: bool) -> None:
+    """`linear`'s launch on arguments its caller has checked (the block launcher's project,
+    whose tensors it checked as the block's)."""
+    m, k = a.shape
+    nout = weight.shape[1]
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(nout, cfg.block_n))
     launch(_linear_kernel, grid, a, weight, bias, out, a if residual is None else residual, m, k,
-           **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32, check_act(act), residual is not None))
-    return out
+           **linear_kernel_args(k, nout, cfg, a.dtype, allow_tf32, act, residual is not None))

@@ -94,8 +94,8 @@ class BlockShape:
         return _cdiv(n, cfg.imgs) * _cdiv(self.ho, cfg.tile_h) * _cdiv(self.wo, cfg.tile_w) * cfg.hidden_split
 
     def grid(self, cfg: "BlockConfig", n: int, sms: int) -> int:
-        """Programs of the persistent launch: one per tile, at most as many as fit the GPU's
-        sms multiprocessors at once (each then walks over several tiles)."""
+        """Programs of the persistent launch: one per work item (`tiles`), at most as many as fit
+        the GPU's sms multiprocessors at once (each then walks over several)."""
         return min(self.tiles(cfg, n), cfg.programs_per_sm * sms)
 
     def weight_elements(self) -> int:
