@@ -1,6 +1,7 @@
 """The distribution: kernels ship as mnv2_fast.kernels, never as a top-level `kernels`."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,14 +10,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tests that build the wheel share one worker, so it is built once per run.
+pytestmark = pytest.mark.xdist_group("wheel")
+# What the build reads: the package sources, their metadata and the readme.
+SOURCES = ("pyproject.toml", "README.md", "mnv2_fast", "kernels")
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources, and two
+    # builds in the checkout at once (another worker, a developer's own) break each other.
+    src = tmp_path_factory.mktemp("src")
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("dist")
     # --no-isolation: build with the setuptools already installed (no download in CI).
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-                   check=True, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (whl,) = out.glob("mnv2_fast-*.whl")
     return whl
 
