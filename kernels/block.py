@@ -436,6 +436,30 @@ def _project_pairs(top, bot, acc_ta, acc_ba, acc_tb, acc_bb, w_proj_ptr, hh, h_o
 
 
 @triton.jit
+def _pixel_sets(q, H, W, HO, WO, TILE_H: tl.constexpr, QW: tl.constexpr, GW: tl.constexpr, IMGS: tl.constexpr,
+                CIN: tl.constexpr, COUT: tl.constexpr):
+    """Where a tile's pixel pairs (or 2x2 groups) q lie: image, row of the top pixel, column,
+    which are real, and their input and output offsets from the tile's origin."""
+    q_img = q // (TILE_H // 2 * QW)
+    q_y = (q // QW) % (TILE_H // 2) * 2
+    q_x = q % QW * GW
+    q_in = q < IMGS * (TILE_H // 2) * QW
+    q_x_rel = ((q_img * H + q_y) * W + q_x) * CIN
+    q_y_rel = ((q_img * HO + q_y) * WO + q_x) * COUT
+    return q_img, q_y, q_x, q_in, q_x_rel, q_y_rel
+
+
+@triton.jit
+def _opaque(x, ASM: tl.constexpr):
+    """x through a PTX move the compiler cannot see through (compiled; else x itself): what is
+    computed from it is recomputed where this is called, not kept in registers since an earlier
+    identical computation.  Not pure, so it stays where it is called (no hoisting)."""
+    if ASM:
+        x = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=False, pack=1)
+    return x
+
+
+@triton.jit
 def _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
     """The output row and column of each pixel pair's top pixel in a tile, and which top and
     bottom pixels exist (a real pair, an image of the batch, inside the output)."""
@@ -545,6 +569,8 @@ def _inverted_residual_kernel(
     # (at small batches a few tiles would leave most SMs idle)
     PACKED_DW: tl.constexpr = True,  # fp16: the depthwise's bias and clamp on packed pairs (`_dw_epilogue`; off: in
     # fp32, which a few register-capped configs need)
+    RECOMPUTE_SETS: tl.constexpr = False,  # the fused project's epilogue recomputes the pixel sets' positions instead
+    # of holding them through the chunk loop (frees registers there; the compiler's allocation shifts either way)
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
@@ -564,12 +590,7 @@ def _inverted_residual_kernel(
     GW: tl.constexpr = 2 if QUADS else 1  # columns per pixel group
     QW: tl.constexpr = TILE_W // GW  # groups per tile row
     q = tl.arange(0, P2)  # pixel pairs (or 2x2 groups): rows q_y (top) and q_y + 1 (bottom) of column q_x (+ 1)
-    q_img = q // (TILE_H // 2 * QW)
-    q_y = (q // QW) % (TILE_H // 2) * 2
-    q_x = q % QW * GW
-    q_in = q < IMGS * (TILE_H // 2) * QW
-    q_x_rel = ((q_img * H + q_y) * W + q_x) * CIN
-    q_y_rel = ((q_img * HO + q_y) * WO + q_x) * COUT
+    q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(q, H, W, HO, WO, TILE_H, QW, GW, IMGS, CIN, COUT)
     hh0 = tl.arange(0, BLOCK_HID)
     if KSIZE > 0:
         if STAGE_IMAGE:
@@ -711,6 +732,11 @@ def _inverted_residual_kernel(
                         acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta,
                                                                         acc_ba, acc_tb, acc_bb, w_proj_ptr, hh, h_ok,
                                                                         CO_A, CO_B, COUT, DOT_PRECISION)
+            if PROJECT and RECOMPUTE_SETS:
+                # The pixel sets' positions again, after the chunk loop: held through it, they
+                # take registers the loop needs.
+                q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(_opaque(tl.arange(0, P2), INLINE_PTX), H, W, HO,
+                                                                      WO, TILE_H, QW, GW, IMGS, CIN, COUT)
             if PROJECT:
                 if QUADS:  # left pixels into the pairs' accumulators, right ones apart
                     acc_ta, acc_tra, acc_ba, acc_bra = _split_quads(acc_a, P2, CO_A)

@@ -201,6 +201,7 @@ class BlockConfig(LaunchConfig):
     project_apart: bool = False  # the kernel writes the hidden tensor, a GEMM projects it (small maps: see block.py)
     hidden_split: int = 1  # with project_apart: a tile's hidden chunks split over this many work items (small batches)
     packed_dw: bool = True  # fp16: the depthwise's bias and clamp on packed pairs (False: in fp32, as bf16 and fp32)
+    recompute_sets: bool = False  # fused project: the pixel sets' positions recomputed after the chunk loop (registers)
 
     def validate(self, shape: BlockShape) -> None:
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):

@@ -130,6 +130,10 @@ TILINGS = [
     dict(tile_h=4, tile_w=3, imgs=2, block_hid=16, project_apart=True, hidden_split=5),
     # fp16's depthwise epilogue in fp32, as register-capped configs take it
     dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, packed_dw=False),
+    # The fused project's epilogue with the pixel sets' positions recomputed after the chunk
+    # loop: 2x2 groups over two images (the second short of the batch), and pairs.
+    dict(tile_h=4, tile_w=6, imgs=2, block_hid=16, join_pairs=True, quads=True, recompute_sets=True),
+    dict(tile_h=4, tile_w=3, imgs=2, block_hid=32, recompute_sets=True),
 ]
 
 

@@ -51,7 +51,8 @@ def candidates(shape, itemsize: int, batch: int):
     28-32 pixel pairs (half a wgmma tile), the same with join_pairs; for even tile widths, 2x2
     pixel groups (quads); for 16-bit expands, each with and without stage_vectors; for maps
     under 10 pixels wide or batches up to 8, each also with project_apart, and at batches up
-    to 16 with one hidden chunk per work item (hidden_split)."""
+    to 16 with one hidden chunk per work item (hidden_split); 16 warps under a register cap
+    also with recompute_sets."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
@@ -81,7 +82,10 @@ def candidates(shape, itemsize: int, batch: int):
         else []
     if batch <= 16:
         apart += [replace(cfg, hidden_split=-(-shape.hidden // cfg.block_hid)) for cfg in apart]
-    return list(dict.fromkeys(out + apart))
+    # 16 capped warps: also with the pixel sets' positions recomputed after the chunk loop (the
+    # registers it frees there let blocks 12-13 fit under Triton 3.6).
+    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16 and cfg.maxnreg]
+    return list(dict.fromkeys(out + apart + remat))
 
 
 # (hidden chunk, warps, register cap): 8 warps uncapped (up to 255 registers, one program

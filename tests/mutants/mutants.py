@@ -174,6 +174,13 @@ MUTANTS = [
            BLOCK, "        for m in tl.static_range(KSIZE + (STRIDE if GW == 2 else 0)):",
            "        for m in tl.static_range(3 + (STRIDE if GW == 2 else 0)):",
            ("tests/test_family_blocks.py::test_family_block_matches_unfused",)),
+    Mutant("recomputed-sets-input-sizes", "the epilogue's recomputed pixel-set positions take the input's size for the "
+                                          "output's (wrong at stride 2)",
+           BLOCK, "_pixel_sets(_opaque(tl.arange(0, P2), INLINE_PTX), H, W, HO,\n"
+                  "                                                                      WO,",
+           "_pixel_sets(_opaque(tl.arange(0, P2), INLINE_PTX), H, W, H,\n"
+           "                                                                      W,",
+           ("tests/test_block_kernel.py::test_block_tilings",)),
     Mutant("depthwise-fp16-relu-clamped-at-6", "the fp16 depthwise epilogue clamps ReLU at 6 as for ReLU6",
            BLOCK, "            out = _activation(e16 + b16, ACT)", "            out = _activation(e16 + b16, \"relu6\")",
            ("tests/test_family_blocks.py",)),
