@@ -272,6 +272,28 @@ def test_shipped_gpu_configs_of_the_widest_blocks_in_fp16(launch):
     assert_close(y, reference64(block, x), torch.float16, f"{launch.label}: {cfg}")
 
 
+def _shipped_recomputing():
+    """Every shipped fp16 launch of MobileNetV2 1.0 whose config recomputes the pixel sets'
+    positions after the chunk loop (blocks 12-13 at batch >= 17)."""
+    from mnv2_fast.tools.inventory import shipped_launches
+
+    launches = {}
+    for launch in shipped_launches(widths=(1.0,)):
+        if launch.kind == "block" and launch.dtype == torch.float16 and launch.config.recompute_sets:
+            launches.setdefault((launch.shape, launch.config), launch)
+    return [pytest.param(launch, id=launch.label.replace(" ", "_")) for launch in launches.values()]
+
+
+@pytest.mark.parametrize("launch", _shipped_recomputing())
+def test_shipped_gpu_configs_that_recompute_positions(launch):
+    """The shipped config itself, on two images (one tile each) of its 14 x 14 map."""
+    spec, cfg = launch.shape, launch.config
+    block, fused = _fused(spec, torch.float16)
+    x = nhwc(torch.randn(2, spec.cin, spec.h, spec.w)).to(DEVICE, torch.float16)
+    y = _run(fused, x, cfg)
+    assert_close(y, reference64(block, x), torch.float16, f"{launch.label}: {cfg}")
+
+
 def test_large_spatial_size_odd():
     """An odd 113-pixel image (as in 225-px inputs), with batch 1."""
     block = make_block(16, 24, 2, 6)
