@@ -380,6 +380,11 @@ def test_analyse_launch_on_compiled_kernels(tmp_path):
     assert rec["mma_macs_per_program"] * rec["programs"] < 2 * pixels * spec.cin * spec.hidden
     assert project["mma_macs_per_program"] * project["programs"] >= pixels * spec.hidden * spec.cout
     assert project["predicted_ms"] > max(project["floors_ms"].values())
+    # Its instructions per depthwise element-tap count both launches.
+    both = rec["warp_instructions_per_program"] * rec["programs"] + project["warp_instructions_per_program"] * \
+        project["programs"]
+    assert rec["instructions_per_element_tap"] == pytest.approx(both * 32 / (pixels * spec.hidden * 9))
+    assert "instructions_per_element_tap" not in project
 
 
 # ---------------------------------------------------------------- the speed regression test (no GPU)

@@ -829,7 +829,18 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
         record["kernel_ms"] = record["predicted_ms"]
         record["project"] = project
         record["predicted_ms"] += project["predicted_ms"]
+    if launch.kind == "block" and launch.shape.ksize:
+        record["instructions_per_element_tap"] = instructions_per_element_tap(record, launch.shape, batch)
     return record
+
+
+def instructions_per_element_tap(record: dict, shape, batch: int) -> float:
+    """Thread-instructions of a block's launches (with the project apart, the GEMM's too) per
+    multiply-add its depthwise needs: N x HO x WO x hidden x k^2 (issue 12 asks for at most 4)."""
+    warp = record["warp_instructions_per_program"] * record["programs"]
+    if "project" in record:
+        warp += record["project"]["warp_instructions_per_program"] * record["project"]["programs"]
+    return warp * 32 / (batch * shape.ho * shape.wo * shape.hidden * shape.ksize ** 2)
 
 
 def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: str | Path | None = None,
@@ -886,19 +897,24 @@ def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: s
 def network_table(result: dict) -> str:
     width = max([30] + [len(r["label"]) for r in result["launches"]])
     lines = [f"{'launch':<{width}} {'config':<36} {'prog':>6} {'reg':>3} {'smem':>6} {'occ':>3} {'w':>3} {'tail':>5} "
-             f"{'issue':>6} {'l1':>6} {'mma':>6} {'hbm':>6} {'pred':>6} {'cudnn':>6}  bound"]
+             f"{'issue':>6} {'l1':>6} {'mma':>6} {'hbm':>6} {'pred':>6} {'cudnn':>6} {'i/tap':>5}  bound"]
     for r in result["launches"]:
         fl = r["floors_ms"]
         cudnn = f"{r['cudnn_ms']:6.2f}" if r.get("cudnn_ms") is not None else f"{'':>6}"
+        per_tap = f"{r['instructions_per_element_tap']:5.1f}" if "instructions_per_element_tap" in r else f"{'':>5}"
         lines.append(f"{r['label']:<{width}} {r['config'][:36]:<36} {r['programs']:>6} {r['registers']:>3} "
                      f"{r['shared_bytes']:>6} "
                      f"{r['programs_per_sm']:>3} {r['warps_per_scheduler']:>3.0f} {r['tail']:>5.2f} "
                      f"{fl['issue']:>6.3f} {fl['l1']:>6.3f} {fl['mma']:>6.3f} {fl['hbm']:>6.3f} "
-                     f"{r['predicted_ms']:>6.3f} {cudnn}  {r['bound']}")
+                     f"{r['predicted_ms']:>6.3f} {cudnn} {per_tap}  {r['bound']}")
     blocks = [r for r in result["launches"] if r["part"] == "block"]
     cudnn = [r["cudnn_ms"] for r in blocks if r.get("cudnn_ms") is not None]
     lines.append(f"blocks: issue floor {sum(r['floors_ms']['issue'] for r in blocks):.2f} ms, predicted "
                  f"{sum(r['predicted_ms'] for r in blocks):.2f} ms" + (f", cuDNN {sum(cudnn):.2f} ms" if cudnn else ""))
+    over = [f"{r['block']} ({r['instructions_per_element_tap']:.1f})" for r in blocks
+            if r.get("instructions_per_element_tap", 0) > 4]
+    if over:
+        lines.append("blocks above 4 thread-instructions per depthwise element-tap (i/tap): " + ", ".join(over))
     what = f"{result['network']} at {result['resolution']} px, " if result.get("network") else ""
     lines.append(f"total predicted (stem, blocks, head, classifier): {result['total_predicted_ms']:.2f} ms "
                  f"on {result['gpu']}, {what}batch {result['batch']}, {result['dtype']}, Triton {result['triton']}")
