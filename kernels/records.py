@@ -229,6 +229,9 @@ class BlockConfig(LaunchConfig):
         if self.hidden_split < 1 or (self.hidden_split > 1 and not self.project_apart):
             raise ValueError(f"config hidden_split={self.hidden_split} must be >= 1, and above 1 only with "
                              "project_apart (the parts write disjoint hidden channels; fused, they would need a sum)")
+        if self.recompute_sets and (self.project_apart or not shape.staged):
+            raise ValueError("config recompute_sets recomputes the fused project's epilogue positions: it needs a "
+                             "middle depthwise and the project in the kernel (not project_apart)")
         if shape.start_k and shape.staged and not self.x_resident:
             raise ValueError("config x_resident=False: a start depthwise is computed once per tile, so its input "
                              "must stay resident")

@@ -225,6 +225,15 @@ def test_hidden_split_needs_the_project_apart():
                                                                                         hidden_split=2))
 
 
+def test_recompute_sets_needs_the_fused_project():
+    apart = BlockConfig(tile_h=2, tile_w=2, recompute_sets=True, project_apart=True)
+    with pytest.raises(ValueError, match="recompute_sets .* needs a middle depthwise and the project in the kernel"):
+        inverted_residual(_x(), **_args(), stride=1, residual=False, config=apart)
+    with pytest.raises(ValueError, match="recompute_sets .* needs a middle depthwise"):
+        inverted_residual(_x(), **dict(_args(), w_dw=None, b_dw=None), stride=1, residual=False,
+                          config=BlockConfig(tile_h=2, tile_w=2, recompute_sets=True))
+
+
 def test_stage_image_needs_stride_1_and_a_tile_covering_the_image():
     a = _args()
     for stride, tile in ((2, dict(tile_h=4, tile_w=4)), (1, dict(tile_h=4, tile_w=4))):
