@@ -177,3 +177,19 @@ def test_tune_candidates_try_the_project_apart_on_small_maps_and_batches():
     # Capped 16-warp configs also with their epilogue's positions recomputed (blocks 12-13 ship so).
     remat = [c for c in candidates(specs[11], 2, 256) if c.recompute_sets]
     assert remat and all(c.num_warps == 16 and c.maxnreg and not c.project_apart for c in remat)
+
+
+@pytest.mark.parametrize("batch", [1, 256])
+def test_tune_candidates_are_valid_configs_of_their_shape(batch):
+    """Every candidate passes the launcher's own validation, for MobileNetV2's blocks and for
+    the family's other paths: no middle depthwise (an FFN), a start depthwise, both."""
+    from mnv2_fast.tools.tune import candidates
+
+    shapes = list(block_specs(1.0, resolution=224)) + [
+        BlockShape(64, 256, 64, 1, 14, 14, True, True, ksize=0),
+        BlockShape(64, 256, 64, 1, 7, 7, True, True, ksize=3, start_k=3),
+        BlockShape(64, 256, 96, 2, 14, 14, True, False, ksize=0, start_k=3),
+    ]
+    for shape in shapes:
+        for cfg in candidates(shape, 2, batch):
+            cfg.validate(shape)

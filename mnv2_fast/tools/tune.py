@@ -58,7 +58,7 @@ def candidates(shape, itemsize: int, batch: int):
     out = [default_config(shape, itemsize, batch)]
     vector_stores = itemsize == 2 and shape.staged and shape.has_expand
     for imgs, tile_h, tile_w in _tiles(shape):
-        whole = shape.stride == 1 and tile_h >= shape.ho and tile_w >= shape.wo
+        whole = shape.stride == 1 and tile_h >= shape.ho and tile_w >= shape.wo and shape.staged and not shape.start_k
         for stage_image in (False, True) if whole else (False,):
             for block_hid, warps, maxnreg in _LAUNCHES:
                 # The input reloaded per chunk (x_resident off) never won a block in attempt 1's
@@ -66,7 +66,8 @@ def candidates(shape, itemsize: int, batch: int):
                 for resident in (True,):
                     # Products of fewer than 64 rows: both pixels of each pair in one; 2x2 pixel
                     # groups (even tile widths), always joined.
-                    groups = [(False, False), (True, False)] if 28 <= imgs * tile_h // 2 * tile_w <= 32 else [
+                    groups = [(False, False), (True, False)] if (shape.staged and
+                                                                 28 <= imgs * tile_h // 2 * tile_w <= 32) else [
                         (False, False)]
                     groups += [(True, True)] if shape.staged and tile_w % 2 == 0 else []
                     for join, quads in groups:
@@ -84,7 +85,8 @@ def candidates(shape, itemsize: int, batch: int):
         apart += [replace(cfg, hidden_split=-(-shape.hidden // cfg.block_hid)) for cfg in apart]
     # 16 capped warps: also with the pixel sets' positions recomputed after the chunk loop (the
     # registers it frees there let blocks 12-13 fit under Triton 3.6).
-    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16 and cfg.maxnreg]
+    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16 and cfg.maxnreg] \
+        if shape.staged else []
     return list(dict.fromkeys(out + apart + remat))
 
 
