@@ -96,7 +96,7 @@ def _record(e: dict) -> tuple[str, dict] | None:
     if e.get("kind") == "block":
         record = {"block": e["block"], **record}
         record.update({k: e.get(k) for k in ("cin", "hidden", "cout", "stride", "size", "bytes", "flops",
-                                              "peak_mem_mb", "first_call_s", "config")})
+                                              "peak_mem_mb", "first_call_s", "config", "config_json")})
         return "blocks", record
     return None
 

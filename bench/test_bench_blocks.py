@@ -11,6 +11,8 @@ what the GPU time budget allows, and those cases run last.  Smoke: every block a
 8x8, batch 1, all providers but compile, which runs for one block (a few seconds on CPU).
 """
 
+import json
+
 import pytest
 import torch
 
@@ -78,6 +80,7 @@ def test_block(benchmark, settings, block, provider, dtype, batch, cudnn_benchma
         cfg = (default_config(spec, dt.itemsize, batch) if provider == "fused_heuristic"
                else choose_block_config(spec, dt, batch, torch.device(settings.device)))
         info["config"] = describe(cfg)
+        info["config_json"] = json.dumps(cfg.to_dict())  # for `mnv2-fast perf-model --recalibrate`
     benchmark.extra_info.update(
         kind="block", block=block, provider=provider, dtype=dtype, batch=batch,
         cin=spec.cin, hidden=spec.hidden, cout=spec.cout, stride=spec.stride, size=size,

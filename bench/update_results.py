@@ -21,6 +21,9 @@ HOW_TO = [
     "How a result set gets here: on a GPU machine run `bash bench/gpu_run.sh OUT_DIR` from the repository "
     "root; copy `OUT_DIR/summary.json`, `summary.md` and `summary.png` into `bench/results/<date>-<gpu>/` "
     "(summarize.py prints the folder name); run `python bench/update_results.py`; commit both.",
+    "Then, on any machine, `mnv2-fast perf-model --recalibrate bench/results/<date>-<gpu>/summary.json --gpu <gpu> "
+    "--json bench/results/<date>-<gpu>/recalibration.json` puts the performance model's prediction of each fused "
+    "block, its refit to the measured ones and the measurement side by side (bench/NOTES.md takes the table).",
 ]
 
 

@@ -3,6 +3,7 @@ measured calibration set (no GPU; a few seconds)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -447,3 +448,58 @@ def test_family_launches_are_the_fused_parts_with_shipped_configs(name):
         assert lookup_tuned(b.shape, torch.float16, 256, choice.REFERENCE_TABLE) == b.config, b.label
     stem, head = launches[0].launch, launches[-2].launch
     assert stem.shape[4] == head.shape[4] == ("relu6" if name == "efficientnet_lite0" else "relu")
+
+
+# ---------------------------------------------------------------- recalibration on measured blocks (no GPU)
+
+
+def _record(i: int, **extra) -> dict:
+    """An analyse_launch record of made-up but varied Features (occupancy, floors, tail)."""
+    f = pm.Features(programs=132 * (1 + i % 3), num_warps=(4, 8, 16)[i % 3], registers=(96, 168, 128)[i % 3],
+                    shared_bytes=32768 * (1 + i % 2), warp_instructions_per_program=2e5 * (1 + i),
+                    l1_wavefronts_per_program=1e5 * (3 + i % 4), mma_macs_per_program=1e8 * (1 + i % 5),
+                    hbm_bytes=2e7 * (1 + i), imbalance=1.0 + 0.05 * (i % 2))
+    fields = ("programs", "num_warps", "registers", "shared_bytes", "warp_instructions_per_program",
+              "l1_wavefronts_per_program", "mma_macs_per_program", "hbm_bytes", "imbalance")
+    return {**{k: getattr(f, k) for k in fields}, "predicted_ms": pm.predict(f).ms, "config": f"config {i}", **extra}
+
+
+def test_recalibration_on_measured_blocks_recovers_a_uniform_miss():
+    """A GPU run in which every fused block took 1.25x its prediction: the refit multiplies k
+    by 1.25, keeps c and p, and predicts each measured time; a block whose project runs apart
+    (two launches, one measured time) is shown beside them but not fitted; other providers
+    and untimed cases are left out."""
+    specs = block_specs(1.0, resolution=224)
+    records = {b: _record(b) for b in range(1, 7)}
+    records[17] = _record(17, project=_record(30))
+    records[17]["predicted_ms"] += records[17]["project"]["predicted_ms"]
+    cfg = json.dumps(BlockConfig(tile_h=2, tile_w=2).to_dict())
+
+    def case(block, provider="fused", ms=None):
+        s = specs[block - 1]
+        return {"block": block, "provider": provider, "dtype": "float16", "batch": 256, "ms": ms, "cin": s.cin,
+                "hidden": s.hidden, "cout": s.cout, "stride": s.stride, "size": s.h, "config_json": cfg}
+
+    summary = {"blocks": [case(b, ms=1.25 * rec["predicted_ms"]) for b, rec in records.items()]
+               + [case(1, provider="eager_cl", ms=1.0), case(2, provider="fused_heuristic", ms=1.0), case(3)]}
+    seen = []
+
+    def analyse(launch, batch, gpu):
+        seen.append((launch.label, launch.shape.h, launch.config.tile_h, batch, gpu))
+        return records[int(launch.label.rsplit(" ", 1)[1])]
+
+    rows = pm.measured_blocks(summary, "h100", analyse=analyse)
+    assert [r["block"] for r in rows] == [1, 2, 3, 4, 5, 6, 17]
+    assert seen[0] == ("w1.0 block 1", 112, 2, 256, "h100")
+    fitted, table = pm.recalibrate(rows, "h100")
+    assert fitted.n == 6 and fitted.rms_log_error < 1e-3
+    assert fitted.params.k == pytest.approx(1.25 * pm.CALIBRATED.k, rel=1e-3)
+    assert fitted.params.c == pytest.approx(pm.CALIBRATED.c, abs=1e-2) and fitted.params.p == pm.CALIBRATED.p
+    assert [r["fitted"] for r in table] == [True] * 6 + [False]
+    for r in table:
+        assert r["refit_ms"] == pytest.approx(r["measured_ms"], rel=1e-3)
+        assert r["predicted_ms"] == pytest.approx(r["measured_ms"] / 1.25)
+    assert "project apart: not fitted" in pm.recalibration_table(fitted, table)
+    summary["blocks"][0]["cin"] = 99  # another network's block under the same index
+    with pytest.raises(ValueError, match="not MobileNetV2 1.0's"):
+        pm.measured_blocks(summary, "h100", analyse=analyse)

@@ -823,6 +823,7 @@ def analyse_launch(launch, batch: int, gpu: str = "h200", *, part: str | None = 
         "shuffles_per_program": counts.shuffles,
         "instructions_by_category": counts.by_category,
         "hbm_bytes": f.hbm_bytes,
+        "imbalance": f.imbalance,
         **pred.as_dict(),
     }
     if project is not None:  # the block's time is both launches'
@@ -841,6 +842,78 @@ def instructions_per_element_tap(record: dict, shape, batch: int) -> float:
     if "project" in record:
         warp += record["project"]["warp_instructions_per_program"] * record["project"]["programs"]
     return warp * 32 / (batch * shape.ho * shape.wo * shape.hidden * shape.ksize ** 2)
+
+
+# ---------------------------------------------------------------- recalibration on the project's own kernels
+
+
+def features_of(record: dict) -> Features:
+    """The Features an `analyse_launch` record was predicted from."""
+    return Features(programs=record["programs"], num_warps=record["num_warps"], registers=record["registers"],
+                    shared_bytes=record["shared_bytes"],
+                    warp_instructions_per_program=record["warp_instructions_per_program"],
+                    l1_wavefronts_per_program=record["l1_wavefronts_per_program"],
+                    mma_macs_per_program=record["mma_macs_per_program"], hbm_bytes=record["hbm_bytes"],
+                    imbalance=record["imbalance"])
+
+
+def measured_blocks(summary: dict, gpu: str, analyse=None) -> list[dict]:
+    """The fused blocks a GPU run timed (a `bench/results/<run>/summary.json`: provider "fused",
+    a time, and the config it ran, `config_json`), each analysed as the model sees it:
+    {block, dtype, batch, measured_ms, record}.  analyse: `analyse_launch` (the tests pass a
+    stand-in that compiles nothing)."""
+    import torch
+
+    from ..kernels.records import BlockConfig
+    from ..model import block_specs
+
+    shipped, _ = _inventory()
+    analyse = analyse or analyse_launch
+    specs = block_specs(1.0, resolution=224)  # the block suite's shapes (bench/test_bench_blocks.py)
+    rows = []
+    for r in summary.get("blocks", []):
+        if r.get("provider") != "fused" or not r.get("ms") or not r.get("config_json"):
+            continue
+        spec = specs[r["block"] - 1]
+        if (r.get("cin"), r.get("hidden"), r.get("cout"), r.get("stride")) != (spec.cin, spec.hidden, spec.cout,
+                                                                              spec.stride):
+            raise ValueError(f"block {r['block']} of the run is not MobileNetV2 1.0's: {r}")
+        dtype = getattr(torch, r["dtype"])
+        launch = shipped.Launch("block", f"w1.0 block {r['block']}", dtype, spec.at(r["size"], r["size"]),
+                                BlockConfig.from_dict(json.loads(r["config_json"])),
+                                tf32=dtype == torch.float32 and bool(summary.get("allow_tf32")))
+        rows.append({"block": r["block"], "dtype": r["dtype"], "batch": r["batch"], "measured_ms": r["ms"],
+                     "record": analyse(launch, r["batch"], gpu)})
+    return rows
+
+
+def recalibrate(rows: list[dict], gpu: str, p_choices: tuple[float, ...] = P_CHOICES) -> tuple[Fit, list[dict]]:
+    """Fit k, c and p to measured blocks (`measured_blocks`), and each block's time under the
+    shipped constants and under the refit, beside its measurement.  A block whose project
+    runs apart is two launches with one measured time: shown, not fitted."""
+    single = [r for r in rows if "project" not in r["record"]]
+    fitted = fit([(features_of(r["record"]), r["measured_ms"]) for r in single], gpu, p_choices)
+    out = []
+    for r in rows:
+        launches = [r["record"]] + ([r["record"]["project"]] if "project" in r["record"] else [])
+        out.append({"block": r["block"], "dtype": r["dtype"], "batch": r["batch"], "config": r["record"]["config"],
+                    "predicted_ms": r["record"]["predicted_ms"],
+                    "refit_ms": sum(predict(features_of(x), gpu, fitted.params).ms for x in launches),
+                    "measured_ms": r["measured_ms"], "fitted": len(launches) == 1})
+    return fitted, out
+
+
+def recalibration_table(fitted: Fit, rows: list[dict]) -> str:
+    lines = [f"{'block':>5} {'dtype':<8} {'batch':>5} {'config':<40} {'pred ms':>8} {'meas ms':>8} {'error':>6} "
+             f"{'refit':>8} {'error':>6}"]
+    for r in rows:
+        m = r["measured_ms"]
+        lines.append(f"{r['block']:>5} {r['dtype']:<8} {r['batch']:>5} {r['config'][:40]:<40} {r['predicted_ms']:>8.4f} "
+                     f"{m:>8.4f} {r['predicted_ms'] / m - 1:>+6.0%} {r['refit_ms']:>8.4f} {r['refit_ms'] / m - 1:>+6.0%}"
+                     + ("" if r["fitted"] else "  (project apart: not fitted)"))
+    lines.append(f"shipped constants: {CALIBRATED.as_dict()}; refit on the {fitted.n} single-launch blocks: "
+                 f"{fitted.summary()}")
+    return "\n".join(lines)
 
 
 def analyse_network(batch: int = 256, dtype=None, gpu: str = "h200", sass_dir: str | Path | None = None,
@@ -924,6 +997,9 @@ def network_table(result: dict) -> str:
 def add_arguments(ap) -> None:
     """The options of `mnv2-fast perf-model` (and of python -m mnv2_fast.tools.perf_model)."""
     ap.add_argument("--calibrate", action="store_true", help="fit to the calibration set and print the comparison")
+    ap.add_argument("--recalibrate", metavar="SUMMARY_JSON",
+                    help="fit to the fused blocks a GPU run measured (bench/results/<run>/summary.json, on the GPU "
+                         "--gpu names) and print prediction, refit and measurement side by side")
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
@@ -945,6 +1021,19 @@ def run(args) -> int:
         for p in P_CHOICES:
             print(f"p = {p}:", fit([(k.features, k.measured_ms) for k in kernels], "h200", (p,)).summary())
         print("chosen:", fitted.summary())
+        return 0
+    if args.recalibrate:
+        rows = measured_blocks(json.loads(Path(args.recalibrate).read_text()), args.gpu)
+        if sum("project" not in r["record"] for r in rows) < 3:
+            print(f"{args.recalibrate}: {len(rows)} fused block(s) with a time and a config_json; the fit needs "
+                  "at least 3 that run as one launch", file=sys.stderr)
+            return 2
+        fitted, table = recalibrate(rows, args.gpu)
+        print(recalibration_table(fitted, table))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"gpu": args.gpu, "summary": args.recalibrate,
+                                                   "shipped": CALIBRATED.as_dict(), "refit": fitted.summary(),
+                                                   "blocks": table}, indent=1) + "\n")
         return 0
     import torch
 
