@@ -1000,7 +1000,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--recalibrate", metavar="SUMMARY_JSON",
                     help="fit to the fused blocks a GPU run measured (bench/results/<run>/summary.json, on the GPU "
                          "--gpu names) and print prediction, refit and measurement side by side")
-    ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
+    ap.add_argument("--gpu", choices=sorted(GPUS), help="default: h200; with --recalibrate, the run's own GPU")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     ap.add_argument("--model", default="mobilenet_v2", metavar="NAME",
@@ -1023,7 +1023,13 @@ def run(args) -> int:
         print("chosen:", fitted.summary())
         return 0
     if args.recalibrate:
-        rows = measured_blocks(json.loads(Path(args.recalibrate).read_text()), args.gpu)
+        summary = json.loads(Path(args.recalibrate).read_text())
+        ran_on = summary.get("gpu_slug")
+        if args.gpu and ran_on in GPUS and ran_on != args.gpu:
+            print(f"{args.recalibrate} was measured on {ran_on}, not {args.gpu}", file=sys.stderr)
+            return 2
+        args.gpu = args.gpu or (ran_on if ran_on in GPUS else "h200")
+        rows = measured_blocks(summary, args.gpu)
         if sum("project" not in r["record"] for r in rows) < 3:
             print(f"{args.recalibrate}: {len(rows)} fused block(s) with a time and a config_json; the fit needs "
                   "at least 3 that run as one launch", file=sys.stderr)
@@ -1037,6 +1043,7 @@ def run(args) -> int:
         return 0
     import torch
 
+    args.gpu = args.gpu or "h200"
     result = analyse_network(args.batch, getattr(torch, args.dtype), args.gpu, args.sass_dir,
                              log=lambda m: print(m, file=sys.stderr, flush=True), model=args.model,
                              resolution=args.resolution)
