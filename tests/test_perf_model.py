@@ -503,3 +503,18 @@ def test_recalibration_on_measured_blocks_recovers_a_uniform_miss():
     summary["blocks"][0]["cin"] = 99  # another network's block under the same index
     with pytest.raises(ValueError, match="not MobileNetV2 1.0's"):
         pm.measured_blocks(summary, "h100", analyse=analyse)
+
+
+def test_recalibrate_command_refuses_what_it_cannot_fit(tmp_path, capsys):
+    """`mnv2-fast perf-model --recalibrate`: a --gpu other than the run's, or a run without
+    three timed single-launch fused blocks, is an error (exit 2), not a fit of nothing."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    pm.add_arguments(ap)
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"gpu_slug": "h100", "blocks": []}))
+    assert pm.run(ap.parse_args(["--recalibrate", str(path), "--gpu", "h200"])) == 2
+    assert "measured on h100, not h200" in capsys.readouterr().err
+    assert pm.run(ap.parse_args(["--recalibrate", str(path)])) == 2
+    assert "0 fused block(s)" in capsys.readouterr().err
