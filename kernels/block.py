@@ -65,7 +65,7 @@ _EPILOGUE_F16X2 = tl.constexpr("{ .reg .b32 t, z; mov.b32 z, 0; add.rn.f16x2 t, 
                                "min.NaN.f16x2 $0, t, $3; }")
 
 
-# The depthwise's on fp16 pairs, its bound a constant: relu6 and relu.
+# The depthwise's bias and clamp on fp16 pairs, the bound an immediate: relu6 and relu.
 _DW_RELU6_F16X2 = tl.constexpr("{ .reg .b32 t, z, h; mov.b32 z, 0; mov.b32 h, 0x46004600; add.rn.f16x2 t, $1, $2; "
                                "max.NaN.f16x2 t, t, z; min.NaN.f16x2 $0, t, h; }")
 _DW_RELU_F16X2 = tl.constexpr("{ .reg .b32 t, z; mov.b32 z, 0; add.rn.f16x2 t, $1, $2; max.NaN.f16x2 $0, t, z; }")

@@ -998,8 +998,8 @@ def add_arguments(ap) -> None:
     """The options of `mnv2-fast perf-model` (and of python -m mnv2_fast.tools.perf_model)."""
     ap.add_argument("--calibrate", action="store_true", help="fit to the calibration set and print the comparison")
     ap.add_argument("--recalibrate", metavar="SUMMARY_JSON",
-                    help="fit to the fused blocks a GPU run measured (bench/results/<run>/summary.json, on the GPU "
-                         "--gpu names) and print prediction, refit and measurement side by side")
+                    help="fit to the fused blocks a GPU run measured (bench/results/<run>/summary.json) and print "
+                         "prediction, refit and measurement side by side")
     ap.add_argument("--gpu", choices=sorted(GPUS), help="default: h200; with --recalibrate, the run's own GPU")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
@@ -1028,23 +1028,22 @@ def run(args) -> int:
         if args.gpu and ran_on in GPUS and ran_on != args.gpu:
             print(f"{args.recalibrate} was measured on {ran_on}, not {args.gpu}", file=sys.stderr)
             return 2
-        args.gpu = args.gpu or (ran_on if ran_on in GPUS else "h200")
-        rows = measured_blocks(summary, args.gpu)
+        gpu = args.gpu or (ran_on if ran_on in GPUS else "h200")
+        rows = measured_blocks(summary, gpu)
         if sum("project" not in r["record"] for r in rows) < 3:
             print(f"{args.recalibrate}: {len(rows)} fused block(s) with a time and a config_json; the fit needs "
                   "at least 3 that run as one launch", file=sys.stderr)
             return 2
-        fitted, table = recalibrate(rows, args.gpu)
+        fitted, table = recalibrate(rows, gpu)
         print(recalibration_table(fitted, table))
         if args.json:
-            Path(args.json).write_text(json.dumps({"gpu": args.gpu, "summary": args.recalibrate,
+            Path(args.json).write_text(json.dumps({"gpu": gpu, "summary": args.recalibrate,
                                                    "shipped": CALIBRATED.as_dict(), "refit": fitted.summary(),
                                                    "blocks": table}, indent=1) + "\n")
         return 0
     import torch
 
-    args.gpu = args.gpu or "h200"
-    result = analyse_network(args.batch, getattr(torch, args.dtype), args.gpu, args.sass_dir,
+    result = analyse_network(args.batch, getattr(torch, args.dtype), args.gpu or "h200", args.sass_dir,
                              log=lambda m: print(m, file=sys.stderr, flush=True), model=args.model,
                              resolution=args.resolution)
     path = calibration_dir()
