@@ -51,6 +51,14 @@ def pytest_addoption(parser):
                           "(default: the --benchmark-json path with the suffix .jsonl)")
 
 
+def option_path(value) -> Path | None:
+    """--benchmark-json's value as a path: older pytest-benchmark releases (the GPU image's)
+    hand over the file they opened for it, newer ones its name."""
+    if value is None:
+        return None
+    return Path(value if isinstance(value, (str, os.PathLike)) else value.name)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "bench_deselect: a generated case the suite's rules leave out")
     config.stash[_SKIPPED_FOR_TIME] = 0
@@ -61,9 +69,9 @@ def pytest_configure(config):
         # waiting on each other made float16 CPU convolutions ~100x slower.
         torch.set_num_threads(1)
     jsonl = config.getoption("--bench-jsonl")
-    bench_json = config.getoption("benchmark_json", None)
+    bench_json = option_path(config.getoption("benchmark_json", None))
     if jsonl is None and bench_json is not None:
-        jsonl = Path(bench_json).with_suffix(".jsonl")
+        jsonl = bench_json.with_suffix(".jsonl")
     config.stash[_JSONL] = Path(jsonl) if jsonl else None
     if jsonl:
         Path(jsonl).parent.mkdir(parents=True, exist_ok=True)

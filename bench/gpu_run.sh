@@ -94,6 +94,10 @@ declare -A CAP=([cold_start]=$COLD_S [summary]=$SUMMARY_S [tests]=$TESTS_S [rest
                 [sanitizer_warm]=45 [memcheck]=90 [racecheck]=30 [initcheck]=30 [final_summary]=$SUMMARY_S)
 declare -A FLOOR=([sanitizer_warm]=20 [memcheck]=40 [racecheck]=15 [initcheck]=15 [final_summary]=$SUMMARY_S)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The steps that run many processes at once (tests, sanitizer shards) give each one CPU
+# thread: with 16 OpenMP threads in each of 16 processes, the first GPU run's parallel steps
+# got through a small part of their work (bench/NOTES.md).
+ONE_THREAD=(env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1)
 
 LOG="$OUT/gpu_run.log"
 : >"$LOG"
@@ -280,8 +284,10 @@ if begin cold_start "first forward with an empty Triton cache"; then
     if ((DRY_RUN)); then
         skip "dry run: no GPU, no cold start to time"
     else
-        limited "$PY" bench/cold_start.py "$RAW/cold_start.json"
-        finish $?
+        limited "$PY" bench/cold_start.py "$RAW/cold_start.json" 2>&1 | tee "$RAW/cold_start.log"
+        rc=${PIPESTATUS[0]}
+        # What went wrong, in the summary (the first GPU run's said nothing of its fault).
+        finish "$rc" "$(grep -E '^[A-Za-z_.]*(Error|Exception)\b' "$RAW/cold_start.log" | tail -n 1 | cut -c1-200)"
     fi
 fi
 
@@ -302,11 +308,13 @@ if begin tests "every test that can use a GPU: pytest tests"; then
     else
         note="serially: pytest-xdist is not installed"
     fi
-    if ((DRY_RUN)); then
+    if ((!DRY_RUN)); then
+        args+=(-v)  # each test's outcome as it ends: a step stopped by its limit still names its failures
+    else
         args+=(--collect-only -qq)
         note="dry run: collected only, $note"
     fi
-    limited "$PY" -m pytest "${args[@]}" 2>&1 | tee "$RAW/tests.log"
+    limited "${ONE_THREAD[@]}" "$PY" -m pytest "${args[@]}" 2>&1 | tee "$RAW/tests.log"
     rc=${PIPESTATUS[0]}
     if ((DRY_RUN)); then
         counts="$(awk -F': ' '/^tests\/.*: [0-9]+$/ {n += $2} END {print n + 0}' "$RAW/tests.log") tests"
@@ -335,7 +343,7 @@ SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanit
 # application-only: not the compiler processes Triton starts; a print limit keeps one bad
 # config from flooding the log.  Without PyTorch's caching allocator every tensor is its own
 # allocation, so an access past a tensor's end lands outside any allocation, where it shows.
-SANITIZE=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --target-processes application-only --print-limit 20
+SANITIZE=("${ONE_THREAD[@]}" PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --target-processes application-only --print-limit 20
           --error-exitcode 1)
 no_sanitizer_reason() {
     if [[ ${MNV2_GPU_SANITIZE:-1} == 0 ]]; then
@@ -358,7 +366,7 @@ if begin sanitizer_warm "every shipped launch config once, no instrumentation, $
         if ((DRY_RUN)); then
             shards "$WORKERS" "$RAW/sanitizer_warm.log" "$PY" -m mnv2_fast.tools.sanitize --list
         else
-            shards "$WORKERS" "$RAW/sanitizer_warm.log" "$PY" -m mnv2_fast.tools.sanitize
+            shards "$WORKERS" "$RAW/sanitizer_warm.log" "${ONE_THREAD[@]}" "$PY" -m mnv2_fast.tools.sanitize
         fi
         rc=$?
         wait "$list_pid"

@@ -42,10 +42,14 @@ def color(provider: str) -> str:
 
 def read_run(bench_json: Path) -> dict | None:
     """{"machine_info", "datetime", "benchmarks", "source"} of one pytest session: its JSON,
-    else the JSONL beside it; None when neither exists."""
+    else (none, or empty or cut short) the JSONL beside it; None when neither exists."""
     bench_json = Path(bench_json)
-    if bench_json.is_file():
-        data = json.loads(bench_json.read_text())
+    try:
+        # Empty when pytest-benchmark opened it at start (older releases do) and never wrote it.
+        data = json.loads(bench_json.read_text()) if bench_json.is_file() else None
+    except ValueError:
+        data = None
+    if data is not None:
         data["source"] = bench_json.name
         data["skipped"] = read_skipped(bench_json.with_suffix(".jsonl"))  # pytest-benchmark keeps no skips
         return data
@@ -287,6 +291,9 @@ def render_md(s: dict) -> str:
     if s.get("smoke"):
         lines += ["**Smoke run** (tiny sizes, Triton's interpreter on the CPU): the code paths ran, nothing was "
                   "timed, so every time below is a dash.", ""]
+        timed = ""
+    elif not s.get("reps"):
+        lines += ["**Nothing was timed in this run** (see the steps above): every time below is a dash.", ""]
         timed = ""
     lines += [f"GPU {s.get('gpu')} ({s.get('sm_count')} SMs), driver {s.get('driver')}, CUDA {s.get('cuda')}; "
               f"torch {s.get('torch')}, Triton {s.get('triton')}, cuDNN {s.get('cudnn')}; commit {s.get('commit')}; "
