@@ -15,6 +15,10 @@
 #   environment     versions; facts.json (GPU, driver, torch, Triton, CUDA, commit, date)
 #   cold_start      first forward of the fused model, compilation included, into the run's own
 #                   empty Triton cache (later steps reuse what it compiled)
+#   diag            only when the cold start failed: bench/gpu_diag.py, the fused model layer by
+#                   layer (a fresh process past each layer that faults), timed against cuDNN,
+#                   and each faulting block's config variants and memcheck; in the headline's
+#                   time, and the headline is skipped when a layer faulted
 #   headline        benchmarks, phase headline (bench/benchlib.py): the whole model at fp16,
 #                   batches 256 and 1, fused, fused_graph, eager_cl and eager_cl_folded, repeated
 #                   and interleaved; the 17 blocks at fp16 batch 256
@@ -87,7 +91,7 @@ MIN_STEP_S=10  # a step given less is skipped: Python and torch take seconds to 
 CORES=$(nproc 2>/dev/null || echo 4)
 WORKERS=${MNV2_GPU_WORKERS:-$((CORES < 16 ? CORES : 16))}
 MEMCHECK_SHARDS=${MNV2_GPU_MEMCHECK_SHARDS:-8}
-ORDER=(cold_start headline summary tests rest family compile sanitizer_warm memcheck racecheck initcheck
+ORDER=(cold_start diag headline summary tests rest family compile sanitizer_warm memcheck racecheck initcheck
        final_summary)
 declare -A CAP=([cold_start]=$COLD_S [summary]=$SUMMARY_S [tests]=$TESTS_S [rest]=$REST_S [family]=$FAMILY_S
                 [compile]=$BUDGET
@@ -167,7 +171,7 @@ begin() {  # NAME TITLE: banner and limit; false (the step recorded as skipped) 
         return 1
     fi
     local cap=${CAP[$1]:-$BUDGET}
-    [[ $1 == headline ]] && cap=$((HEADLINE_BY - $(used)))
+    [[ $1 == headline || $1 == diag ]] && cap=$((HEADLINE_BY - $(used)))
     local left=$((DEADLINE - $(date +%s) - $(kept_after "$1") - KILL_S))
     STEP_LIMIT=$((cap < left ? cap : left))
     if ((STEP_LIMIT < MIN_STEP_S)); then
@@ -291,9 +295,38 @@ if begin cold_start "first forward with an empty Triton cache"; then
     fi
 fi
 
+# ---------------------------------------------------------------- diagnosis, when the fused model faults
+# A kernel that faults ends its process's CUDA context: every later case of a benchmark step
+# would fail with it.  So when the cold start failed, the headline's time goes to
+# bench/gpu_diag.py instead: the layers one by one (a fresh process past each that faults),
+# each timed against cuDNN, the faulting ones' config variants and memcheck.
+FAULTED=0
+if begin diag "bench/gpu_diag.py: the fused model layer by layer, when the cold start failed"; then
+    cold=$(grep '"step": "cold_start"' "$RAW/steps.jsonl" | grep -c '"status": "failed"\|"status": "timed out"')
+    if ((DRY_RUN)); then
+        # No GPU: the same passes through Triton's interpreter, on a tiny model.
+        limited "$PY" bench/gpu_diag.py "$RAW/diag" --device cpu --width 0.35 --resolution 32 --batch 1 \
+            --budget-s "$STEP_LIMIT" | tee "$RAW/diag.log"
+        finish "${PIPESTATUS[0]}" "dry run: interpreter, width 0.35, 32 px; $(tail -n 1 "$RAW/diag.log")"
+    elif ((cold == 0)) && [[ ,$STEPS, != *,diag,* ]]; then
+        skip "the cold start ran: nothing to diagnose"
+    else
+        limited "$PY" bench/gpu_diag.py "$RAW/diag" --budget-s $((STEP_LIMIT - 5)) | tee "$RAW/diag.log"
+        rc=${PIPESTATUS[0]}
+        ((rc == 1)) && FAULTED=1
+        finish "$rc" "$(tail -n 1 "$RAW/diag.log")"
+    fi
+    rm -f "$RAW/diag.log"
+fi
+
 # ---------------------------------------------------------------- headline benchmarks
-begin headline "benchmarks, phase headline (whole model fp16 at batches 256 and 1, then the 17 blocks)" &&
-    bench_step headline
+if begin headline "benchmarks, phase headline (whole model fp16 at batches 256 and 1, then the 17 blocks)"; then
+    if ((FAULTED)); then
+        skip "the fused model faults (diag step): its cases would fail one after another"
+    else
+        bench_step headline
+    fi
+fi
 begin summary "bench/summarize.py (headline)" && summary_step
 
 # ---------------------------------------------------------------- tests

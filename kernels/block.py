@@ -34,6 +34,7 @@ alternate between chunks, so one barrier per chunk orders writes and reads.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -837,8 +838,9 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         # Pixel pairs, or 2x2 groups with quads.
         P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * (cfg.tile_w // 2 if cfg.quads else cfg.tile_w))),
         # The staged chunk's vector stores and the fp16 epilogue, compiled, are inline PTX, which
-        # the interpreter cannot run: it takes their twins in Triton ops.
-        INLINE_PTX=not interpreting(),
+        # the interpreter cannot run: it takes their twins in Triton ops.  MNV2_INLINE_PTX=0
+        # compiles the twins instead (bench/gpu_diag.py: does a fault follow the PTX?).
+        INLINE_PTX=not interpreting() and os.environ.get("MNV2_INLINE_PTX", "1") != "0",
         K_A=k_a,
         K_B=k_b,
         CO_A=co_a,

@@ -1,0 +1,363 @@
+"""Which fused layers fail on a GPU, why, and how fast the others run: for a run in which the
+whole fused model dies (an illegal address in one kernel ends the CUDA context, and every
+later measurement of that process with it).
+
+    python bench/gpu_diag.py OUT_DIR [--batch 256,1] [--dtype float16] [--budget-s 150]
+
+* The fused MobileNetV2 runs one layer at a time (stem, 17 blocks, head, classifier),
+  synchronised after each, in a worker process, each layer on the fused chain's own output
+  and checked against the unfused layer in float64 on the same input (its error over the
+  dtype's tolerance, as the tests count it).  When a layer kills the worker, a fresh worker
+  goes on past it, with the unfused layer in its place.
+* Each layer that ran is timed against the unfused layer under cuDNN (channels_last;
+  cudnn.benchmark off and on), and the whole model (failed layers unfused) against eager
+  cuDNN; at batch <= 8 also as a CUDA graph.
+* Each failed block runs again on its own in variants of its config, one switch off at a
+  time, and once with the Triton twins of the inline-PTX paths (MNV2_INLINE_PTX=0): which
+  variants survive says which path faults.  With compute-sanitizer installed, the failed
+  layer runs once under memcheck, whose report names the kernel and its source line.
+
+Exit status: 1 when a layer faulted, else 3 when one computed a wrong result, else 0.
+OUT_DIR gets diag.jsonl (one record per event: layer checked, layer timed, worker died,
+variant tried, model timed), worker logs and memcheck logs.  Budgets: --budget-s in all;
+variants and memcheck take what the layer passes leave.  --device cpu runs the same passes
+through Triton's interpreter (TRITON_INTERPRET=1, tiny sizes, no timing): the restarts and
+the records can be checked without a GPU; --fail-at LAYER makes a worker die at that layer,
+as a faulting kernel would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MAX_RESTARTS = 6  # per batch: more failing layers than this and the run is better spent elsewhere
+SWITCHES = ("stage_vectors", "packed_dw", "recompute_sets", "quads", "join_pairs", "stage_image", "project_apart")
+
+
+# ---------------------------------------------------------------- worker: runs on the device
+def _layers(fast, ref16, ref64):
+    """(name, fused, unfused in the run's dtype, unfused in float64) of each layer, in order."""
+    out = [(f"features.{i}", f, r, r64) for i, (f, r, r64) in enumerate(zip(fast.features, ref16.features,
+                                                                              ref64.features))]
+    return out + [("classifier", fast.classifier, ref16.classifier, ref64.classifier)]
+
+
+def _layer_input(name, h):
+    """The classifier reads the pooled, flattened map (the fused head already pooled it)."""
+    import torch.nn.functional as F
+
+    return F.adaptive_avg_pool2d(h, 1).flatten(1) if name == "classifier" else h
+
+
+def _block_config(fused, inp, dtype, batch, device):
+    """The config the fused block launches with on this input (its pinned one, else the table's)."""
+    from mnv2_fast.fused import FusedInvertedResidual
+    from mnv2_fast.kernels.choice import choose_block_config
+
+    if not isinstance(fused, FusedInvertedResidual):
+        return None
+    return fused.config or choose_block_config(fused.spec.at(inp.shape[2], inp.shape[3]), dtype, batch, device)
+
+
+class _Records:
+    def __init__(self, path: Path, base: dict):
+        self.f = open(path, "a")
+        self.base = base
+
+    def __call__(self, **rec) -> None:
+        self.f.write(json.dumps({**self.base, **rec}) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())  # a record written before a fault must survive the process
+
+
+def _worker(args) -> int:
+    import torch
+
+    from mnv2_fast import mobilenet_v2, optimize
+    from mnv2_fast.kernels.records import BlockConfig
+    from mnv2_fast.tools.testing import error_ratio, randomize_bn
+    from mnv2_fast.tools.timing import input_pool, time_cuda
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)  # the same weights and input in every worker of a run
+    model = randomize_bn(mobilenet_v2(width_mult=args.width), torch.Generator().manual_seed(0)).eval()
+    backend = "triton"  # the kernels, also on the CPU (through the interpreter): never a silent fallback
+    fast = optimize(model, backend=backend).to(device, dtype)
+    ref16 = copy.deepcopy(model).to(device, dtype).to(memory_format=torch.channels_last)
+    ref64 = copy.deepcopy(model).to(device, torch.float64)
+    layers = _layers(fast, ref16, ref64)
+    x = torch.randn(args.batch, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(1))
+    x = x.to(device, dtype).contiguous(memory_format=torch.channels_last)
+    skip = set(filter(None, args.skip.split(",")))
+    rec = _Records(Path(args.jsonl), dict(batch=args.batch, dtype=args.dtype, **({"variant": args.variant}
+                                                                                  if args.variant else {})))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    h, ran = x, []
+    with torch.no_grad():
+        for i, (name, f, r16, r64) in enumerate(layers):
+            inp = _layer_input(name, h)
+            if args.only is not None and name != args.only:
+                if [n for n, *_ in layers].index(args.only) < i:
+                    break
+                h = r16(inp)  # the unfused chain up to the layer asked for
+                continue
+            if name in skip:
+                h = r16(inp)
+                continue
+            cfg = _block_config(f, inp, dtype, args.batch, device)
+            if args.config:
+                f.config = cfg = BlockConfig.from_dict(json.loads(args.config))
+            rec(event="start", layer=name, config=cfg.to_dict() if cfg else None)
+            if name == args.fail_at:
+                os._exit(77)  # a stand-in for a faulting kernel: the process ends here, no record after
+            out = f(inp)
+            sync()
+            if args.no_check:  # under memcheck: the fault is the question, and float64 there is slow
+                rec(event="ran", layer=name)
+                break
+            want = r64(inp.double())
+            if out.dim() == 4 and out.shape[2:] != want.shape[2:]:  # the fused head pools as well
+                want = want.mean((2, 3), keepdim=True)
+            ratio = error_ratio(out, want, dtype)
+            rec(event="checked", layer=name, error_ratio=ratio, ok=ratio <= 1.0)
+            ran.append((name, f, r16, inp))
+            h = out
+
+    if args.no_time or device.type != "cuda":
+        return 0
+    deadline = float(os.environ.get("MNV2_DIAG_DEADLINE", "inf"))
+
+    def timed(fn, pool):
+        return round(time_cuda(fn, pool, warmup=5, reps=60, warmup_s=0.1).median_ms, 5)
+
+    with torch.no_grad():
+        for name, f, r16, inp in ran:
+            if time.time() > deadline:
+                rec(event="time", layer=name, skipped="budget used up")
+                continue
+            pool = input_pool(lambda: torch.randn_like(inp), inp.numel() * inp.element_size())
+            times = dict(fused_ms=timed(f, pool))
+            for bench in (False, True):
+                torch.backends.cudnn.benchmark = bench
+                times["cudnn_bench_ms" if bench else "cudnn_ms"] = timed(r16, pool)
+            torch.backends.cudnn.benchmark = False
+            rec(event="time", layer=name, **times)
+        # The whole model, the failed layers unfused.
+        patched = copy.deepcopy(fast)
+        for name in skip:
+            if name.startswith("features."):
+                patched.features[int(name.split(".")[1])] = copy.deepcopy(ref16.features[int(name.split(".")[1])])
+        pool = input_pool(lambda: torch.randn_like(x), x.numel() * x.element_size())
+        times = dict(fused_ms=timed(patched, pool), unfused_layers=sorted(skip))
+        for bench in (False, True):
+            torch.backends.cudnn.benchmark = bench
+            times["cudnn_bench_ms" if bench else "cudnn_ms"] = timed(ref16, pool)
+        torch.backends.cudnn.benchmark = False
+        if args.batch <= 8:
+            from mnv2_fast.graphs import CUDAGraphRunner
+
+            graph = CUDAGraphRunner(patched, copy_output=False)
+            times["fused_graph_ms"] = timed(graph, pool)
+        rec(event="model", **times)
+    return 0
+
+
+# ---------------------------------------------------------------- driver: no CUDA in this process
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _worker_cmd(a, batch: int, *extra: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", "--device", a.device, "--dtype", a.dtype,
+            "--batch", str(batch), "--width", str(a.width), "--resolution", str(a.resolution),
+            "--jsonl", str(a.out / "diag.jsonl"), *extra]
+
+
+def _run(cmd, log: Path, timeout: float, env=None) -> int:
+    with open(log, "w") as f:
+        try:
+            return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=max(timeout, 1), env=env).returncode
+        except subprocess.TimeoutExpired:
+            return 124
+
+
+def _tail(log: Path, n: int = 6) -> str:
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.exists() else []
+    return " | ".join(lines[-n:])[-1200:]
+
+
+def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
+    """(label, config, extra environment) for a failed block's config: as shipped, without the
+    inline PTX, and with each switch that is on turned off (those the config's shape allows
+    are checked by the launcher; an invalid one fails as a ValueError, not a fault)."""
+    out = [("as shipped", cfg, {}), ("no inline PTX", cfg, {"MNV2_INLINE_PTX": "0"})]
+    for s in SWITCHES:
+        if cfg.get(s):
+            off = dict(cfg, **{s: False})
+            if s == "join_pairs":
+                off["quads"] = False
+            out.append((f"{s} off", off, {}))
+    return out
+
+
+def _layer_pass(a, batch: int, env: dict, t_end: float, counter: list[int]) -> list[tuple[str, dict | None]]:
+    """Workers over the layers at this batch until one finishes; (layer, config) of each that died."""
+    jsonl = a.out / "diag.jsonl"
+    skip: list[tuple[str, dict | None]] = []
+    for _ in range(MAX_RESTARTS + 1):
+        if time.time() > t_end - 15:
+            break
+        counter[0] += 1
+        log = a.out / f"worker-{counter[0]}.log"
+        before = len(_read(jsonl))
+        extra = ["--skip", ",".join(name for name, _ in skip)] + (["--fail-at", a.fail_at] if a.fail_at else [])
+        rc = _run(_worker_cmd(a, batch, *extra), log, t_end - time.time(), env)
+        new = _read(jsonl)[before:]
+        done = {r["layer"] for r in new if r.get("event") == "checked"}
+        dead = [r for r in new if r.get("event") == "start" and r["layer"] not in done]
+        if rc == 0 and not dead:
+            break
+        layer = dead[-1]["layer"] if dead else None
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(dict(event="died", batch=batch, layer=layer, rc=rc, log=log.name,
+                                    tail=_tail(log))) + "\n")
+        print(f"batch {batch}: worker {counter[0]} ended (exit {rc}) in {layer or 'no layer (see ' + log.name + ')'}")
+        if layer is None:
+            break  # it died outside any layer: another worker would die the same way
+        skip.append((layer, dead[-1].get("config")))
+    return skip
+
+
+def _investigate(a, batch: int, layer: str, cfg: dict | None, env: dict, t_end: float, memcheck: bool) -> None:
+    """A failed block on its own: its config's variants side by side (in parallel: a fault ends
+    only its own process), then, with compute-sanitizer at hand, the shipped config under memcheck."""
+    jsonl = a.out / "diag.jsonl"
+    tag = f"{batch}-{layer}"
+    if cfg and time.time() < t_end - 20:
+        procs = []
+        for label, vcfg, venv in _variants(cfg):
+            log = a.out / f"variant-{tag}-{label.replace(' ', '_')}.log"
+            cmd = _worker_cmd(a, batch, "--only", layer, "--no-time", "--config", json.dumps(vcfg), "--variant", label)
+            procs.append((label, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                                       env=dict(env, **venv))))
+        for label, log, p in procs:
+            try:
+                rc = p.wait(timeout=max(t_end - time.time(), 1))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = 124
+            with open(jsonl, "a") as f:
+                f.write(json.dumps(dict(event="variant_exit", batch=batch, layer=layer, variant=label, rc=rc,
+                                        tail=_tail(log, 3) if rc else "")) + "\n")
+    sanitizer = shutil.which("compute-sanitizer") or next(
+        (str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/compute-sanitizer"))), None)
+    if memcheck and sanitizer and a.device == "cuda" and time.time() < t_end - 20:
+        log = a.out / f"memcheck-{tag}.log"
+        cmd = [sanitizer, "--tool", "memcheck", "--print-limit", "8", "--target-processes", "application-only",
+               *_worker_cmd(a, batch, "--only", layer, "--no-time", "--no-check", "--variant", "memcheck")]
+        rc = _run(cmd, log, min(75, t_end - time.time() - 5), dict(env, PYTORCH_NO_CUDA_MEMORY_CACHING="1"))
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(dict(event="memcheck", batch=batch, layer=layer, rc=rc, log=log.name)) + "\n")
+
+
+def _driver(a) -> int:
+    a.out.mkdir(parents=True, exist_ok=True)
+    jsonl = a.out / "diag.jsonl"
+    jsonl.write_text("")
+    t_end = time.time() + a.budget_s
+    env = dict(os.environ, MNV2_DIAG_DEADLINE=str(t_end - 10))
+    if a.device == "cpu":
+        env["TRITON_INTERPRET"] = "1"
+    counter, seen, failed = [0], set(), 0
+    for batch in a.batch:
+        for layer, cfg in _layer_pass(a, batch, env, t_end, counter):
+            failed += 1
+            if layer not in seen:  # a layer that failed at an earlier batch: looked at already
+                _investigate(a, batch, layer, cfg, env, t_end, memcheck=not seen)
+                seen.add(layer)
+    recs = _read(jsonl)
+    _report(recs)
+    died = [f"{r['layer']} (batch {r['batch']})" for r in recs if r.get("event") == "died"]
+    last = {(r["batch"], r["layer"]): r["ok"] for r in recs if r.get("event") == "checked" and "variant" not in r}
+    wrong = sorted(f"{layer} (batch {b})" for (b, layer), ok in last.items() if not ok)
+    print(f"gpu_diag: {len(last)} layer runs checked, {len(wrong)} wrong{': ' + ', '.join(wrong) if wrong else ''}; "
+          f"{len(died)} faulted{': ' + ', '.join(died) if died else ''}")
+    return 1 if failed else 3 if wrong else 0
+
+
+def _report(recs: list[dict]) -> None:
+    print("\nlayer           batch  status        err/tol  fused ms  cuDNN ms  (bench)  speed-up")
+    times = {(r["batch"], r["layer"]): r for r in recs if r.get("event") == "time" and "variant" not in r}
+    # A layer checked again by the worker after a restart: its last check only.
+    last = {(r["batch"], r["layer"]): i for i, r in enumerate(recs) if r.get("event") == "checked"}
+    for i, r in enumerate(recs):
+        if "variant" in r or (r.get("event") == "checked" and last[r["batch"], r["layer"]] != i):
+            continue
+        if r.get("event") == "checked":
+            t = times.get((r["batch"], r["layer"]), {})
+            f, c, cb = t.get("fused_ms"), t.get("cudnn_ms"), t.get("cudnn_bench_ms")
+            speed = f"{min(c, cb) / f:.2f}x" if f and c and cb else ""
+            print(f"{r['layer']:<15} {r['batch']:>5}  {'ok' if r['ok'] else 'WRONG':<12} {r['error_ratio']:>8.3g}  "
+                  f"{f or '':>8}  {c or '':>8}  {cb or '':>7}  {speed}")
+        elif r.get("event") == "died":
+            print(f"{str(r['layer']):<15} {r['batch']:>5}  DIED (exit {r['rc']}): {r['tail'][-300:]}")
+        elif r.get("event") == "model":
+            print(f"whole model     {r['batch']:>5}  fused {r['fused_ms']} ms (unfused: {r['unfused_layers'] or '-'})"
+                  f"{', graph ' + str(r['fused_graph_ms']) + ' ms' if 'fused_graph_ms' in r else ''}; cuDNN "
+                  f"{r['cudnn_ms']} ms, with benchmark {r['cudnn_bench_ms']} ms")
+    for r in recs:
+        if r.get("event") == "variant_exit":
+            checked = [v for v in recs if v.get("variant") == r["variant"] and v.get("event") == "checked"
+                       and v["layer"] == r["layer"] and v["batch"] == r["batch"]]
+            what = (f"ran, err/tol {checked[0]['error_ratio']:.3g}" if checked else f"DIED (exit {r['rc']})")
+            print(f"variant {r['layer']} batch {r['batch']} {r['variant']:<22} {what}")
+        elif r.get("event") == "memcheck":
+            print(f"memcheck {r['layer']} batch {r['batch']}: exit {r['rc']}, see {r['log']}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", nargs="?", type=Path)
+    p.add_argument("--batch", default="256,1")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--budget-s", type=float, default=150)
+    p.add_argument("--fail-at", default=None, metavar="LAYER", help="testing: a worker dies at this layer")
+    # The worker's own options (the driver passes them).
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--jsonl", help=argparse.SUPPRESS)
+    p.add_argument("--skip", default="", help=argparse.SUPPRESS)
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-time", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-check", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        a.batch = int(a.batch)
+        return _worker(a)
+    if a.out is None:
+        p.error("OUT_DIR is required")
+    a.batch = [int(b) for b in a.batch.split(",")]
+    return _driver(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

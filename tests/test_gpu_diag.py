@@ -1,0 +1,33 @@
+"""bench/gpu_diag.py without a GPU: its passes through Triton's interpreter on a tiny model,
+with a worker made to die in one layer as a faulting kernel's process would."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_layer_that_kills_its_worker_is_skipped_and_examined(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_diag.py"), str(tmp_path), "--device", "cpu",
+                        "--width", "0.35", "--resolution", "32", "--batch", "1", "--fail-at", "features.2",
+                        "--budget-s", "400"], env=env, capture_output=True, text=True, timeout=500)
+    log = r.stdout + r.stderr
+    assert r.returncode == 1, log[-3000:]  # a layer faulted
+    recs = [json.loads(line) for line in (tmp_path / "diag.jsonl").read_text().splitlines()]
+    died = [x for x in recs if x["event"] == "died"]
+    assert [(x["layer"], x["rc"]) for x in died] == [("features.2", 77)], died
+    # The second worker went on past it: every other layer checked, once, and right.
+    checked = [x for x in recs if x["event"] == "checked" and "variant" not in x]
+    names = [f"features.{i}" for i in range(19)] + ["classifier"]
+    assert sorted({x["layer"] for x in checked}) == sorted(set(names) - {"features.2"})
+    assert all(x["ok"] for x in checked), checked
+    # The faulting block alone, in its config's variants (each its own process), all running here.
+    variants = {x["variant"]: x["rc"] for x in recs if x["event"] == "variant_exit"}
+    assert {"as shipped", "no inline PTX"} <= set(variants) and set(variants.values()) == {0}, variants
+    ran = {x["variant"] for x in recs if x["event"] == "checked" and x.get("variant") and x["layer"] == "features.2"}
+    assert ran == set(variants)
+    assert log.splitlines()[-1] == ("gpu_diag: 19 layer runs checked, 0 wrong; 1 faulted: features.2 (batch 1)"), log
