@@ -35,7 +35,8 @@
 #                   expected time still fits
 #   sanitizer_warm  every shipped launch config once without instrumentation, in parallel
 #                   shards: numerics checked, Triton's cache filled for the sanitizer
-#   memcheck        compute-sanitizer memcheck over every shipped config, in parallel shards
+#   memcheck        compute-sanitizer memcheck over every shipped config, in parallel shards, the
+#                   persistent grid sized as for one multiprocessor (each program walks many tiles)
 #   racecheck       compute-sanitizer racecheck over one config of each kernel path (expand at stride 1 and 2, no expand)
 #   initcheck       compute-sanitizer initcheck over the same two
 #   final_summary   everything, with every step's status
@@ -426,7 +427,10 @@ if begin memcheck "compute-sanitizer memcheck, every shipped launch config, $MEM
             finish $((rc == 0 ? 1 : rc)) "without a GPU the runner exited $rc, expected 2"
         fi
     else
-        shards "$MEMCHECK_SHARDS" "$RAW/memcheck.log" "${SANITIZE[@]}" --tool memcheck "$PY" -m mnv2_fast.tools.sanitize
+        # --one-sm: each program walks many tiles, as at batch 256 (at batch 2 on the whole GPU,
+        # each program has at most one, and the walk would go unchecked).
+        shards "$MEMCHECK_SHARDS" "$RAW/memcheck.log" "${SANITIZE[@]}" --tool memcheck "$PY" -m mnv2_fast.tools.sanitize \
+            --one-sm
         rc=$?
         finish "$rc" "$(launch_total "$RAW/memcheck.log") launches; $(sanitizer_note "$RAW/memcheck.log" | head -n 2 | tr '\n' ' ')"
         rm -f "$RAW/memcheck.log"

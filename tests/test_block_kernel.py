@@ -482,3 +482,18 @@ def test_shipped_configs_at_their_own_shapes_stay_in_bounds(label):
     assert blocks.launches + gemms.launches == (2 if getattr(launch.config, "project_apart", False) else 1)
     assert not blocks.problems and not gemms.problems, blocks.report() + gemms.report()
     assert ratio <= 1.0, ratio
+
+
+def test_sanitizer_one_sm_makes_each_program_walk_many_tiles(monkeypatch):
+    """gpu_run.sh's memcheck runs `sanitize --one-sm`: at its batch of 2 on a whole GPU every
+    program would have at most one tile, and the persistent walk (what batch 256 runs) would go
+    unchecked."""
+    from mnv2_fast.tools.inventory import shipped_launches
+    from mnv2_fast.tools.sanitize import one_multiprocessor
+
+    monkeypatch.setattr(block, "_sm_count", block._sm_count)  # put back after the test
+    launch = next(x for x in shipped_launches() if x.label == "w1.0 block 2" and x.dtype == torch.float16)
+    one_multiprocessor()
+    programs = block.programs_for(launch.shape, launch.config, 2, torch.device("cuda", 0))
+    assert programs == launch.config.programs_per_sm
+    assert launch.shape.tiles(launch.config, 2) >= 10 * programs

@@ -20,6 +20,14 @@ import time
 import torch
 
 
+def one_multiprocessor() -> None:
+    """From now on in this process, the block kernels' persistent grid is sized as for a GPU of
+    one multiprocessor (programs_per_sm programs), so each program walks many tiles."""
+    from ..kernels import block
+
+    block._sm_count = lambda index: 1  # what programs_for asks the driver for
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -29,6 +37,9 @@ def main(argv=None) -> int:
     p.add_argument("--one-per-path", action="store_true",
                    help="only the first fp16 block config of each stride with an expand stage, and of the "
                         "blocks without one (the kernel's three code paths)")
+    p.add_argument("--one-sm", action="store_true",
+                   help="size the block kernels' persistent grid as for a GPU of one multiprocessor: each program "
+                        "then walks many tiles, as at large batches (at --batch 2 on a whole GPU each has at most one)")
     p.add_argument("--shard", default="0/1", metavar="I/N", help="every N-th launch, from the I-th (default 0/1)")
     p.add_argument("--list", action="store_true", help="print the selected launches and exit (no GPU needed)")
     args = p.parse_args(argv)
@@ -40,6 +51,9 @@ def main(argv=None) -> int:
         print("sanitize: no CUDA device; nothing to check", file=sys.stderr)
         return 2
     from .inventory import run_once, shipped_launches
+
+    if args.one_sm:
+        one_multiprocessor()
 
     launches = [launch for launch in shipped_launches() if not args.kind or launch.kind in args.kind]
     if args.one_per_path:
