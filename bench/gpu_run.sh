@@ -35,8 +35,9 @@
 #                   expected time still fits
 #   sanitizer_warm  every shipped launch config once without instrumentation, in parallel
 #                   shards: numerics checked, Triton's cache filled for the sanitizer
-#   memcheck        compute-sanitizer memcheck over every shipped config, in parallel shards, the
-#                   persistent grid sized as for one multiprocessor (each program walks many tiles)
+#   memcheck        compute-sanitizer memcheck over every shipped config, in parallel shards, at
+#                   batch 16 (Triton's variant for batches divisible by 16), the persistent grid
+#                   sized as for one multiprocessor (each program walks many tiles)
 #   racecheck       compute-sanitizer racecheck over one config of each kernel path (expand at stride 1 and 2, no expand)
 #   initcheck       compute-sanitizer initcheck over the same two
 #   final_summary   everything, with every step's status
@@ -427,10 +428,11 @@ if begin memcheck "compute-sanitizer memcheck, every shipped launch config, $MEM
             finish $((rc == 0 ? 1 : rc)) "without a GPU the runner exited $rc, expected 2"
         fi
     else
-        # --one-sm: each program walks many tiles, as at batch 256 (at batch 2 on the whole GPU,
-        # each program has at most one, and the walk would go unchecked).
+        # As batch 256 runs them: --one-sm, each program walks many tiles (at batch 2 on the whole
+        # GPU each has at most one); --batch 16, Triton compiles the variant of a batch divisible
+        # by 16 (it specialises integer arguments on that), the one the model ran when it faulted.
         shards "$MEMCHECK_SHARDS" "$RAW/memcheck.log" "${SANITIZE[@]}" --tool memcheck "$PY" -m mnv2_fast.tools.sanitize \
-            --one-sm
+            --one-sm --batch 16
         rc=$?
         finish "$rc" "$(launch_total "$RAW/memcheck.log") launches; $(sanitizer_note "$RAW/memcheck.log" | head -n 2 | tr '\n' ' ')"
         rm -f "$RAW/memcheck.log"
