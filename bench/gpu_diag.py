@@ -22,15 +22,14 @@ OUT_DIR gets diag.jsonl (one record per event: layer checked, layer timed, worke
 variant tried, model timed), worker logs and memcheck logs.  Budgets: --budget-s in all;
 variants and memcheck take what the layer passes leave.  --device cpu runs the same passes
 through Triton's interpreter (TRITON_INTERPRET=1, tiny sizes, no timing): the restarts and
-the records can be checked without a GPU; --fail-at LAYER makes a worker die at that layer,
-as a faulting kernel would.
+the records can be checked without a GPU; --fail-at LAYER makes a worker die at that layer
+where it runs the shipped config with the inline PTX, as a faulting kernel would.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import os
 import shutil
@@ -60,6 +59,22 @@ def _layer_input(name, h):
     import torch.nn.functional as F
 
     return F.adaptive_avg_pool2d(h, 1).flatten(1) if name == "classifier" else h
+
+
+def _table_key(fused, inp, dtype, batch, device) -> dict:
+    """Where a block's config comes from: its shape, the batch range of the table entry that
+    covers this batch (the batch alone where the heuristic chose) and the GPU's table name --
+    what a workaround table entry needs."""
+    from mnv2_fast.fused import FusedInvertedResidual
+    from mnv2_fast.kernels import tuned
+
+    if not isinstance(fused, FusedInvertedResidual):
+        return {}
+    shape = fused.spec.at(inp.shape[2], inp.shape[3])
+    slug = tuned.device_slug(device)
+    ranges = [(lo, hi) for table in tuned.load_tuned(slug)
+              for lo, hi, _ in table.get((shape, tuned.dtype_name(dtype)), ()) if lo <= batch <= hi]
+    return dict(shape=shape.to_dict(), batch_range=list(ranges[0] if ranges else (batch, batch)), slug=slug)
 
 
 def _block_config(fused, inp, dtype, batch, device):
@@ -122,9 +137,11 @@ def _worker(args) -> int:
             cfg = _block_config(f, inp, dtype, args.batch, device)
             if args.config:
                 f.config = cfg = BlockConfig.from_dict(json.loads(args.config))
-            rec(event="start", layer=name, config=cfg.to_dict() if cfg else None)
-            if name == args.fail_at:
-                os._exit(77)  # a stand-in for a faulting kernel: the process ends here, no record after
+            rec(event="start", layer=name, config=cfg.to_dict() if cfg else None,
+                **_table_key(f, inp, dtype, args.batch, device))
+            if name == args.fail_at and not args.config and os.environ.get("MNV2_INLINE_PTX") != "0":
+                # A stand-in for a kernel that faults as shipped: the process ends here, no record after.
+                os._exit(77)
             out = f(inp)
             sync()
             if args.no_check:  # under memcheck: the fault is the question, and float64 there is slow
@@ -202,10 +219,10 @@ def _tail(log: Path, n: int = 6) -> str:
 
 
 def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
-    """(label, config, extra environment) for a failed block's config: as shipped, without the
-    inline PTX, and with each switch that is on turned off (those the config's shape allows
+    """(label, config to pin, extra environment) for a failed block's config: as shipped, without
+    the inline PTX, and with each switch that is on turned off (those the config's shape allows
     are checked by the launcher; an invalid one fails as a ValueError, not a fault)."""
-    out = [("as shipped", cfg, {}), ("no inline PTX", cfg, {"MNV2_INLINE_PTX": "0"})]
+    out = [("as shipped", None, {}), ("no inline PTX", None, {"MNV2_INLINE_PTX": "0"})]  # None: the table's
     for s in SWITCHES:
         if cfg.get(s):
             off = dict(cfg, **{s: False})
@@ -215,10 +232,11 @@ def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
     return out
 
 
-def _layer_pass(a, batch: int, env: dict, t_end: float, counter: list[int]) -> list[tuple[str, dict | None]]:
-    """Workers over the layers at this batch until one finishes; (layer, config) of each that died."""
+def _layer_pass(a, batch: int, env: dict, t_end: float, counter: list[int]) -> list[tuple[str, dict]]:
+    """Workers over the layers at this batch until one finishes; (layer, its start record) of
+    each that died."""
     jsonl = a.out / "diag.jsonl"
-    skip: list[tuple[str, dict | None]] = []
+    skip: list[tuple[str, dict]] = []
     for _ in range(MAX_RESTARTS + 1):
         if time.time() > t_end - 15:
             break
@@ -239,7 +257,7 @@ def _layer_pass(a, batch: int, env: dict, t_end: float, counter: list[int]) -> l
         print(f"batch {batch}: worker {counter[0]} ended (exit {rc}) in {layer or 'no layer (see ' + log.name + ')'}")
         if layer is None:
             break  # it died outside any layer: another worker would die the same way
-        skip.append((layer, dead[-1].get("config")))
+        skip.append((layer, dead[-1]))
     return skip
 
 
@@ -252,7 +270,8 @@ def _investigate(a, batch: int, layer: str, cfg: dict | None, env: dict, t_end: 
         procs = []
         for label, vcfg, venv in _variants(cfg):
             log = a.out / f"variant-{tag}-{label.replace(' ', '_')}.log"
-            cmd = _worker_cmd(a, batch, "--only", layer, "--no-time", "--config", json.dumps(vcfg), "--variant", label)
+            cmd = _worker_cmd(a, batch, "--only", layer, "--no-time", "--variant", label,
+                              *(["--config", json.dumps(vcfg)] if vcfg else []), *(["--fail-at", a.fail_at] if a.fail_at else []))
             procs.append((label, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                                        env=dict(env, **venv))))
         for label, log, p in procs:
@@ -283,21 +302,74 @@ def _driver(a) -> int:
     env = dict(os.environ, MNV2_DIAG_DEADLINE=str(t_end - 10))
     if a.device == "cpu":
         env["TRITON_INTERPRET"] = "1"
-    counter, seen, failed = [0], set(), 0
+    counter, seen, faults = [0], set(), []
     for batch in a.batch:
-        for layer, cfg in _layer_pass(a, batch, env, t_end, counter):
-            failed += 1
-            if layer not in seen:  # a layer that failed at an earlier batch: looked at already
-                _investigate(a, batch, layer, cfg, env, t_end, memcheck=not seen)
-                seen.add(layer)
+        for layer, start in _layer_pass(a, batch, env, t_end, counter):
+            faults.append((batch, layer, start))
+            # A layer that faulted at an earlier batch too: its variants run again (the config
+            # may be another), memcheck once.
+            _investigate(a, batch, layer, start.get("config"), env, t_end, memcheck=layer not in seen)
+            seen.add(layer)
+    failed = len(faults)
     recs = _read(jsonl)
     _report(recs)
+    way_round = _workaround(a.out, recs, faults)
     died = [f"{r['layer']} (batch {r['batch']})" for r in recs if r.get("event") == "died"]
     last = {(r["batch"], r["layer"]): r["ok"] for r in recs if r.get("event") == "checked" and "variant" not in r}
     wrong = sorted(f"{layer} (batch {b})" for (b, layer), ok in last.items() if not ok)
     print(f"gpu_diag: {len(last)} layer runs checked, {len(wrong)} wrong{': ' + ', '.join(wrong) if wrong else ''}; "
-          f"{len(died)} faulted{': ' + ', '.join(died) if died else ''}")
+          f"{len(died)} faulted{': ' + ', '.join(died) if died else ''}{'; ' + way_round if way_round else ''}")
     return 1 if failed else 3 if wrong else 0
+
+
+def _survivors(recs: list[dict], batch: int, layer: str) -> list[str]:
+    """The variants of a faulting layer that ran and computed the right result, in
+    `_variants` order."""
+    exits = {r["variant"]: r["rc"] for r in recs if r.get("event") == "variant_exit"
+             and r["batch"] == batch and r["layer"] == layer}
+    right = {r["variant"] for r in recs if r.get("event") == "checked" and r.get("variant")
+             and r["batch"] == batch and r["layer"] == layer and r["ok"]}
+    return [v for v, rc in exits.items() if rc == 0 and v in right]
+
+
+def _workaround(out: Path, recs: list[dict], faults: list[tuple[int, str, dict]]) -> str:
+    """When every faulting layer has a variant that runs right, what lets the benchmarks
+    measure the rest of the run: a user tuned table (kernels/tuned.py) with each faulting
+    block's first surviving config variant, else, where only the PTX twins survive,
+    MNV2_INLINE_PTX=0 for everything.  Written as OUT/workaround.env (VAR=value lines, for
+    bench/gpu_run.sh); nothing when there is no fault or a fault has no way round.  Returns
+    what it did, in words."""
+    if not faults:
+        return ""
+    entries, ptx_off, missing = [], False, []
+    for batch, layer, start in faults:
+        alive = _survivors(recs, batch, layer)
+        config_variants = [v for v in alive if v not in ("as shipped", "no inline PTX")]
+        if start.get("shape") and config_variants:
+            cfg = next(c for label, c, _ in _variants(start["config"]) if label == config_variants[0])
+            entries.append(dict(shape=start["shape"], dtype=start["dtype"], batch=start["batch_range"], config=cfg,
+                                ms=0.0, why=f"{layer} faulted at batch {batch} as shipped; {config_variants[0]} ran"))
+        elif "no inline PTX" in alive:
+            ptx_off = True
+        else:
+            missing.append(f"{layer} (batch {batch})")
+    if missing:
+        return f"no workaround for {', '.join(missing)}"
+    lines = []
+    if entries:
+        folder = out / "workaround"
+        folder.mkdir(exist_ok=True)
+        slug = faults[0][2].get("slug", "default")
+        (folder / f"{slug}.json").write_text(json.dumps({"meta": {
+            "source": "bench/gpu_diag.py workaround", "note": "the shipped configs that faulted on this GPU, each "
+            "replaced by its first variant that ran right; a measurement aid, not a tuned result"},
+            "blocks": entries}, indent=1) + "\n")
+        lines.append(f"MNV2_FAST_TUNED_DIR={folder.resolve()}")
+    if ptx_off:
+        lines.append("MNV2_INLINE_PTX=0")
+    (out / "workaround.env").write_text("\n".join(lines) + "\n")
+    return ("workaround: " + "; ".join(e["why"] for e in entries)
+            + ("; " if entries and ptx_off else "") + ("MNV2_INLINE_PTX=0 (only the PTX twins ran)" if ptx_off else ""))
 
 
 def _report(recs: list[dict]) -> None:
@@ -339,7 +411,8 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--budget-s", type=float, default=150)
-    p.add_argument("--fail-at", default=None, metavar="LAYER", help="testing: a worker dies at this layer")
+    p.add_argument("--fail-at", default=None, metavar="LAYER",
+                   help="testing: a worker dies at this layer where it runs the shipped config with its inline PTX")
     # The worker's own options (the driver passes them).
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jsonl", help=argparse.SUPPRESS)

@@ -18,7 +18,9 @@
 #   diag            only when the cold start failed: bench/gpu_diag.py, the fused model layer by
 #                   layer (a fresh process past each layer that faults), timed against cuDNN,
 #                   and each faulting block's config variants and memcheck; in the headline's
-#                   time, and the headline is skipped when a layer faulted
+#                   time.  When every faulting layer has a variant that ran right, the
+#                   benchmark steps run with it (diag/workaround.env: a tuned table of those
+#                   variants, or MNV2_INLINE_PTX=0), else the headline is skipped
 #   headline        benchmarks, phase headline (bench/benchlib.py): the whole model at fp16,
 #                   batches 256 and 1, fused, fused_graph, eager_cl and eager_cl_folded, repeated
 #                   and interleaved; the 17 blocks at fp16 batch 256
@@ -49,13 +51,13 @@
 # Time: one deadline, MNV2_GPU_BUDGET_S (default 540) seconds after the start.  A step's
 # limit is its share, cut to what is left once the later steps' minimum is kept back (the
 # sanitizer steps 90 s, the final summary MNV2_GPU_SUMMARY_S), so late steps shrink instead of
-# overrunning.  Shares: cold start 45 s (MNV2_GPU_COLD_S); the headline ends
-# MNV2_GPU_HEADLINE_BY_S (180) s into the run; summary MNV2_GPU_SUMMARY_S (25); tests
-# MNV2_GPU_TESTS_S (120); rest MNV2_GPU_REST_S (40); family MNV2_GPU_FAMILY_S (150); torch.compile
-# whatever is left; sanitizer
-# warm-up 45, memcheck 90, racecheck 30, initcheck 30.  A step that overruns its limit gets
-# SIGTERM (a benchmark step then still writes its JSON), and SIGKILL MNV2_GPU_KILL_S (10) s
-# later; benchmark steps stop starting cases MNV2_BENCH_MARGIN_S (15) s before their limit.
+# overrunning.  Shares: cold start 45 s (MNV2_GPU_COLD_S); a diagnosis MNV2_GPU_DIAG_S (150);
+# the headline ends MNV2_GPU_HEADLINE_BY_S (180) s into the run, later by the diagnosis's time;
+# summary MNV2_GPU_SUMMARY_S (25); tests MNV2_GPU_TESTS_S (120); rest MNV2_GPU_REST_S (40);
+# family MNV2_GPU_FAMILY_S (150); torch.compile whatever is left; sanitizer warm-up 45,
+# memcheck 90, racecheck 30, initcheck 30.  A step that overruns its limit gets SIGTERM (a
+# benchmark step then still writes its JSON), and SIGKILL MNV2_GPU_KILL_S (10) s later;
+# benchmark steps stop starting cases MNV2_BENCH_MARGIN_S (15) s before their limit.
 #
 # Other knobs: MNV2_GPU_STEPS=headline,tests,...  runs only those steps (the environment and
 # the summaries always run; "sanitizer" names its four steps); MNV2_GPU_SANITIZE=0 skips the
@@ -81,6 +83,8 @@ cd "$ROOT" || exit 2
 
 BUDGET=${MNV2_GPU_BUDGET_S:-540}
 HEADLINE_BY=${MNV2_GPU_HEADLINE_BY_S:-180}
+DIAG_S=${MNV2_GPU_DIAG_S:-150}
+DIAG_USED=0
 COLD_S=${MNV2_GPU_COLD_S:-45}
 SUMMARY_S=${MNV2_GPU_SUMMARY_S:-25}
 TESTS_S=${MNV2_GPU_TESTS_S:-120}
@@ -173,7 +177,9 @@ begin() {  # NAME TITLE: banner and limit; false (the step recorded as skipped) 
         return 1
     fi
     local cap=${CAP[$1]:-$BUDGET}
-    [[ $1 == headline || $1 == diag ]] && cap=$((HEADLINE_BY - $(used)))
+    [[ $1 == diag ]] && cap=$DIAG_S
+    # The headline ends HEADLINE_BY s in, later by what a diagnosis took before it.
+    [[ $1 == headline ]] && cap=$((HEADLINE_BY + DIAG_USED - $(used)))
     local left=$((DEADLINE - $(date +%s) - $(kept_after "$1") - KILL_S))
     STEP_LIMIT=$((cap < left ? cap : left))
     if ((STEP_LIMIT < MIN_STEP_S)); then
@@ -221,7 +227,7 @@ bench_step() {  # PHASE: pytest bench in that phase; JSON and JSONL in raw/
         return
     fi
     margin=$((MARGIN_S < STEP_LIMIT / 4 ? MARGIN_S : STEP_LIMIT / 4))
-    limited env MNV2_BENCH_PHASE="$phase" MNV2_BENCH_DEADLINE=$(($(date +%s) + STEP_LIMIT - margin)) \
+    limited env "${WORKAROUND[@]}" MNV2_BENCH_PHASE="$phase" MNV2_BENCH_DEADLINE=$(($(date +%s) + STEP_LIMIT - margin)) \
         "$PY" -m pytest bench -q -p no:cacheprovider --benchmark-json="$json" \
         --benchmark-columns=median,rounds --benchmark-sort=name
     rc=$?
@@ -229,6 +235,7 @@ bench_step() {  # PHASE: pytest bench in that phase; JSON and JSONL in raw/
     measured=$(grep -c '"extra_info"' "${json%.json}.jsonl" 2>/dev/null)
     skipped=$(sed -nE 's/.*"skipped_for_time": ([1-9][0-9]*).*/\1/p' "${json%.json}.jsonl" 2>/dev/null | tail -n 1)
     note="${measured:-0} cases measured${skipped:+, $skipped not started for lack of time}"
+    ((${#WORKAROUND[@]})) && note+="; with gpu_diag's workaround for the faulting layers (${WORKAROUND[*]%%=*})"
     # Cases skipped for another reason (timm missing, say): how many, and the reasons.
     why=$(grep '"skipped": {' "${json%.json}.jsonl" 2>/dev/null | grep -v 'time budget used up' |
         sed -nE 's/.*"reason": "([^"]*)".*/\1/p' | sort | uniq -c | sed -E 's/^ *([0-9]+) /\1 skipped: /' |
@@ -299,24 +306,31 @@ fi
 
 # ---------------------------------------------------------------- diagnosis, when the fused model faults
 # A kernel that faults ends its process's CUDA context: every later case of a benchmark step
-# would fail with it.  So when the cold start failed, the headline's time goes to
-# bench/gpu_diag.py instead: the layers one by one (a fresh process past each that faults),
-# each timed against cuDNN, the faulting ones' config variants and memcheck.
-FAULTED=0
+# would fail with it.  So when the cold start failed, bench/gpu_diag.py runs first: the layers
+# one by one (a fresh process past each that faults), each timed against cuDNN, the faulting
+# ones' config variants and memcheck.  Where a variant ran right for every fault, the
+# benchmarks run with it; else the headline is skipped.
+FAULTED=0 WORKAROUND=()
 if begin diag "bench/gpu_diag.py: the fused model layer by layer, when the cold start failed"; then
     cold=$(grep '"step": "cold_start"' "$RAW/steps.jsonl" | grep -c '"status": "failed"\|"status": "timed out"')
-    if ((DRY_RUN)); then
-        # No GPU: the same passes through Triton's interpreter, on a tiny model.
-        limited "$PY" bench/gpu_diag.py "$RAW/diag" --device cpu --width 0.35 --resolution 32 --batch 1 \
-            --budget-s "$STEP_LIMIT" | tee "$RAW/diag.log"
-        finish "${PIPESTATUS[0]}" "dry run: interpreter, width 0.35, 32 px; $(tail -n 1 "$RAW/diag.log")"
-    elif ((cold == 0)) && [[ ,$STEPS, != *,diag,* ]]; then
+    if ((!DRY_RUN && cold == 0)) && [[ ,$STEPS, != *,diag,* ]]; then
         skip "the cold start ran: nothing to diagnose"
     else
-        limited "$PY" bench/gpu_diag.py "$RAW/diag" --budget-s $((STEP_LIMIT - 5)) | tee "$RAW/diag.log"
+        # A dry run: the same passes through Triton's interpreter on a tiny model.  MNV2_GPU_DIAG_ARGS:
+        # more arguments (the tests make a layer fault with --fail-at).
+        # shellcheck disable=SC2206
+        args=($( ((DRY_RUN)) && echo --device cpu --width 0.35 --resolution 32 --batch 1) ${MNV2_GPU_DIAG_ARGS:-})
+        limited "$PY" bench/gpu_diag.py "$RAW/diag" --budget-s $((STEP_LIMIT - 5)) "${args[@]}" | tee "$RAW/diag.log"
         rc=${PIPESTATUS[0]}
         ((rc == 1)) && FAULTED=1
-        finish "$rc" "$(tail -n 1 "$RAW/diag.log")"
+        finish "$rc" "$( ((DRY_RUN)) && echo 'dry run: interpreter, width 0.35, 32 px; ')$(tail -n 1 "$RAW/diag.log")"
+        # Every faulting layer had a config variant (or the PTX twins) that ran right: the
+        # benchmark steps run with it (their notes say so), and measure after all.
+        if ((FAULTED)) && [[ -s $RAW/diag/workaround.env ]]; then
+            mapfile -t WORKAROUND <"$RAW/diag/workaround.env"
+            FAULTED=0
+        fi
+        DIAG_USED=$((SECONDS - STEP_T0))
     fi
     rm -f "$RAW/diag.log"
 fi

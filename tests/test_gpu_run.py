@@ -115,3 +115,31 @@ def test_family_rows_keep_the_reason_a_model_was_skipped(tmp_path):
     md = (out / "summary.md").read_text()
     assert "| mnasnet1_0 | 224 | float16 | 256 | 2.000 | 128000 | 2.50x |" in md
     assert f"| efficientnet_lite0 | – | float16 | 256 | – | – | – | – | – | – | {why} |" in md
+
+
+def test_a_faulting_layer_with_a_workaround_still_gets_the_headline_measured(tmp_path):
+    """The diag step (bench/gpu_diag.py, through the interpreter in a dry run) finds the layer
+    made to fault, a config variant of it that runs right, and writes the workaround; the
+    headline then runs with it and says so."""
+    out = tmp_path / "out"
+    outer = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env = dict(outer, PYTHON=sys.executable, MNV2_GPU_STEPS="diag,headline", MNV2_GPU_KEEP_RAW="1",
+               MNV2_GPU_DIAG_ARGS="--fail-at features.2", MNV2_BENCH_PROVIDERS="eager_cl")
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu_run.sh"), "--dry-run", str(out)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    log = r.stdout + r.stderr
+    assert r.returncode == 1, log[-3000:]  # the fault fails the run; the steps after it still ran
+    steps = {s["step"]: s for s in json.loads((out / "summary.json").read_text())["steps"]}
+    diag = steps["diag"]
+    assert diag["status"] == "failed" and diag["rc"] == 1, diag
+    assert "1 faulted: features.2 (batch 1); workaround: features.2 faulted at batch 1 as shipped;" in diag["note"]
+    headline = steps["headline"]
+    assert headline["status"] == "ok", headline
+    assert "with gpu_diag's workaround for the faulting layers (MNV2_FAST_TUNED_DIR)" in headline["note"], headline
+    # The workaround is a tuned table the launchers read: the faulting block's shape, its variant.
+    from mnv2_fast.kernels import tuned
+
+    table = tuned.read_table(out / "raw" / "diag" / "workaround" / "default.json")
+    ((shape, dtype), [(lo, hi, cfg)]), = table.items()
+    assert dtype == "float16" and lo <= 1 <= hi and shape.stride == 2
+    assert cfg.stage_vectors is False  # the first switch of the shipped config turned off
