@@ -20,6 +20,7 @@ tables show dashes and its plot says so.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -158,10 +159,90 @@ def load(*bench_jsons: Path) -> dict:
                                           "dtype": p.get("dtype"), "batch": p.get("batch"), "ms": None,
                                           "cudnn_benchmark": p.get("cudnn_benchmark"),
                                           "skipped": skipped.get("reason")})
+    summary["diag"] = read_diag(folder / "diag")
     summary["model"] = merge_repeats(summary["model"])
     summary["blocks"] = merge_repeats(summary["blocks"])
     summary["family"] = merge_repeats(summary["family"])
     return summary
+
+
+def _short_paths(text: str) -> str:
+    """Absolute paths as their last two parts (kernels/block.py:318): the GPU machine's
+    folders say nothing to a reader and have no place in committed results."""
+    return re.sub(r"(?:/[\w.+-]+)+/([\w.+-]+/[\w.+-]+)", r"\1", text)
+
+
+def read_diag(folder: Path) -> dict | None:
+    """What bench/gpu_diag.py found (OUT/raw/diag, when the run's cold start failed): each
+    layer's status, error and times per batch, the whole model's times, the faults, the
+    faulting blocks' variants, and memcheck's first report lines."""
+    recs = _jsonl(folder / "diag.jsonl")
+    if not recs:
+        return None
+    main = [r for r in recs if "variant" not in r]
+    starts = {(r["batch"], r["layer"]): r for r in main if r.get("event") == "start"}
+    times = {(r["batch"], r["layer"]): r for r in main if r.get("event") == "time"}
+    layers = {}
+    for r in main:
+        key = (r["batch"], r["layer"])
+        if r.get("event") == "checked":
+            layers[key] = {"status": "ok" if r["ok"] else "wrong", "error_ratio": r["error_ratio"]}
+        elif r.get("event") == "died" and r.get("layer"):
+            layers[key] = {"status": "faulted", "error_ratio": None}
+    out_layers = []
+    for (batch, layer), st in layers.items():
+        start, t = starts.get((batch, layer), {}), times.get((batch, layer), {})
+        out_layers.append(dict(layer=layer, batch=batch, dtype=start.get("dtype"), **st, config=start.get("config"),
+                               shape=start.get("shape"), fused_ms=t.get("fused_ms"), cudnn_ms=t.get("cudnn_ms"),
+                               cudnn_bench_ms=t.get("cudnn_bench_ms")))
+    memcheck = []
+    for r in recs:
+        if r.get("event") == "memcheck":
+            log = folder / r["log"]
+            lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+            found = [_short_paths(line.strip(" =")) for line in lines
+                     if "Invalid" in line or re.search(r"\bat .*\.py:\d+", line) or "ERROR SUMMARY" in line]
+            memcheck.append({"layer": r["layer"], "batch": r["batch"], "rc": r["rc"], "report": found[:8]})
+    checked = {(r["batch"], r["layer"], r["variant"]): r for r in recs if r.get("event") == "checked" and "variant" in r}
+    variants = [{"layer": r["layer"], "batch": r["batch"], "variant": r["variant"], "rc": r["rc"],
+                 "error_ratio": checked.get((r["batch"], r["layer"], r["variant"]), {}).get("error_ratio")}
+                for r in recs if r.get("event") == "variant_exit"]
+    return {"layers": out_layers,
+            "model": [{k: v for k, v in r.items() if k != "event"} for r in main if r.get("event") == "model"],
+            "faults": [{"layer": r["layer"], "batch": r["batch"], "rc": r["rc"], "error": _short_paths(r["tail"])[-300:]}
+                       for r in recs if r.get("event") == "died"],
+            "variants": variants, "memcheck": memcheck}
+
+
+def diag_lines(d: dict) -> list[str]:
+    lines = ["", "## Layer by layer (bench/gpu_diag.py: the cold start failed)", "",
+             "Each layer of the fused model on its own, synchronised, on the fused chain's own input; error: "
+             "against the unfused layer in float64, over the dtype's tolerance; speed-up: the faster cuDNN time "
+             "(cudnn.benchmark off, on) over the fused one.", ""]
+    rows = [[r["layer"], str(r["batch"]), r["status"], fmt(r["error_ratio"], ".3g"), fmt(r["fused_ms"], ".4f"),
+             fmt(r["cudnn_ms"], ".4f"), fmt(r["cudnn_bench_ms"], ".4f"),
+             fmt(ratio(min(r["cudnn_ms"], r["cudnn_bench_ms"]) if r["cudnn_ms"] and r["cudnn_bench_ms"] else None,
+                       r["fused_ms"]), ".2f", "x")] for r in d["layers"]]
+    lines += table(["layer", "batch", "status", "error / tol", "fused ms", "cuDNN ms", "cuDNN bench ms", "speed-up"],
+                   rows)
+    for m in d["model"]:
+        lines += ["", f"Whole model at batch {m['batch']}, the faulting layers ({', '.join(m['unfused_layers']) or 'none'}) "
+                      f"unfused: fused {fmt(m.get('fused_ms'), '.4f')} ms"
+                      + (f", as a CUDA graph {fmt(m.get('fused_graph_ms'), '.4f')} ms" if m.get("fused_graph_ms") else "")
+                      + f"; cuDNN {fmt(m.get('cudnn_ms'), '.4f')} ms, with cudnn.benchmark "
+                        f"{fmt(m.get('cudnn_bench_ms'), '.4f')} ms."]
+    for f in d["faults"]:
+        lines += ["", f"**{f['layer']} faulted at batch {f['batch']}** (exit {f['rc']}): {f['error']}"]
+    if d["variants"]:
+        lines += ["", "Each faulting block alone, in variants of its config:", ""]
+        lines += table(["layer", "batch", "variant", "outcome"],
+                       [[v["layer"], str(v["batch"]), v["variant"],
+                         f"ran, error / tol {v['error_ratio']:.3g}" if v["rc"] == 0 and v["error_ratio"] is not None
+                         else f"failed (exit {v['rc']})"] for v in d["variants"]])
+    for m in d["memcheck"]:
+        lines += ["", f"memcheck on {m['layer']} at batch {m['batch']} (exit {m['rc']}):", ""]
+        lines += ["    " + line for line in m["report"]] or ["    (no report lines)"]
+    return lines
 
 
 def read_steps(path: Path) -> list[dict]:
@@ -328,6 +409,8 @@ def render_md(s: dict) -> str:
                   "Random weights; fused = every block, the stem, the head and the classifier where the kernels "
                   "compute them (see the fusion report); first call: Triton's compilation included."]
         lines += [""] + family_table(s)
+    if s.get("diag"):
+        lines += diag_lines(s["diag"])
     if s["blocks"]:
         lines += ["", "## Blocks of MobileNetV2 1.0", "",
                   "GB/s: the fused floor's bytes (input and output once, weights once) per fused time; "

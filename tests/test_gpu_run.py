@@ -136,6 +136,19 @@ def test_a_faulting_layer_with_a_workaround_still_gets_the_headline_measured(tmp
     headline = steps["headline"]
     assert headline["status"] == "ok", headline
     assert "with gpu_diag's workaround for the faulting layers (MNV2_FAST_TUNED_DIR)" in headline["note"], headline
+    # The diagnosis is in the summary (raw/ is not committed): every layer, the fault, the variants.
+    summary = json.loads((out / "summary.json").read_text())
+    diag = summary["diag"]
+    assert [(f["layer"], f["batch"], f["rc"]) for f in diag["faults"]] == [("features.2", 1, 77)]
+    status = {r["layer"]: r["status"] for r in diag["layers"]}
+    assert len(status) == 20 and status.pop("features.2") == "faulted" and set(status.values()) == {"ok"}
+    assert {v["variant"]: v["rc"] for v in diag["variants"]}["as shipped"] == 77
+    md = (out / "summary.md").read_text()
+    assert "## Layer by layer (bench/gpu_diag.py" in md and "| features.2 | 1 | faulted |" in md
+    assert "| features.2 | 1 | as shipped | failed (exit 77) |" in md
+    # memcheck's report as committed: the GPU machine's folders cut off.
+    short = _summarize()._short_paths("    at _inverted_residual_kernel+0x1a30 in /work/x/y/kernels/block.py:204")
+    assert short == "    at _inverted_residual_kernel+0x1a30 in kernels/block.py:204"
     # The workaround is a tuned table the launchers read: the faulting block's shape, its variant.
     from mnv2_fast.kernels import tuned
 

@@ -518,3 +518,39 @@ def test_recalibrate_command_refuses_what_it_cannot_fit(tmp_path, capsys):
     assert "measured on h100, not h200" in capsys.readouterr().err
     assert pm.run(ap.parse_args(["--recalibrate", str(path)])) == 2
     assert "0 fused block(s)" in capsys.readouterr().err
+
+
+def test_recalibration_reads_the_layers_a_faulting_run_diagnosed():
+    """A run whose fused model faulted times its layers in bench/gpu_diag.py instead
+    (summary.json's `diag`): those blocks recalibrate the model too. A layer that faulted, one
+    that computed a wrong result, the head, and a block the benchmarks timed themselves (their
+    time comes first) are left out."""
+    specs = block_specs(1.0, resolution=224)
+    records = {b: _record(b) for b in range(1, 6)}
+    cfg = BlockConfig(tile_h=2, tile_w=2).to_dict()
+
+    def layer(block, status="ok", ms=None):
+        return {"layer": f"features.{block}", "batch": 256, "dtype": "float16", "status": status, "config": cfg,
+                "shape": specs[block - 1].to_dict(), "fused_ms": ms}
+
+    diag = [layer(b, ms=1.25 * rec["predicted_ms"]) for b, rec in records.items()]
+    diag += [layer(6, status="faulted"), layer(7, status="wrong", ms=1.0),
+             {"layer": "features.18", "batch": 256, "dtype": "float16", "status": "ok", "config": None, "shape": None,
+              "fused_ms": 0.05}]
+    bench = {"block": 1, "provider": "fused", "dtype": "float16", "batch": 256, "ms": 1.25 * records[1]["predicted_ms"],
+             "cin": specs[0].cin, "hidden": specs[0].hidden, "cout": specs[0].cout, "stride": specs[0].stride,
+             "size": specs[0].h, "config_json": json.dumps(cfg)}
+    summary = {"blocks": [bench], "diag": {"layers": diag}}
+    seen = []
+
+    def analyse(launch, batch, gpu):
+        seen.append(launch.label)
+        return records[int(launch.label.rsplit(" ", 1)[1])]
+
+    rows = pm.measured_blocks(summary, "h200", analyse=analyse)
+    assert [r["block"] for r in rows] == [1, 2, 3, 4, 5] and seen == [f"w1.0 block {b}" for b in range(1, 6)]
+    fitted, table = pm.recalibrate(rows, "h200")
+    assert fitted.n == 5 and fitted.params.k == pytest.approx(1.25 * pm.CALIBRATED.k, rel=1e-3)
+    diag[1]["shape"] = specs[7].to_dict()  # another block's shape under features.2
+    with pytest.raises(ValueError, match="not MobileNetV2 1.0's block 2"):
+        pm.measured_blocks(summary, "h200", analyse=analyse)

@@ -859,12 +859,13 @@ def features_of(record: dict) -> Features:
 
 def measured_blocks(summary: dict, gpu: str, analyse=None) -> list[dict]:
     """The fused blocks a GPU run timed (a `bench/results/<run>/summary.json`: provider "fused",
-    a time, and the config it ran, `config_json`), each analysed as the model sees it:
+    a time, and the config it ran, `config_json`; or, for a run whose model faulted, the
+    layers bench/gpu_diag.py timed, `diag`), each analysed as the model sees it:
     {block, dtype, batch, measured_ms, record}.  analyse: `analyse_launch` (the tests pass a
     stand-in that compiles nothing)."""
     import torch
 
-    from ..kernels.records import BlockConfig
+    from ..kernels.records import BlockConfig, BlockShape
     from ..model import block_specs
 
     shipped, _ = _inventory()
@@ -883,6 +884,22 @@ def measured_blocks(summary: dict, gpu: str, analyse=None) -> list[dict]:
                                 BlockConfig.from_dict(json.loads(r["config_json"])),
                                 tf32=dtype == torch.float32 and bool(summary.get("allow_tf32")))
         rows.append({"block": r["block"], "dtype": r["dtype"], "batch": r["batch"], "measured_ms": r["ms"],
+                     "record": analyse(launch, r["batch"], gpu)})
+    timed = {(r["block"], r["dtype"], r["batch"]) for r in rows}
+    for r in (summary.get("diag") or {}).get("layers", []):
+        index = int(r["layer"].split(".")[1]) if r["layer"].startswith("features.") else 0
+        if not (1 <= index <= len(specs)) or r["status"] != "ok" or not r.get("fused_ms") or not r.get("config"):
+            continue
+        if (index, r["dtype"], r["batch"]) in timed:  # the benchmarks' own time of it comes first
+            continue
+        shape = BlockShape(**r["shape"])
+        spec = specs[index - 1]
+        if (shape.cin, shape.hidden, shape.cout, shape.stride) != (spec.cin, spec.hidden, spec.cout, spec.stride):
+            raise ValueError(f"layer {r['layer']} of the run's diagnosis is not MobileNetV2 1.0's block {index}: {r}")
+        dtype = getattr(torch, r["dtype"])
+        launch = shipped.Launch("block", f"w1.0 block {index}", dtype, shape, BlockConfig.from_dict(r["config"]),
+                                tf32=dtype == torch.float32 and bool(summary.get("allow_tf32")))
+        rows.append({"block": index, "dtype": r["dtype"], "batch": r["batch"], "measured_ms": r["fused_ms"],
                      "record": analyse(launch, r["batch"], gpu)})
     return rows
 
@@ -998,8 +1015,9 @@ def add_arguments(ap) -> None:
     """The options of `mnv2-fast perf-model` (and of python -m mnv2_fast.tools.perf_model)."""
     ap.add_argument("--calibrate", action="store_true", help="fit to the calibration set and print the comparison")
     ap.add_argument("--recalibrate", metavar="SUMMARY_JSON",
-                    help="fit to the fused blocks a GPU run measured (bench/results/<run>/summary.json) and print "
-                         "prediction, refit and measurement side by side")
+                    help="fit to the fused blocks a GPU run measured (bench/results/<run>/summary.json; where its "
+                         "model faulted, the layers its diagnosis timed) and print prediction, refit and measurement "
+                         "side by side")
     ap.add_argument("--gpu", choices=sorted(GPUS), help="default: h200; with --recalibrate, the run's own GPU")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
