@@ -272,8 +272,9 @@ def _investigate(a, batch: int, layer: str, cfg: dict | None, env: dict, t_end: 
             log = a.out / f"variant-{tag}-{label.replace(' ', '_')}.log"
             cmd = _worker_cmd(a, batch, "--only", layer, "--no-time", "--variant", label,
                               *(["--config", json.dumps(vcfg)] if vcfg else []), *(["--fail-at", a.fail_at] if a.fail_at else []))
+            # Side by side: two CPU threads each for the float64 check (not every core each).
             procs.append((label, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                                       env=dict(env, **venv))))
+                                                       env=dict(env, OMP_NUM_THREADS="2", **venv))))
         for label, log, p in procs:
             try:
                 rc = p.wait(timeout=max(t_end - time.time(), 1))
