@@ -12,9 +12,10 @@ later measurement of that process with it).
 * Each layer that ran is timed against the unfused layer under cuDNN (channels_last;
   cudnn.benchmark off and on), and the whole model (failed layers unfused) against eager
   cuDNN; at batch <= 8 also as a CUDA graph.
-* Each failed block runs again on its own in variants of its config, one switch off at a
-  time, and once with the Triton twins of the inline-PTX paths (MNV2_INLINE_PTX=0): which
-  variants survive says which path faults.  With compute-sanitizer installed, the failed
+* Each failed block runs again on its own, each time in a fresh process: as shipped three
+  times (does it fault every time?), with the Triton twins of the inline-PTX paths
+  (MNV2_INLINE_PTX=0), with each switch of its config off in turn, with half the warps, and
+  without its register cap: which variants survive says which path faults.  With compute-sanitizer installed, the failed
   layer runs once under memcheck, whose report names the kernel and its source line.
 
 Exit status: 1 when a layer faulted, else 3 when one computed a wrong result, else 0.
@@ -222,13 +223,21 @@ def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
     """(label, config to pin, extra environment) for a failed block's config: as shipped, without
     the inline PTX, and with each switch that is on turned off (those the config's shape allows
     are checked by the launcher; an invalid one fails as a ValueError, not a fault)."""
-    out = [("as shipped", None, {}), ("no inline PTX", None, {"MNV2_INLINE_PTX": "0"})]  # None: the table's
+    # None: the table's config.  As shipped three times, each a fresh process: Hopper faults of
+    # Triton's own code (wgmma with several dots, in 3.6-3.7) have struck some processes and
+    # spared others.
+    out = [("as shipped", None, {}), ("as shipped, again", None, {}), ("as shipped, a third time", None, {}),
+           ("no inline PTX", None, {"MNV2_INLINE_PTX": "0"})]
     for s in SWITCHES:
         if cfg.get(s):
             off = dict(cfg, **{s: False})
             if s == "join_pairs":
                 off["quads"] = False
             out.append((f"{s} off", off, {}))
+    if cfg.get("num_warps", 0) >= 8:  # another warpgroup layout for the tensor-core products
+        out.append(("half the warps", dict(cfg, num_warps=cfg["num_warps"] // 2), {}))
+    if cfg.get("maxnreg"):
+        out.append(("no register cap", dict(cfg, maxnreg=None), {}))
     return out
 
 
@@ -345,7 +354,7 @@ def _workaround(out: Path, recs: list[dict], faults: list[tuple[int, str, dict]]
     entries, ptx_off, missing = [], False, []
     for batch, layer, start in faults:
         alive = _survivors(recs, batch, layer)
-        config_variants = [v for v in alive if v not in ("as shipped", "no inline PTX")]
+        config_variants = [v for v in alive if not v.startswith("as shipped") and v != "no inline PTX"]
         if start.get("shape") and config_variants:
             cfg = next(c for label, c, _ in _variants(start["config"]) if label == config_variants[0])
             entries.append(dict(shape=start["shape"], dtype=start["dtype"], batch=start["batch_range"], config=cfg,

@@ -26,10 +26,11 @@ def test_a_layer_that_kills_its_worker_is_skipped_and_examined(tmp_path):
     assert sorted({x["layer"] for x in checked}) == sorted(set(names) - {"features.2"})
     assert all(x["ok"] for x in checked), checked
     # The faulting block alone, in its config's variants (each its own process): as shipped it
-    # dies again, every other variant runs, and right.
+    # dies again, each of three times; every other variant runs, and right.
     variants = {x["variant"]: x["rc"] for x in recs if x["event"] == "variant_exit"}
-    assert variants.pop("as shipped") == 77 and "no inline PTX" in variants and len(variants) >= 2, variants
-    assert set(variants.values()) == {0}, variants
+    shipped = {v: variants.pop(v) for v in list(variants) if v.startswith("as shipped")}
+    assert list(shipped.values()) == [77, 77, 77], shipped
+    assert "no inline PTX" in variants and len(variants) >= 2 and set(variants.values()) == {0}, variants
     ran = {x["variant"] for x in recs if x["event"] == "checked" and x.get("variant") and x["layer"] == "features.2"}
     assert ran == set(variants)
     # The workaround: the first switch-off variant that ran, as a tuned table the launchers read.
