@@ -14,8 +14,9 @@ later measurement of that process with it).
   cuDNN; at batch <= 8 also as a CUDA graph.
 * Each failed block runs again on its own, each time in a fresh process: as shipped three
   times (does it fault every time?), with the Triton twins of the inline-PTX paths
-  (MNV2_INLINE_PTX=0), with each switch of its config off in turn, with half the warps, and
-  without its register cap: which variants survive says which path faults.  With compute-sanitizer installed, the failed
+  (MNV2_INLINE_PTX=0), with mma.sync for wgmma (DISABLE_MMA_V3=1), with each switch of its
+  config off in turn, with half the warps, and without its register cap: which variants
+  survive says which path faults.  With compute-sanitizer installed, the failed
   layer runs once under memcheck, whose report names the kernel and its source line.
 
 Exit status: 1 when a layer faulted, else 3 when one computed a wrong result, else 0.
@@ -24,7 +25,7 @@ variant tried, model timed), worker logs and memcheck logs.  Budgets: --budget-s
 variants and memcheck take what the layer passes leave.  --device cpu runs the same passes
 through Triton's interpreter (TRITON_INTERPRET=1, tiny sizes, no timing): the restarts and
 the records can be checked without a GPU; --fail-at LAYER makes a worker die at that layer
-where it runs the shipped config with the inline PTX, as a faulting kernel would.
+where it runs the shipped config as built by default, as a faulting kernel would.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Variants that change the environment, not the config: the Triton twins of the inline-PTX
+# paths; the tensor-core products as mma.sync instead of wgmma (Triton's own switch; the
+# products then take registers, and some configs spill).
+ENV_VARIANTS = {"no inline PTX": {"MNV2_INLINE_PTX": "0"}, "no wgmma": {"DISABLE_MMA_V3": "1"}}
 MAX_RESTARTS = 6  # per batch: more failing layers than this and the run is better spent elsewhere
 SWITCHES = ("stage_vectors", "packed_dw", "recompute_sets", "quads", "join_pairs", "stage_image", "project_apart")
 
@@ -140,7 +145,9 @@ def _worker(args) -> int:
                 f.config = cfg = BlockConfig.from_dict(json.loads(args.config))
             rec(event="start", layer=name, config=cfg.to_dict() if cfg else None,
                 **_table_key(f, inp, dtype, args.batch, device))
-            if name == args.fail_at and not args.config and os.environ.get("MNV2_INLINE_PTX") != "0":
+            as_shipped = not args.config and not any(os.environ.get(k) == v for env in ENV_VARIANTS.values()
+                                                     for k, v in env.items())
+            if name == args.fail_at and as_shipped:
                 # A stand-in for a kernel that faults as shipped: the process ends here, no record after.
                 os._exit(77)
             out = f(inp)
@@ -226,8 +233,8 @@ def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
     # None: the table's config.  As shipped three times, each a fresh process: Hopper faults of
     # Triton's own code (wgmma with several dots, in 3.6-3.7) have struck some processes and
     # spared others.
-    out = [("as shipped", None, {}), ("as shipped, again", None, {}), ("as shipped, a third time", None, {}),
-           ("no inline PTX", None, {"MNV2_INLINE_PTX": "0"})]
+    out = [("as shipped", None, {}), ("as shipped, again", None, {}), ("as shipped, a third time", None, {})]
+    out += [(label, None, env) for label, env in ENV_VARIANTS.items()]
     for s in SWITCHES:
         if cfg.get(s):
             off = dict(cfg, **{s: False})
@@ -345,22 +352,23 @@ def _survivors(recs: list[dict], batch: int, layer: str) -> list[str]:
 def _workaround(out: Path, recs: list[dict], faults: list[tuple[int, str, dict]]) -> str:
     """When every faulting layer has a variant that runs right, what lets the benchmarks
     measure the rest of the run: a user tuned table (kernels/tuned.py) with each faulting
-    block's first surviving config variant, else, where only the PTX twins survive,
-    MNV2_INLINE_PTX=0 for everything.  Written as OUT/workaround.env (VAR=value lines, for
+    block's first surviving config variant, else, where only an environment variant survives
+    (ENV_VARIANTS), that environment for everything.  Written as OUT/workaround.env (VAR=value lines, for
     bench/gpu_run.sh); nothing when there is no fault or a fault has no way round.  Returns
     what it did, in words."""
     if not faults:
         return ""
-    entries, ptx_off, missing = [], False, []
+    entries, env, missing = [], {}, []
     for batch, layer, start in faults:
         alive = _survivors(recs, batch, layer)
-        config_variants = [v for v in alive if not v.startswith("as shipped") and v != "no inline PTX"]
+        config_variants = [v for v in alive if not v.startswith("as shipped") and v not in ENV_VARIANTS]
+        env_variants = [v for v in alive if v in ENV_VARIANTS]
         if start.get("shape") and config_variants:
             cfg = next(c for label, c, _ in _variants(start["config"]) if label == config_variants[0])
             entries.append(dict(shape=start["shape"], dtype=start["dtype"], batch=start["batch_range"], config=cfg,
                                 ms=0.0, why=f"{layer} faulted at batch {batch} as shipped; {config_variants[0]} ran"))
-        elif "no inline PTX" in alive:
-            ptx_off = True
+        elif env_variants:  # for every kernel of the run: the benchmarks then measure that build
+            env.update(ENV_VARIANTS[env_variants[0]])
         else:
             missing.append(f"{layer} (batch {batch})")
     if missing:
@@ -375,11 +383,9 @@ def _workaround(out: Path, recs: list[dict], faults: list[tuple[int, str, dict]]
             "replaced by its first variant that ran right; a measurement aid, not a tuned result"},
             "blocks": entries}, indent=1) + "\n")
         lines.append(f"MNV2_FAST_TUNED_DIR={folder.resolve()}")
-    if ptx_off:
-        lines.append("MNV2_INLINE_PTX=0")
+    lines += [f"{k}={v}" for k, v in env.items()]
     (out / "workaround.env").write_text("\n".join(lines) + "\n")
-    return ("workaround: " + "; ".join(e["why"] for e in entries)
-            + ("; " if entries and ptx_off else "") + ("MNV2_INLINE_PTX=0 (only the PTX twins ran)" if ptx_off else ""))
+    return "workaround: " + "; ".join([e["why"] for e in entries] + [f"{k}={v} for every kernel" for k, v in env.items()])
 
 
 def _report(recs: list[dict]) -> None:
@@ -407,7 +413,7 @@ def _report(recs: list[dict]) -> None:
             checked = [v for v in recs if v.get("variant") == r["variant"] and v.get("event") == "checked"
                        and v["layer"] == r["layer"] and v["batch"] == r["batch"]]
             what = (f"ran, err/tol {checked[0]['error_ratio']:.3g}" if checked else f"DIED (exit {r['rc']})")
-            print(f"variant {r['layer']} batch {r['batch']} {r['variant']:<22} {what}")
+            print(f"variant {r['layer']} batch {r['batch']} {r['variant']:<24} {what}")
         elif r.get("event") == "memcheck":
             print(f"memcheck {r['layer']} batch {r['batch']}: exit {r['rc']}, see {r['log']}")
 
@@ -422,7 +428,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--budget-s", type=float, default=150)
     p.add_argument("--fail-at", default=None, metavar="LAYER",
-                   help="testing: a worker dies at this layer where it runs the shipped config with its inline PTX")
+                   help="testing: a worker dies at this layer where it runs the shipped config as built by default")
     # The worker's own options (the driver passes them).
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--jsonl", help=argparse.SUPPRESS)

@@ -20,7 +20,8 @@
 #                   and each faulting block's config variants and memcheck; in the headline's
 #                   time.  When every faulting layer has a variant that ran right, the
 #                   benchmark steps run with it (diag/workaround.env: a tuned table of those
-#                   variants, or MNV2_INLINE_PTX=0), else the headline is skipped
+#                   configs, or an environment such as MNV2_INLINE_PTX=0), else the headline
+#                   is skipped
 #   headline        benchmarks, phase headline (bench/benchlib.py): the whole model at fp16,
 #                   batches 256 and 1, fused, fused_graph, eager_cl and eager_cl_folded, repeated
 #                   and interleaved; the 17 blocks at fp16 batch 256
