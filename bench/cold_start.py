@@ -50,7 +50,8 @@ def main(argv: list[str]) -> int:
     torch.cuda.synchronize()
     first_b1 = time.perf_counter() - start
     result = {"cold_start_s": round(cold, 2), "second_call_s": round(warm, 4), "batch": 256, "dtype": "float16",
-              "batch1_first_call_s": round(first_b1, 2), "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "default")}
+              "batch1_first_call_s": round(first_b1, 2),
+              "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", "default")}
     with open(argv[0], "w") as f:
         json.dump(result, f, indent=1)
     print(f"cold start (first forward, batch 256 fp16, compilation included): {cold:.1f} s; second call {warm:.3f} s; "

@@ -227,9 +227,10 @@ def _tail(log: Path, n: int = 6) -> str:
 
 
 def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
-    """(label, config to pin, extra environment) for a failed block's config: as shipped, without
-    the inline PTX, and with each switch that is on turned off (those the config's shape allows
-    are checked by the launcher; an invalid one fails as a ValueError, not a fault)."""
+    """(label, config to pin, extra environment) for a failed block's config: as shipped (three
+    times), each environment of ENV_VARIANTS, each switch that is on turned off, half the warps,
+    no register cap.  A variant its shape does not allow fails as the launcher's ValueError,
+    not as a fault."""
     # None: the table's config.  As shipped three times, each a fresh process: Hopper faults of
     # Triton's own code (wgmma with several dots, in 3.6-3.7) have struck some processes and
     # spared others.
@@ -287,7 +288,8 @@ def _investigate(a, batch: int, layer: str, cfg: dict | None, env: dict, t_end: 
         for label, vcfg, venv in _variants(cfg):
             log = a.out / f"variant-{tag}-{label.replace(' ', '_')}.log"
             cmd = _worker_cmd(a, batch, "--only", layer, "--no-time", "--variant", label,
-                              *(["--config", json.dumps(vcfg)] if vcfg else []), *(["--fail-at", a.fail_at] if a.fail_at else []))
+                              *(["--config", json.dumps(vcfg)] if vcfg else []),
+                              *(["--fail-at", a.fail_at] if a.fail_at else []))
             # Side by side: two CPU threads each for the float64 check (not every core each).
             procs.append((label, log, subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                                        env=dict(env, OMP_NUM_THREADS="2", **venv))))
@@ -304,8 +306,12 @@ def _investigate(a, batch: int, layer: str, cfg: dict | None, env: dict, t_end: 
         (str(p) for p in sorted(Path("/usr/local").glob("cuda*/bin/compute-sanitizer"))), None)
     if memcheck and sanitizer and a.device == "cuda" and time.time() < t_end - 20:
         log = a.out / f"memcheck-{tag}.log"
+        # At most 32 images (the unfused layers before it run instrumented too), the same config
+        # pinned; 32 is a multiple of 16, as 256 is, for Triton's integer specialisation.
+        small = min(batch, 32)
+        pin = ["--config", json.dumps(cfg)] if cfg and small != batch else []
         cmd = [sanitizer, "--tool", "memcheck", "--print-limit", "8", "--target-processes", "application-only",
-               *_worker_cmd(a, batch, "--only", layer, "--no-time", "--no-check", "--variant", "memcheck")]
+               *_worker_cmd(a, small, "--only", layer, "--no-time", "--no-check", "--variant", "memcheck", *pin)]
         rc = _run(cmd, log, min(75, t_end - time.time() - 5), dict(env, PYTORCH_NO_CUDA_MEMORY_CACHING="1"))
         with open(jsonl, "a") as f:
             f.write(json.dumps(dict(event="memcheck", batch=batch, layer=layer, rc=rc, log=log.name)) + "\n")
@@ -385,7 +391,8 @@ def _workaround(out: Path, recs: list[dict], faults: list[tuple[int, str, dict]]
         lines.append(f"MNV2_FAST_TUNED_DIR={folder.resolve()}")
     lines += [f"{k}={v}" for k, v in env.items()]
     (out / "workaround.env").write_text("\n".join(lines) + "\n")
-    return "workaround: " + "; ".join([e["why"] for e in entries] + [f"{k}={v} for every kernel" for k, v in env.items()])
+    what = [e["why"] for e in entries] + [f"{k}={v} for every kernel" for k, v in env.items()]
+    return "workaround: " + "; ".join(what)
 
 
 def _report(recs: list[dict]) -> None:

@@ -203,14 +203,15 @@ def read_diag(folder: Path) -> dict | None:
             found = [_short_paths(line.strip(" =")) for line in lines
                      if "Invalid" in line or re.search(r"\bat .*\.py:\d+", line) or "ERROR SUMMARY" in line]
             memcheck.append({"layer": r["layer"], "batch": r["batch"], "rc": r["rc"], "report": found[:8]})
-    checked = {(r["batch"], r["layer"], r["variant"]): r for r in recs if r.get("event") == "checked" and "variant" in r}
+    checked = {(r["batch"], r["layer"], r["variant"]): r for r in recs
+               if r.get("event") == "checked" and "variant" in r}
     variants = [{"layer": r["layer"], "batch": r["batch"], "variant": r["variant"], "rc": r["rc"],
                  "error_ratio": checked.get((r["batch"], r["layer"], r["variant"]), {}).get("error_ratio")}
                 for r in recs if r.get("event") == "variant_exit"]
     return {"layers": out_layers,
             "model": [{k: v for k, v in r.items() if k != "event"} for r in main if r.get("event") == "model"],
-            "faults": [{"layer": r["layer"], "batch": r["batch"], "rc": r["rc"], "error": _short_paths(r["tail"])[-300:]}
-                       for r in recs if r.get("event") == "died"],
+            "faults": [{"layer": r["layer"], "batch": r["batch"], "rc": r["rc"],
+                        "error": _short_paths(r["tail"])[-300:]} for r in recs if r.get("event") == "died"],
             "variants": variants, "memcheck": memcheck}
 
 
@@ -226,11 +227,11 @@ def diag_lines(d: dict) -> list[str]:
     lines += table(["layer", "batch", "status", "error / tol", "fused ms", "cuDNN ms", "cuDNN bench ms", "speed-up"],
                    rows)
     for m in d["model"]:
-        lines += ["", f"Whole model at batch {m['batch']}, the faulting layers ({', '.join(m['unfused_layers']) or 'none'}) "
-                      f"unfused: fused {fmt(m.get('fused_ms'), '.4f')} ms"
-                      + (f", as a CUDA graph {fmt(m.get('fused_graph_ms'), '.4f')} ms" if m.get("fused_graph_ms") else "")
-                      + f"; cuDNN {fmt(m.get('cudnn_ms'), '.4f')} ms, with cudnn.benchmark "
-                        f"{fmt(m.get('cudnn_bench_ms'), '.4f')} ms."]
+        unfused = ", ".join(m["unfused_layers"]) or "none"
+        graph = f", as a CUDA graph {fmt(m.get('fused_graph_ms'), '.4f')} ms" if m.get("fused_graph_ms") else ""
+        lines += ["", f"Whole model at batch {m['batch']}, the faulting layers ({unfused}) unfused: fused "
+                      f"{fmt(m.get('fused_ms'), '.4f')} ms{graph}; cuDNN {fmt(m.get('cudnn_ms'), '.4f')} ms, with "
+                      f"cudnn.benchmark {fmt(m.get('cudnn_bench_ms'), '.4f')} ms."]
     for f in d["faults"]:
         lines += ["", f"**{f['layer']} faulted at batch {f['batch']}** (exit {f['rc']}): {f['error']}"]
     if d["variants"]:
