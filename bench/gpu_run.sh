@@ -31,6 +31,9 @@
 #                   packaging test (no GPU in them; CI runs them), with pytest-xdist over the
 #                   cores when it is installed, serially when not
 #   rest            benchmarks, phase rest: the rest of the matrix, torch.compile excepted
+#   ray             tests/test_infer_gpu.py alone: `mnv2-fast infer` on Ray Data against a plain
+#                   DataLoader loop, images/s at batch 256 (issue 17); Ray from .carry/ray/
+#                   (scripts/pack_ray_for_gpu) where the machine has none, else skipped
 #   family          benchmarks, phase family: efficientnet_lite0, mnasnet1_0 and
 #                   mobilenetv4_conv_small whole at fp16 batch 256, fused against eager (and
 #                   cuDNN autotuning), then torch.compile as time allows; timm's models are
@@ -55,8 +58,8 @@
 # sanitizer steps 90 s, the final summary MNV2_GPU_SUMMARY_S), so late steps shrink instead of
 # overrunning.  Shares: cold start 60 s (MNV2_GPU_COLD_S); a diagnosis MNV2_GPU_DIAG_S (150);
 # the headline ends MNV2_GPU_HEADLINE_BY_S (180) s into the run, later by the diagnosis's time;
-# summary MNV2_GPU_SUMMARY_S (25); tests MNV2_GPU_TESTS_S (120); rest MNV2_GPU_REST_S (40);
-# family MNV2_GPU_FAMILY_S (150); torch.compile whatever is left; sanitizer warm-up 45,
+# summary MNV2_GPU_SUMMARY_S (25); tests MNV2_GPU_TESTS_S (120); rest MNV2_GPU_REST_S (40); Ray
+# MNV2_GPU_RAY_S (100); family MNV2_GPU_FAMILY_S (150); torch.compile whatever is left; sanitizer warm-up 45,
 # memcheck 90, racecheck 30, initcheck 30.  A step that overruns its limit gets SIGTERM (a
 # benchmark step then still writes its JSON), and SIGKILL MNV2_GPU_KILL_S (10) s later;
 # benchmark steps stop starting cases MNV2_BENCH_MARGIN_S (15) s before their limit.
@@ -92,6 +95,7 @@ SUMMARY_S=${MNV2_GPU_SUMMARY_S:-25}
 TESTS_S=${MNV2_GPU_TESTS_S:-120}
 REST_S=${MNV2_GPU_REST_S:-40}
 FAMILY_S=${MNV2_GPU_FAMILY_S:-150}
+RAY_S=${MNV2_GPU_RAY_S:-100}
 KILL_S=${MNV2_GPU_KILL_S:-10}
 MARGIN_S=${MNV2_BENCH_MARGIN_S:-15}
 STEPS=${MNV2_GPU_STEPS:-all}
@@ -99,9 +103,10 @@ MIN_STEP_S=10  # a step given less is skipped: Python and torch take seconds to 
 CORES=$(nproc 2>/dev/null || echo 4)
 WORKERS=${MNV2_GPU_WORKERS:-$((CORES < 16 ? CORES : 16))}
 MEMCHECK_SHARDS=${MNV2_GPU_MEMCHECK_SHARDS:-8}
-ORDER=(cold_start diag headline summary tests rest family compile sanitizer_warm memcheck racecheck initcheck
+ORDER=(cold_start diag headline summary tests rest ray family compile sanitizer_warm memcheck racecheck initcheck
        final_summary)
-declare -A CAP=([cold_start]=$COLD_S [summary]=$SUMMARY_S [tests]=$TESTS_S [rest]=$REST_S [family]=$FAMILY_S
+declare -A CAP=([cold_start]=$COLD_S [summary]=$SUMMARY_S [tests]=$TESTS_S [rest]=$REST_S [ray]=$RAY_S
+                [family]=$FAMILY_S
                 [compile]=$BUDGET
                 [sanitizer_warm]=45 [memcheck]=90 [racecheck]=30 [initcheck]=30 [final_summary]=$SUMMARY_S)
 declare -A FLOOR=([sanitizer_warm]=20 [memcheck]=40 [racecheck]=15 [initcheck]=15 [final_summary]=$SUMMARY_S)
@@ -376,8 +381,32 @@ if begin tests "every test that can use a GPU: pytest tests"; then
     rm -f "$RAW/tests.log"
 fi
 
-# ---------------------------------------------------------------- the rest, the family, torch.compile last
+# ---------------------------------------------------------------- the rest, Ray, the family, torch.compile last
 begin rest "benchmarks, phase rest (the matrix but torch.compile)" && bench_step rest
+
+# Issue 17: mnv2-fast infer on Ray Data against a DataLoader loop, the GPU to itself.  The
+# image has no Ray; scripts/pack_ray_for_gpu packs one small enough to carry (.carry/ray/),
+# installed here into a temporary folder.
+if begin ray "tests/test_infer_gpu.py: the Ray pipeline's images/s against a DataLoader loop"; then
+    site=""
+    if ! "$PY" -c 'import ray' 2>/dev/null && [[ -f $ROOT/.carry/ray/ray-site.tar.xz ]]; then
+        site=$(mktemp -d)
+        "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' \
+            "$ROOT/.carry/ray/ray-site.tar.xz" "$site" &&
+            "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$ROOT"/.carry/ray/*.whl
+    fi
+    if ! PYTHONPATH="${site:+$site:}$PYTHONPATH" "$PY" -c 'import ray' 2>/dev/null; then
+        skip "no Ray here, and no .carry/ray/ carried with the checkout (scripts/pack_ray_for_gpu makes it)"
+    else
+        limited env "${WORKAROUND[@]}" PYTHONPATH="${site:+$site:}$PYTHONPATH" "$PY" -m pytest tests/test_infer_gpu.py \
+            -v -s -p no:cacheprovider 2>&1 | tee "$RAW/ray.log"
+        rc=${PIPESTATUS[0]}
+        finish "$rc" "$(grep -m 1 -E 'images/s|passed|skipped' "$RAW/ray.log" | tr -d '=' | tr -s ' ' | sed 's/^ //')"
+        rm -f "$RAW/ray.log"
+    fi
+    [[ -n $site ]] && rm -rf "$site"
+fi
+
 begin family "benchmarks, phase family (efficientnet_lite0, mnasnet1_0, mobilenetv4_conv_small at fp16 batch 256)" &&
     bench_step family
 if begin compile "benchmarks, phase compile (torch.compile, each when it still fits)"; then
