@@ -325,14 +325,15 @@ def _driver(a) -> int:
     env = dict(os.environ, MNV2_DIAG_DEADLINE=str(t_end - 10))
     if a.device == "cpu":
         env["TRITON_INTERPRET"] = "1"
+    # Every batch's layers first (their checks and times are the run's measurements), then the
+    # faulting blocks' variants; a layer that faulted at two batches gets its variants at each
+    # (the config may differ), memcheck once.
     counter, seen, faults = [0], set(), []
     for batch in a.batch:
-        for layer, start in _layer_pass(a, batch, env, t_end, counter):
-            faults.append((batch, layer, start))
-            # A layer that faulted at an earlier batch too: its variants run again (the config
-            # may be another), memcheck once.
-            _investigate(a, batch, layer, start.get("config"), env, t_end, memcheck=layer not in seen)
-            seen.add(layer)
+        faults += [(batch, layer, start) for layer, start in _layer_pass(a, batch, env, t_end, counter)]
+    for batch, layer, start in faults:
+        _investigate(a, batch, layer, start.get("config"), env, t_end, memcheck=layer not in seen)
+        seen.add(layer)
     failed = len(faults)
     recs = _read(jsonl)
     _report(recs)

@@ -56,7 +56,7 @@
 # Time: one deadline, MNV2_GPU_BUDGET_S (default 540) seconds after the start.  A step's
 # limit is its share, cut to what is left once the later steps' minimum is kept back (the
 # sanitizer steps 90 s, the final summary MNV2_GPU_SUMMARY_S), so late steps shrink instead of
-# overrunning.  Shares: cold start 60 s (MNV2_GPU_COLD_S); a diagnosis MNV2_GPU_DIAG_S (150);
+# overrunning.  Shares: cold start 60 s (MNV2_GPU_COLD_S); a diagnosis MNV2_GPU_DIAG_S (180);
 # the headline ends MNV2_GPU_HEADLINE_BY_S (180) s into the run, later by the diagnosis's time;
 # summary MNV2_GPU_SUMMARY_S (25); tests MNV2_GPU_TESTS_S (120); rest MNV2_GPU_REST_S (40); Ray
 # MNV2_GPU_RAY_S (100); family MNV2_GPU_FAMILY_S (150); torch.compile whatever is left; sanitizer warm-up 45,
@@ -88,7 +88,7 @@ cd "$ROOT" || exit 2
 
 BUDGET=${MNV2_GPU_BUDGET_S:-540}
 HEADLINE_BY=${MNV2_GPU_HEADLINE_BY_S:-180}
-DIAG_S=${MNV2_GPU_DIAG_S:-150}
+DIAG_S=${MNV2_GPU_DIAG_S:-180}
 DIAG_USED=0
 COLD_S=${MNV2_GPU_COLD_S:-60}
 SUMMARY_S=${MNV2_GPU_SUMMARY_S:-25}
