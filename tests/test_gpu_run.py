@@ -147,7 +147,7 @@ def test_a_faulting_layer_with_a_workaround_still_gets_the_headline_measured(tmp
     assert "## Layer by layer (bench/gpu_diag.py" in md and "| features.2 | 1 | faulted |" in md
     assert "| features.2 | 1 | as shipped | failed (exit 77) |" in md
     # memcheck's report as committed: the GPU machine's folders cut off.
-    short = _summarize()._short_paths("    at _inverted_residual_kernel+0x1a30 in /work/x/y/kernels/block.py:204")
+    short = _summarize()._short_paths("    at _inverted_residual_kernel+0x1a30 in /srv/checkout/kernels/block.py:204")
     assert short == "    at _inverted_residual_kernel+0x1a30 in kernels/block.py:204"
     # The workaround is a tuned table the launchers read: the faulting block's shape, its variant.
     from mnv2_fast.kernels import tuned
