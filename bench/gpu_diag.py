@@ -67,30 +67,23 @@ def _layer_input(name, h):
     return F.adaptive_avg_pool2d(h, 1).flatten(1) if name == "classifier" else h
 
 
-def _table_key(fused, inp, dtype, batch, device) -> dict:
-    """Where a block's config comes from: its shape, the batch range of the table entry that
-    covers this batch (the batch alone where the heuristic chose) and the GPU's table name --
-    what a workaround table entry needs."""
+def _block_launch(fused, inp, dtype, batch, device) -> tuple[object, dict]:
+    """A block's config on this input (its pinned one, else the table's) and where it comes
+    from: its shape, the batch range of the table entry covering this batch (the batch alone
+    where the heuristic chose) and the GPU's table name -- what a workaround table entry
+    needs.  (None, {}) for the other layers."""
     from mnv2_fast.fused import FusedInvertedResidual
     from mnv2_fast.kernels import tuned
+    from mnv2_fast.kernels.choice import choose_block_config
 
     if not isinstance(fused, FusedInvertedResidual):
-        return {}
+        return None, {}
     shape = fused.spec.at(inp.shape[2], inp.shape[3])
     slug = tuned.device_slug(device)
     ranges = [(lo, hi) for table in tuned.load_tuned(slug)
               for lo, hi, _ in table.get((shape, tuned.dtype_name(dtype)), ()) if lo <= batch <= hi]
-    return dict(shape=shape.to_dict(), batch_range=list(ranges[0] if ranges else (batch, batch)), slug=slug)
-
-
-def _block_config(fused, inp, dtype, batch, device):
-    """The config the fused block launches with on this input (its pinned one, else the table's)."""
-    from mnv2_fast.fused import FusedInvertedResidual
-    from mnv2_fast.kernels.choice import choose_block_config
-
-    if not isinstance(fused, FusedInvertedResidual):
-        return None
-    return fused.config or choose_block_config(fused.spec.at(inp.shape[2], inp.shape[3]), dtype, batch, device)
+    return (fused.config or choose_block_config(shape, dtype, batch, device),
+            dict(shape=shape.to_dict(), batch_range=list(ranges[0] if ranges else (batch, batch)), slug=slug))
 
 
 class _Records:
@@ -140,11 +133,10 @@ def _worker(args) -> int:
             if name in skip:
                 h = r16(inp)
                 continue
-            cfg = _block_config(f, inp, dtype, args.batch, device)
             if args.config:
-                f.config = cfg = BlockConfig.from_dict(json.loads(args.config))
-            rec(event="start", layer=name, config=cfg.to_dict() if cfg else None,
-                **_table_key(f, inp, dtype, args.batch, device))
+                f.config = BlockConfig.from_dict(json.loads(args.config))
+            cfg, key = _block_launch(f, inp, dtype, args.batch, device)
+            rec(event="start", layer=name, config=cfg.to_dict() if cfg else None, **key)
             as_shipped = not args.config and not any(os.environ.get(k) == v for env in ENV_VARIANTS.values()
                                                      for k, v in env.items())
             if name == args.fail_at and as_shipped:
@@ -203,10 +195,6 @@ def _worker(args) -> int:
 
 
 # ---------------------------------------------------------------- driver: no CUDA in this process
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def _worker_cmd(a, batch: int, *extra: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", "--device", a.device, "--dtype", a.dtype,
             "--batch", str(batch), "--width", str(a.width), "--resolution", str(a.resolution),
@@ -252,6 +240,8 @@ def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
 def _layer_pass(a, batch: int, env: dict, t_end: float, counter: list[int]) -> list[tuple[str, dict]]:
     """Workers over the layers at this batch until one finishes; (layer, its start record) of
     each that died."""
+    from summarize import read_jsonl  # bench/: a line cut short by a kill is skipped, not fatal
+
     jsonl = a.out / "diag.jsonl"
     skip: list[tuple[str, dict]] = []
     for _ in range(MAX_RESTARTS + 1):
@@ -259,10 +249,10 @@ def _layer_pass(a, batch: int, env: dict, t_end: float, counter: list[int]) -> l
             break
         counter[0] += 1
         log = a.out / f"worker-{counter[0]}.log"
-        before = len(_read(jsonl))
+        before = len(read_jsonl(jsonl))
         extra = ["--skip", ",".join(name for name, _ in skip)] + (["--fail-at", a.fail_at] if a.fail_at else [])
         rc = _run(_worker_cmd(a, batch, *extra), log, t_end - time.time(), env)
-        new = _read(jsonl)[before:]
+        new = read_jsonl(jsonl)[before:]
         done = {r["layer"] for r in new if r.get("event") == "checked"}
         dead = [r for r in new if r.get("event") == "start" and r["layer"] not in done]
         if rc == 0 and not dead:
@@ -335,28 +325,24 @@ def _driver(a) -> int:
         _investigate(a, batch, layer, start.get("config"), env, t_end, memcheck=layer not in seen)
         seen.add(layer)
     failed = len(faults)
-    recs = _read(jsonl)
-    _report(recs)
-    way_round = _workaround(a.out, recs, faults)
-    died = [f"{r['layer']} (batch {r['batch']})" for r in recs if r.get("event") == "died"]
-    last = {(r["batch"], r["layer"]): r["ok"] for r in recs if r.get("event") == "checked" and "variant" not in r}
-    wrong = sorted(f"{layer} (batch {b})" for (b, layer), ok in last.items() if not ok)
-    print(f"gpu_diag: {len(last)} layer runs checked, {len(wrong)} wrong{': ' + ', '.join(wrong) if wrong else ''}; "
+    # The records as the run's summary will read them (bench/summarize.py), and its report.
+    from summarize import diag_lines, read_diag
+
+    diag = read_diag(a.out)
+    if diag is None:
+        print("gpu_diag: no layer ran (see the worker logs)")
+        return 1
+    way_round = _workaround(a.out, diag, faults)
+    print("\n".join(diag_lines(diag)))
+    checked = [r for r in diag["layers"] if r["status"] != "faulted"]
+    wrong = [f"{r['layer']} (batch {r['batch']})" for r in checked if r["status"] == "wrong"]
+    died = [f"{r['layer']} (batch {r['batch']})" for r in diag["faults"]]
+    print(f"gpu_diag: {len(checked)} layer runs checked, {len(wrong)} wrong{': ' + ', '.join(wrong) if wrong else ''}; "
           f"{len(died)} faulted{': ' + ', '.join(died) if died else ''}{'; ' + way_round if way_round else ''}")
     return 1 if failed else 3 if wrong else 0
 
 
-def _survivors(recs: list[dict], batch: int, layer: str) -> list[str]:
-    """The variants of a faulting layer that ran and computed the right result, in
-    `_variants` order."""
-    exits = {r["variant"]: r["rc"] for r in recs if r.get("event") == "variant_exit"
-             and r["batch"] == batch and r["layer"] == layer}
-    right = {r["variant"] for r in recs if r.get("event") == "checked" and r.get("variant")
-             and r["batch"] == batch and r["layer"] == layer and r["ok"]}
-    return [v for v, rc in exits.items() if rc == 0 and v in right]
-
-
-def _workaround(out: Path, recs: list[dict], faults: list[tuple[int, str, dict]]) -> str:
+def _workaround(out: Path, diag: dict, faults: list[tuple[int, str, dict]]) -> str:
     """When every faulting layer has a variant that runs right, what lets the benchmarks
     measure the rest of the run: a user tuned table (kernels/tuned.py) with each faulting
     block's first surviving config variant, else, where only an environment variant survives
@@ -367,7 +353,9 @@ def _workaround(out: Path, recs: list[dict], faults: list[tuple[int, str, dict]]
         return ""
     entries, env, missing = [], {}, []
     for batch, layer, start in faults:
-        alive = _survivors(recs, batch, layer)
+        # Its variants that ran, and right, in `_variants` order.
+        alive = [v["variant"] for v in diag["variants"] if (v["batch"], v["layer"]) == (batch, layer)
+                 and v["rc"] == 0 and v["error_ratio"] is not None and v["error_ratio"] <= 1.0]
         config_variants = [v for v in alive if not v.startswith("as shipped") and v not in ENV_VARIANTS]
         env_variants = [v for v in alive if v in ENV_VARIANTS]
         if start.get("shape") and config_variants:
@@ -394,36 +382,6 @@ def _workaround(out: Path, recs: list[dict], faults: list[tuple[int, str, dict]]
     (out / "workaround.env").write_text("\n".join(lines) + "\n")
     what = [e["why"] for e in entries] + [f"{k}={v} for every kernel" for k, v in env.items()]
     return "workaround: " + "; ".join(what)
-
-
-def _report(recs: list[dict]) -> None:
-    print("\nlayer           batch  status        err/tol  fused ms  cuDNN ms  (bench)  speed-up")
-    times = {(r["batch"], r["layer"]): r for r in recs if r.get("event") == "time" and "variant" not in r}
-    # A layer checked again by the worker after a restart: its last check only.
-    last = {(r["batch"], r["layer"]): i for i, r in enumerate(recs) if r.get("event") == "checked"}
-    for i, r in enumerate(recs):
-        if "variant" in r or (r.get("event") == "checked" and last[r["batch"], r["layer"]] != i):
-            continue
-        if r.get("event") == "checked":
-            t = times.get((r["batch"], r["layer"]), {})
-            f, c, cb = t.get("fused_ms"), t.get("cudnn_ms"), t.get("cudnn_bench_ms")
-            speed = f"{min(c, cb) / f:.2f}x" if f and c and cb else ""
-            print(f"{r['layer']:<15} {r['batch']:>5}  {'ok' if r['ok'] else 'WRONG':<12} {r['error_ratio']:>8.3g}  "
-                  f"{f or '':>8}  {c or '':>8}  {cb or '':>7}  {speed}")
-        elif r.get("event") == "died":
-            print(f"{str(r['layer']):<15} {r['batch']:>5}  DIED (exit {r['rc']}): {r['tail'][-300:]}")
-        elif r.get("event") == "model":
-            print(f"whole model     {r['batch']:>5}  fused {r['fused_ms']} ms (unfused: {r['unfused_layers'] or '-'})"
-                  f"{', graph ' + str(r['fused_graph_ms']) + ' ms' if 'fused_graph_ms' in r else ''}; cuDNN "
-                  f"{r['cudnn_ms']} ms, with benchmark {r['cudnn_bench_ms']} ms")
-    for r in recs:
-        if r.get("event") == "variant_exit":
-            checked = [v for v in recs if v.get("variant") == r["variant"] and v.get("event") == "checked"
-                       and v["layer"] == r["layer"] and v["batch"] == r["batch"]]
-            what = (f"ran, err/tol {checked[0]['error_ratio']:.3g}" if checked else f"DIED (exit {r['rc']})")
-            print(f"variant {r['layer']} batch {r['batch']} {r['variant']:<24} {what}")
-        elif r.get("event") == "memcheck":
-            print(f"memcheck {r['layer']} batch {r['batch']}: exit {r['rc']}, see {r['log']}")
 
 
 def main(argv=None) -> int:

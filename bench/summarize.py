@@ -59,7 +59,7 @@ def read_run(bench_json: Path) -> dict | None:
         return None
     data = {"machine_info": {}, "datetime": None, "benchmarks": [], "source": jsonl.name + " (no JSON written)",
             "skipped": read_skipped(jsonl)}
-    for entry in _jsonl(jsonl):
+    for entry in read_jsonl(jsonl):
         if "machine_info" in entry:
             data["machine_info"], data["datetime"] = entry["machine_info"], entry.get("datetime")
         elif "session" in entry:
@@ -70,7 +70,7 @@ def read_run(bench_json: Path) -> dict | None:
     return data
 
 
-def _jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     entries = []
     for line in path.read_text().splitlines() if path.is_file() else ():
         try:
@@ -82,7 +82,7 @@ def _jsonl(path: Path) -> list[dict]:
 
 def read_skipped(jsonl: Path) -> list[dict]:
     """The cases a session skipped, with the reason (bench/conftest.py appends them)."""
-    return [e["skipped"] for e in _jsonl(jsonl) if "skipped" in e]
+    return [e["skipped"] for e in read_jsonl(jsonl) if "skipped" in e]
 
 
 def _record(e: dict) -> tuple[str, dict] | None:
@@ -176,7 +176,7 @@ def read_diag(folder: Path) -> dict | None:
     """What bench/gpu_diag.py found (OUT/raw/diag, when the run's cold start failed): each
     layer's status, error and times per batch, the whole model's times, the faults, the
     faulting blocks' variants, and memcheck's first report lines."""
-    recs = _jsonl(folder / "diag.jsonl")
+    recs = read_jsonl(folder / "diag.jsonl")
     if not recs:
         return None
     main = [r for r in recs if "variant" not in r]
@@ -248,7 +248,7 @@ def diag_lines(d: dict) -> list[str]:
 
 def read_steps(path: Path) -> list[dict]:
     """The steps bench/gpu_run.sh ran so far, one JSON line each."""
-    return _jsonl(path)
+    return read_jsonl(path)
 
 
 def ms_of(records: list[dict], **match) -> float | None:

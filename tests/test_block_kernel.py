@@ -281,28 +281,6 @@ def test_shipped_gpu_configs_of_the_widest_blocks_in_fp16(launch):
     assert_close(y, reference64(block, x), torch.float16, f"{launch.label}: {cfg}")
 
 
-def _shipped_recomputing():
-    """Every shipped fp16 launch of MobileNetV2 1.0 whose config recomputes the pixel sets'
-    positions after the chunk loop (blocks 12-13 at batch >= 17)."""
-    from mnv2_fast.tools.inventory import shipped_launches
-
-    launches = {}
-    for launch in shipped_launches(widths=(1.0,)):
-        if launch.kind == "block" and launch.dtype == torch.float16 and launch.config.recompute_sets:
-            launches.setdefault((launch.shape, launch.config), launch)
-    return [pytest.param(launch, id=launch.label.replace(" ", "_")) for launch in launches.values()]
-
-
-@pytest.mark.parametrize("launch", _shipped_recomputing())
-def test_shipped_gpu_configs_that_recompute_positions(launch):
-    """The shipped config itself, on two images (one tile each) of its 14 x 14 map."""
-    spec, cfg = launch.shape, launch.config
-    block, fused = _fused(spec, torch.float16)
-    x = nhwc(torch.randn(2, spec.cin, spec.h, spec.w)).to(DEVICE, torch.float16)
-    y = _run(fused, x, cfg)
-    assert_close(y, reference64(block, x), torch.float16, f"{launch.label}: {cfg}")
-
-
 def test_large_spatial_size_odd():
     """An odd 113-pixel image (as in 225-px inputs), with batch 1."""
     block = make_block(16, 24, 2, 6)
@@ -460,22 +438,33 @@ def test_every_access_is_in_bounds_and_the_scratch_in_barrier_order(cin, t, cout
 
 # The shipped configs whose paths no GPU has run yet (the first GPU run's model faulted, and its
 # sanitizer reached none of these: bench/NOTES.md), each at its own shape: 16 warps with the
-# vector stores and two 16-byte stores per row (block 14), recompute_sets (12), stage_image with
-# two images a tile (15), the project apart and its GEMM (17), the head at 10 images a program.
-UNRUN_ON_GPU = ["w1.0 block 12 float16", "w1.0 block 14 float16", "w1.0 block 15 float16", "w1.0 block 17 float16",
+# vector stores and two 16-byte stores per row (block 14), stage_image with two images a tile
+# (15), the project apart and its GEMM (17), the head at 10 images a program; and every shipped
+# config that recomputes the pixel sets' positions (blocks 12-13 at batch >= 17).
+UNRUN_ON_GPU = ["w1.0 block 14 float16", "w1.0 block 15 float16", "w1.0 block 17 float16",
                 "w1.0 head, batch 256 float16"]
 
 
-@pytest.mark.skipif(not INTERPRETER, reason="checks the interpreter's loads and stores")
-@pytest.mark.parametrize("label", UNRUN_ON_GPU)
-def test_shipped_configs_at_their_own_shapes_stay_in_bounds(label):
-    """What compute-sanitizer's memcheck would check, on the CPU: every access of the shipped
-    launch inside its tensors and its program's scratch, in barrier order, at the network's own
-    map size, over two images (three programs walking the tiles); and the result right."""
-    from mnv2_fast.kernels import head
-    from mnv2_fast.tools.inventory import run_once, shipped_launches
+def _unrun_on_gpu():
+    from mnv2_fast.tools.inventory import shipped_launches
 
-    launch = next(x for x in shipped_launches() if f"{x.label} {str(x.dtype)[6:]}" == label)
+    launches = {f"{x.label} {str(x.dtype)[6:]}": x for x in shipped_launches(widths=(1.0,))}
+    recomputing = [label for label, x in launches.items()
+                   if x.kind == "block" and x.dtype == torch.float16 and x.config.recompute_sets]
+    return [pytest.param(launches[label], id=label.replace(" ", "_")) for label in recomputing + UNRUN_ON_GPU]
+
+
+@pytest.mark.parametrize("launch", _unrun_on_gpu())
+def test_shipped_configs_at_their_own_shapes(launch):
+    """The shipped launch at the network's own map size over two images, its result right; in
+    the interpreter also what compute-sanitizer's memcheck would check: every access inside its
+    tensors and its program's scratch, in barrier order (three programs walking the tiles)."""
+    from mnv2_fast.kernels import head
+    from mnv2_fast.tools.inventory import run_once
+
+    if not INTERPRETER:  # on a GPU: the launch itself (memcheck is bench/gpu_run.sh's)
+        assert run_once(launch, DEVICE, batch=2) <= 1.0
+        return
     with checked_launches(block, scratch_arg=SCRATCH_ARG, per_program=block_scratch) as blocks, \
             checked_launches(head) as gemms:
         ratio = run_once(launch, torch.device("cpu"), batch=2)

@@ -54,7 +54,7 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import sass as S
@@ -871,36 +871,33 @@ def measured_blocks(summary: dict, gpu: str, analyse=None) -> list[dict]:
     shipped, _ = _inventory()
     analyse = analyse or analyse_launch
     specs = block_specs(1.0, resolution=224)  # the block suite's shapes (bench/test_bench_blocks.py)
+
+    def row(index: int, dtype_name: str, batch: int, shape, cfg, ms: float, what: str) -> dict:
+        spec = specs[index - 1]
+        if (shape.cin, shape.hidden, shape.cout, shape.stride) != (spec.cin, spec.hidden, spec.cout, spec.stride):
+            raise ValueError(f"{what} is not MobileNetV2 1.0's block {index}")
+        dtype = getattr(torch, dtype_name)
+        launch = shipped.Launch("block", f"w1.0 block {index}", dtype, shape, cfg,
+                                tf32=dtype == torch.float32 and bool(summary.get("allow_tf32")))
+        return {"block": index, "dtype": dtype_name, "batch": batch, "measured_ms": ms,
+                "record": analyse(launch, batch, gpu)}
+
     rows = []
     for r in summary.get("blocks", []):
         if r.get("provider") != "fused" or not r.get("ms") or not r.get("config_json"):
             continue
-        spec = specs[r["block"] - 1]
-        if (r.get("cin"), r.get("hidden"), r.get("cout"), r.get("stride")) != (spec.cin, spec.hidden, spec.cout,
-                                                                              spec.stride):
-            raise ValueError(f"block {r['block']} of the run is not MobileNetV2 1.0's: {r}")
-        dtype = getattr(torch, r["dtype"])
-        launch = shipped.Launch("block", f"w1.0 block {r['block']}", dtype, spec.at(r["size"], r["size"]),
-                                BlockConfig.from_dict(json.loads(r["config_json"])),
-                                tf32=dtype == torch.float32 and bool(summary.get("allow_tf32")))
-        rows.append({"block": r["block"], "dtype": r["dtype"], "batch": r["batch"], "measured_ms": r["ms"],
-                     "record": analyse(launch, r["batch"], gpu)})
+        shape = replace(specs[r["block"] - 1], cin=r.get("cin"), hidden=r.get("hidden"), cout=r.get("cout"),
+                        stride=r.get("stride"), h=r["size"], w=r["size"])
+        rows.append(row(r["block"], r["dtype"], r["batch"], shape, BlockConfig.from_dict(json.loads(r["config_json"])),
+                        r["ms"], f"block {r['block']} of the run ({r})"))
     timed = {(r["block"], r["dtype"], r["batch"]) for r in rows}
     for r in (summary.get("diag") or {}).get("layers", []):
         index = int(r["layer"].split(".")[1]) if r["layer"].startswith("features.") else 0
         if not (1 <= index <= len(specs)) or r["status"] != "ok" or not r.get("fused_ms") or not r.get("config"):
             continue
-        if (index, r["dtype"], r["batch"]) in timed:  # the benchmarks' own time of it comes first
-            continue
-        shape = BlockShape(**r["shape"])
-        spec = specs[index - 1]
-        if (shape.cin, shape.hidden, shape.cout, shape.stride) != (spec.cin, spec.hidden, spec.cout, spec.stride):
-            raise ValueError(f"layer {r['layer']} of the run's diagnosis is not MobileNetV2 1.0's block {index}: {r}")
-        dtype = getattr(torch, r["dtype"])
-        launch = shipped.Launch("block", f"w1.0 block {index}", dtype, shape, BlockConfig.from_dict(r["config"]),
-                                tf32=dtype == torch.float32 and bool(summary.get("allow_tf32")))
-        rows.append({"block": index, "dtype": r["dtype"], "batch": r["batch"], "measured_ms": r["fused_ms"],
-                     "record": analyse(launch, r["batch"], gpu)})
+        if (index, r["dtype"], r["batch"]) not in timed:  # the benchmarks' own time of it comes first
+            rows.append(row(index, r["dtype"], r["batch"], BlockShape(**r["shape"]), BlockConfig.from_dict(r["config"]),
+                            r["fused_ms"], f"layer {r['layer']} of the run's diagnosis"))
     return rows
 
 
