@@ -20,7 +20,10 @@ BLOCK_HID.  For each chunk it
    accumulates in fp32 registers for the whole tile like the second matrix of a fused MLP.
 
 With JOIN_PAIRS the two pixels of each pair go through the project as one product of 2*P2
-rows (small tiles: one padded wgmma tile instead of two).
+rows (small tiles: one padded wgmma tile instead of two).  With QUADS the pixels go in 2x2
+groups (two pairs side by side share their windows' columns), and with TALL in 4x2 groups
+(two 2x2 groups stacked share their windows' rows: at a 3x3 stride-1 depthwise, 3 window
+loads per pixel instead of 4).
 
 With STAGE_IMAGE (stride 1, one tile per image: the 7x7 blocks), step 1 expands only the
 tile's own pixels: the region's ring of padding is zero, and is zeroed once per program
@@ -359,6 +362,82 @@ def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, RE
 
 
 @triton.jit
+def _tall_taps(s_l, s_r, r, w_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, KV: tl.constexpr, M: tl.constexpr,
+               STRIDE: tl.constexpr, KSIZE: tl.constexpr):
+    """Window r (staged column M of one row) into a pixel row's left and right sums (s_l, s_r),
+    where that staged row is the pixels' kernel row KV: the left pixels' tap M, the right ones'
+    tap M - STRIDE.  Repeated weight loads are merged by the compiler (same addresses)."""
+    if KV >= 0:
+        if KV < KSIZE:
+            if M < KSIZE:
+                s_l += r * tl.load(w_dw_ptr + (KV * KSIZE + M) * HIDDEN + hh, mask=h_ok, other=0.0)[None, :]
+            if M >= STRIDE:
+                s_r += r * tl.load(w_dw_ptr + (KV * KSIZE + M - STRIDE) * HIDDEN + hh, mask=h_ok, other=0.0)[None, :]
+    return s_l, s_r
+
+
+@triton.jit
+def _tall_rows(a_l, a_r, s_l, s_r, KV: tl.constexpr, KSIZE: tl.constexpr):
+    """A pixel row's sums of one staged row into its fp32 accumulators, when that row is one of its
+    kernel rows."""
+    if KV >= 0:
+        if KV < KSIZE:
+            a_l += s_l.to(tl.float32)
+            a_r += s_r.to(tl.float32)
+    return a_l, a_r
+
+
+@triton.jit
+def _depthwise_tall(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
+                    STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr,
+                    P2: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr):
+    """`_depthwise` for 4x2 groups (TALL: two 2x2 groups stacked): pixel row v's taps start
+    v*STRIDE staged rows below row 0's, so the KSIZE + 3*STRIDE rows of windows serve all four
+    rows (3x3 at stride 1: 24 window loads per 8 pixels instead of 32 in two 2x2 groups).  Each
+    window is loaded once and goes into the row sums of every pixel row it is a tap of; a row's
+    taps are summed in the activation dtype, the rows in fp32, as in `_depthwise`.  Returns the
+    eight outputs as ((row 0, 1) as a 2x2 group, (row 2, 3) as one): tl, tr, bl, br each."""
+    a0l = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
+    a0r = a0l
+    a1l = a0l
+    a1r = a0l
+    a2l = a0l
+    a2r = a0l
+    a3l = a0l
+    a3r = a0l
+    for j in tl.static_range(KSIZE + 3 * STRIDE):
+        z = tl.zeros([P2, BLOCK_HID], dtype=pair_ptrs.dtype.element_ty)
+        s0l = z
+        s0r = z
+        s1l = z
+        s1r = z
+        s2l = z
+        s2r = z
+        s3l = z
+        s3r = z
+        for m in tl.static_range(KSIZE + STRIDE):
+            r = tl.load(pair_ptrs + (j * REG_W + m) * BLOCK_HID)
+            s0l, s0r = _tall_taps(s0l, s0r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, m, STRIDE, KSIZE)
+            s1l, s1r = _tall_taps(s1l, s1r, r, w_dw_ptr, hh, h_ok, HIDDEN, j - STRIDE, m, STRIDE, KSIZE)
+            s2l, s2r = _tall_taps(s2l, s2r, r, w_dw_ptr, hh, h_ok, HIDDEN, j - 2 * STRIDE, m, STRIDE, KSIZE)
+            s3l, s3r = _tall_taps(s3l, s3r, r, w_dw_ptr, hh, h_ok, HIDDEN, j - 3 * STRIDE, m, STRIDE, KSIZE)
+        a0l, a0r = _tall_rows(a0l, a0r, s0l, s0r, j, KSIZE)
+        a1l, a1r = _tall_rows(a1l, a1r, s1l, s1r, j - STRIDE, KSIZE)
+        a2l, a2r = _tall_rows(a2l, a2r, s2l, s2r, j - 2 * STRIDE, KSIZE)
+        a3l, a3r = _tall_rows(a3l, a3r, s3l, s3r, j - 3 * STRIDE, KSIZE)
+    bias = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    a0l = _dw_epilogue(a0l, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    a0r = _dw_epilogue(a0r, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    a1l = _dw_epilogue(a1l, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    a1r = _dw_epilogue(a1r, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    a2l = _dw_epilogue(a2l, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    a2r = _dw_epilogue(a2r, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    a3l = _dw_epilogue(a3l, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    a3r = _dw_epilogue(a3r, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    return a0l, a0r, a1l, a1r, a2l, a2r, a3l, a3r
+
+
+@triton.jit
 def _dw_epilogue(acc, bias, h_ok, ACT: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_HID: tl.constexpr,
                  dtype: tl.constexpr, ASM: tl.constexpr):
     """The depthwise's bias and activation, in the dtype the project reads: fp16 like the expand's
@@ -438,13 +517,13 @@ def _project_pairs(top, bot, acc_ta, acc_ba, acc_tb, acc_bb, w_proj_ptr, hh, h_o
 
 @triton.jit
 def _pixel_sets(q, H, W, HO, WO, TILE_H: tl.constexpr, QW: tl.constexpr, GW: tl.constexpr, IMGS: tl.constexpr,
-                CIN: tl.constexpr, COUT: tl.constexpr):
-    """Where a tile's pixel pairs (or 2x2 groups) q lie: image, row of the top pixel, column,
-    which are real, and their input and output offsets from the tile's origin."""
-    q_img = q // (TILE_H // 2 * QW)
-    q_y = (q // QW) % (TILE_H // 2) * 2
+                CIN: tl.constexpr, COUT: tl.constexpr, GH: tl.constexpr = 2):
+    """Where a tile's pixel sets q (GH x GW groups: pairs, 2x2 or 4x2) lie: image, row of the top
+    pixel, column, which are real, and their input and output offsets from the tile's origin."""
+    q_img = q // (TILE_H // GH * QW)
+    q_y = (q // QW) % (TILE_H // GH) * GH
     q_x = q % QW * GW
-    q_in = q < IMGS * (TILE_H // 2) * QW
+    q_in = q < IMGS * (TILE_H // GH) * QW
     q_x_rel = ((q_img * H + q_y) * W + q_x) * CIN
     q_y_rel = ((q_img * HO + q_y) * WO + q_x) * COUT
     return q_img, q_y, q_x, q_in, q_x_rel, q_y_rel
@@ -498,6 +577,43 @@ def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.cons
     if HAS_RESIDUAL:  # stride 1 and CIN == COUT: the input pixel is the output pixel
         acc += tl.load(x_img + in_off[:, None] + co[None, :], mask=ok, other=0.0).to(tl.float32)
     tl.store(y_img + out_off[:, None] + co[None, :], acc.to(y_img.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _store_piece(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V: tl.constexpr,
+                 U: tl.constexpr, CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                 ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """`_store_part` for the pixel V rows below and U columns right of each group's top-left one."""
+    ok = ok_top & (oh + V < HO) & (ow + U < WO)
+    _store_part(acc, x_img, y_img, b_proj_ptr, in_top + (V * W + U) * CIN, out_top + (V * WO + U) * COUT, ok, CO0,
+                BCO, COUT, ACT, HAS_RESIDUAL)
+
+
+@triton.jit
+def _store_tall(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
+                CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
+                HAS_RESIDUAL: tl.constexpr):
+    """Output channels CO0..CO0+BCO of the 4x2 groups: acc [8*P2, BCO], rows 8q + 4u + 2v + h
+    (column u, row 2h + v; `_depthwise_tall`'s join), split and stored pixel by pixel."""
+    upper, lower = _split_pairs(acc, 4 * P2, BCO)
+    a, b, c, d = _split_quads(upper, P2, BCO)  # rows 0-1: top-left, top-right, bottom-left, bottom-right
+    _store_piece(a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 0, 0, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    _store_piece(b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 0, 1, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    _store_piece(c, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 1, 0, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    _store_piece(d, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 1, 1, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    a, b, c, d = _split_quads(lower, P2, BCO)  # rows 2-3
+    _store_piece(a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 2, 0, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    _store_piece(b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 2, 1, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    _store_piece(c, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 3, 0, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    _store_piece(d, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 3, 1, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -572,12 +688,15 @@ def _inverted_residual_kernel(
     # fp32, which a few register-capped configs need)
     RECOMPUTE_SETS: tl.constexpr = False,  # the fused project's epilogue recomputes the pixel sets' positions instead
     # of holding them through the chunk loop (frees registers there; the compiler's allocation shifts either way)
+    TALL: tl.constexpr = False,  # 4x2 pixel groups (two 2x2 groups stacked) share the windows of 3 + 3*STRIDE rows
+    # (`_depthwise_tall`); needs QUADS
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
     PROJECT: tl.constexpr = not PROJECT_APART
     tl.static_assert(PROJECT or KSIZE > 0)
     tl.static_assert(HIDDEN_SPLIT == 1 or PROJECT_APART)
+    tl.static_assert(not TALL or QUADS)
     # A work item's hidden channels: whole chunks, the last part possibly shorter.
     SPLIT_HID: tl.constexpr = (HIDDEN + BLOCK_HID * HIDDEN_SPLIT - 1) // (BLOCK_HID * HIDDEN_SPLIT) * BLOCK_HID
     pid = tl.program_id(0)
@@ -589,9 +708,10 @@ def _inverted_residual_kernel(
     n_tiles = tl.cdiv(N, IMGS) * tiles_hw
     # Tile-invariant index math, once per program: offsets relative to a tile's origin.
     GW: tl.constexpr = 2 if QUADS else 1  # columns per pixel group
+    GH: tl.constexpr = 4 if TALL else 2  # ... and rows
     QW: tl.constexpr = TILE_W // GW  # groups per tile row
-    q = tl.arange(0, P2)  # pixel pairs (or 2x2 groups): rows q_y (top) and q_y + 1 (bottom) of column q_x (+ 1)
-    q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(q, H, W, HO, WO, TILE_H, QW, GW, IMGS, CIN, COUT)
+    q = tl.arange(0, P2)  # pixel groups: rows q_y (top) .. q_y + GH - 1 of columns q_x .. q_x + GW - 1
+    q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(q, H, W, HO, WO, TILE_H, QW, GW, IMGS, CIN, COUT, GH)
     hh0 = tl.arange(0, BLOCK_HID)
     if KSIZE > 0:
         if STAGE_IMAGE:
@@ -608,8 +728,8 @@ def _inverted_residual_kernel(
         # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
         # padding pairs (q_in false) read the last pair's windows: theirs would lie past the staged
         # region, in another program's scratch or past its end.
-        q_last = tl.minimum(q, IMGS * (TILE_H // 2) * QW - 1)
-        q_win = (q_last // (TILE_H // 2 * QW) * (REG_H * REG_W) + (q_last // QW) % (TILE_H // 2) * 2
+        q_last = tl.minimum(q, IMGS * (TILE_H // GH) * QW - 1)
+        q_win = (q_last // (TILE_H // GH * QW) * (REG_H * REG_W) + (q_last // QW) % (TILE_H // GH) * GH
                  * (STRIDE * REG_W) + q_last % QW * GW * STRIDE)
         pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
         if STAGE_IMAGE:
@@ -646,9 +766,9 @@ def _inverted_residual_kernel(
         # The project's accumulators (none with the project apart).  Joined: one product per part
         # for all pixels of each group, rows 2q (top), 2q + 1 (quads: 4q + ...).
         if PROJECT and JOIN_PAIRS:
-            acc_a = tl.zeros([2 * GW * P2, CO_A], dtype=tl.float32)
+            acc_a = tl.zeros([GH * GW * P2, CO_A], dtype=tl.float32)
             if CO_B > 0:
-                acc_b = tl.zeros([2 * GW * P2, CO_B], dtype=tl.float32)
+                acc_b = tl.zeros([GH * GW * P2, CO_B], dtype=tl.float32)
         elif PROJECT:
             acc_ta = tl.zeros([P2, CO_A], dtype=tl.float32)  # top pixels, first output part
             acc_ba = tl.zeros([P2, CO_A], dtype=tl.float32)  # bottom pixels
@@ -714,17 +834,34 @@ def _inverted_residual_kernel(
                 tl.debug_barrier()
                 # 2. Depthwise for the tile's pixel pairs (or 2x2 groups: then d_top and d_bot hold
                 # both columns, rows 2q + u for the left (u = 0) and the right pixel).
-                d_top, d_tr, d_bot, d_br = _depthwise(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W,
-                                                      STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW,
-                                                      dtype if PACKED_DW else tl.float32, INLINE_PTX)
+                if TALL:  # rows 0-1 as the 2x2 groups of _depthwise (d_*), rows 2-3 likewise (l_*)
+                    d_top, d_tr, d_bot, d_br, l_top, l_tr, l_bot, l_br = _depthwise_tall(
+                        pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID,
+                        P2, dtype if PACKED_DW else tl.float32, INLINE_PTX)
+                else:
+                    d_top, d_tr, d_bot, d_br = _depthwise(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN,
+                                                          REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW,
+                                                          dtype if PACKED_DW else tl.float32, INLINE_PTX)
                 if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it ...
                     _store_hidden(y_img, out_hid, ow, ok_top, ok_bot, d_top, d_tr, d_bot, d_br, hh, h_ok, WO, HIDDEN,
                                   GW)
+                    if TALL:  # rows 2-3
+                        _store_hidden(y_img, out_hid + 2 * WO * HIDDEN, ow, ok_top & (oh + 2 < HO),
+                                      ok_top & (oh + 3 < HO), l_top, l_tr, l_bot, l_br, hh, h_ok, WO, HIDDEN, GW)
                 else:  # ... or project it into the accumulators.
                     if QUADS:
                         d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
                         d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
-                    if JOIN_PAIRS:
+                    if TALL:  # rows 8q + 4u + 2v + h: column u, row 2h + v (`_split_tall`)
+                        l_top = _join_pairs(l_top, l_tr, P2, BLOCK_HID)
+                        l_bot = _join_pairs(l_bot, l_br, P2, BLOCK_HID)
+                        d = _join_pairs(_join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID),
+                                        _join_pairs(l_top.to(dtype), l_bot.to(dtype), GW * P2, BLOCK_HID),
+                                        4 * P2, BLOCK_HID)
+                        acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                        if CO_B > 0:
+                            acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                    elif JOIN_PAIRS:
                         d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
                         acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
                         if CO_B > 0:
@@ -737,8 +874,8 @@ def _inverted_residual_kernel(
                 # The pixel sets' positions again, after the chunk loop: held through it, they
                 # take registers the loop needs.
                 q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(_opaque(tl.arange(0, P2), INLINE_PTX), H, W, HO,
-                                                                      WO, TILE_H, QW, GW, IMGS, CIN, COUT)
-            if PROJECT:
+                                                                      WO, TILE_H, QW, GW, IMGS, CIN, COUT, GH)
+            if PROJECT and not TALL:  # (TALL's epilogue splits its own)
                 if QUADS:  # left pixels into the pairs' accumulators, right ones apart
                     acc_ta, acc_tra, acc_ba, acc_bra = _split_quads(acc_a, P2, CO_A)
                     if CO_B > 0:
@@ -747,6 +884,7 @@ def _inverted_residual_kernel(
                     acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
                     if CO_B > 0:
                         acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
+            if PROJECT:
                 oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
         else:
             # No middle depthwise (UIB's FFN, with or without a start depthwise): the expand and
@@ -779,7 +917,15 @@ def _inverted_residual_kernel(
                 acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(e_t.to(dtype), e_b.to(dtype), acc_ta, acc_ba,
                                                                 acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
                                                                 COUT, DOT_PRECISION)
-        if PROJECT:
+        if PROJECT and TALL:
+            in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
+            out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
+            _store_tall(acc_a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, 0, CO_A, CIN,
+                        COUT, ACT_PROJ, HAS_RESIDUAL)
+            if CO_B > 0:
+                _store_tall(acc_b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO_A, CO_B,
+                            CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
+        elif PROJECT:
             in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
             out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
             _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
@@ -836,7 +982,8 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         # The expand's rows: the staged region, or with stage_image the images' own pixels.
         P_STAGE=max(16, next_pow2(cfg.imgs * cfg.tile_h * cfg.tile_w)) if cfg.stage_image else _staged_rows(shape, cfg),
         # Pixel pairs, or 2x2 groups with quads.
-        P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // 2 * (cfg.tile_w // 2 if cfg.quads else cfg.tile_w))),
+        P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // (4 if cfg.tall else 2)
+                             * (cfg.tile_w // 2 if cfg.quads else cfg.tile_w))),
         # The staged chunk's vector stores and the fp16 epilogue, compiled, are inline PTX, which
         # the interpreter cannot run: it takes their twins in Triton ops.  MNV2_INLINE_PTX=0
         # compiles the twins instead (bench/gpu_diag.py: does a fault follow the PTX?).

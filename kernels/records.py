@@ -202,6 +202,7 @@ class BlockConfig(LaunchConfig):
     hidden_split: int = 1  # with project_apart: a tile's hidden chunks split over this many work items (small batches)
     packed_dw: bool = True  # fp16: the depthwise's bias and clamp on packed pairs (False: in fp32, as bf16 and fp32)
     recompute_sets: bool = False  # fused project: the pixel sets' positions recomputed after the chunk loop (registers)
+    tall: bool = False  # 4x2 pixel groups (two 2x2 stacked) share windows of 3 + 3*stride rows (quads, tile_h % 4 == 0)
 
     def validate(self, shape: BlockShape) -> None:
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):
@@ -224,6 +225,9 @@ class BlockConfig(LaunchConfig):
         if self.quads and not (self.join_pairs and self.tile_w % 2 == 0):
             raise ValueError(f"config quads needs join_pairs and an even tile_w (2x2 pixel groups), got "
                              f"join_pairs={self.join_pairs}, tile_w={self.tile_w}")
+        if self.tall and not (self.quads and self.tile_h % 4 == 0):
+            raise ValueError(f"config tall (4x2 pixel groups) needs quads and tile_h a multiple of 4, got "
+                             f"quads={self.quads}, tile_h={self.tile_h}")
         if self.project_apart and not shape.staged:
             raise ValueError("config project_apart needs a middle depthwise (the staged path)")
         if self.hidden_split < 1 or (self.hidden_split > 1 and not self.project_apart):

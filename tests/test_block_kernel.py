@@ -134,6 +134,15 @@ TILINGS = [
     # loop: 2x2 groups over two images (the second short of the batch), and pairs.
     dict(tile_h=4, tile_w=6, imgs=2, block_hid=16, join_pairs=True, quads=True, recompute_sets=True),
     dict(tile_h=4, tile_w=3, imgs=2, block_hid=32, recompute_sets=True),
+    # 4x2 groups (two 2x2 stacked): the 9 rows overhang by 3 (tile_h 4) and by 1 (tile_h 8, with
+    # a partial last group row), the right column past the 7th; two images, the second short.
+    dict(tile_h=4, tile_w=4, imgs=2, block_hid=32, join_pairs=True, quads=True, tall=True),
+    dict(tile_h=8, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, tall=True, x_resident=False),
+    dict(tile_h=4, tile_w=6, imgs=2, block_hid=16, join_pairs=True, quads=True, tall=True, recompute_sets=True),
+    # ... storing the hidden tensor for the GEMM (rows 2-3 past the image's 9th), with split tiles
+    dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, tall=True, project_apart=True),
+    dict(tile_h=8, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True, tall=True, project_apart=True,
+         hidden_split=3),
 ]
 
 
@@ -167,6 +176,10 @@ STAGE_IMAGE_CASES = [
     (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=2, block_hid=64, num_warps=8)),
     (40, 3, 48, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=7, imgs=1, block_hid=32, join_pairs=True)),
     (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=1, block_hid=32, join_pairs=True, quads=True)),
+    (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
+                                             tall=True)),
+    (24, 6, 40, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
+                                             tall=True, project_apart=True)),
     # block 17's kind of config: two images per tile, the project apart
     (24, 6, 40, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
                                              project_apart=True)),
@@ -209,6 +222,14 @@ def test_quads_need_joined_products_and_an_even_tile_width():
     a = _args()
     for tile in (dict(tile_h=4, tile_w=4, quads=True), dict(tile_h=4, tile_w=3, join_pairs=True, quads=True)):
         with pytest.raises(ValueError, match="quads needs join_pairs and an even tile_w"):
+            inverted_residual(_x(), **a, stride=2, residual=False, config=BlockConfig(**tile))
+
+
+def test_tall_groups_need_quads_and_four_row_bands():
+    a = _args()
+    for tile in (dict(tile_h=4, tile_w=4, join_pairs=True, tall=True),
+                 dict(tile_h=6, tile_w=4, join_pairs=True, quads=True, tall=True)):
+        with pytest.raises(ValueError, match="tall .4x2 pixel groups. needs quads and tile_h a multiple of 4"):
             inverted_residual(_x(), **a, stride=2, residual=False, config=BlockConfig(**tile))
 
 

@@ -92,7 +92,7 @@ def test_config_fields_are_the_kernels_constexprs():
     assert HeadConfig(block_p=32).constexprs() == {"IMGS": 1, "BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
     assert set(LARGE.constexprs()) == {"TILE_H", "TILE_W", "IMGS", "BLOCK_HID", "X_RESIDENT", "JOIN_PAIRS",
                                        "STAGE_IMAGE", "STAGE_VECTORS", "QUADS", "PROJECT_APART",
-                                       "HIDDEN_SPLIT", "PACKED_DW", "RECOMPUTE_SETS"}
+                                       "HIDDEN_SPLIT", "PACKED_DW", "RECOMPUTE_SETS", "TALL"}
     assert LARGE.options() == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
     assert "maxnreg" not in SMALL.options()  # the compiler's own choice
 
@@ -177,6 +177,11 @@ def test_tune_candidates_try_the_project_apart_on_small_maps_and_batches():
     # Capped 16-warp configs also with their epilogue's positions recomputed (blocks 12-13 ship so).
     remat = [c for c in candidates(specs[11], 2, 256) if c.recompute_sets]
     assert remat and all(c.num_warps == 16 and c.maxnreg and not c.project_apart for c in remat)
+    # 2x2 groups in 4-row bands also as 4x2 groups (block 1 ships so), with the project apart too.
+    tall = [c for c in candidates(specs[0], 2, 256) if c.tall]
+    assert any((c.tile_h, c.tile_w) == (16, 16) for c in tall)
+    assert all(c.quads and c.tile_h % 4 == 0 for c in tall)
+    assert any(c.tall and c.project_apart for c in at_256)
 
 
 @pytest.mark.parametrize("batch", [1, 256])

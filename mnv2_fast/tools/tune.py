@@ -35,12 +35,13 @@ def _tiles(shape) -> list[tuple[int, int, int]]:
         return [(1, 8, 7), (1, 4, 7), (1, 6, 7), (1, 8, 14), (2, 8, 7)]
     # 14x14 and 6x14 tiles: their regions (16x16, 8x16 at a 3x3 depthwise) fill a power-of-two
     # row count, where 8x8 or 16x16 pad 100 rows to 128 and 324 to 512.
+    # 28 x 14: a 30 x 16 region (480 of 512 rows) in 4-row bands (tall groups).
     if wo >= 32:
-        return [(1, 8, 16), (1, 16, 16), (1, 8, 8), (1, 14, 14), (1, 6, 14)]
+        return [(1, 8, 16), (1, 16, 16), (1, 8, 8), (1, 14, 14), (1, 6, 14), (1, 28, 14)]
     if wo >= 20:
-        return [(1, 8, 14), (1, 4, 28), (1, 8, 8), (1, 14, 14), (1, 6, 14)]
-    if wo >= 10:
-        return [(1, 14, 14), (1, 8, 14), (1, 4, 14)]
+        return [(1, 8, 14), (1, 4, 28), (1, 8, 8), (1, 14, 14), (1, 6, 14), (1, 28, 14)]
+    if wo >= 10:  # 16 x 14: a whole 14 x 14 image in 4-row bands (tall groups)
+        return [(1, 14, 14), (1, 8, 14), (1, 4, 14), (1, 16, 14)]
     # 8 columns over 7: one wasted, but 2x2 pixel groups (quads) need an even width.
     return [(1, 8, 7), (2, 8, 7), (1, 4, 7), (1, 8, 8), (2, 8, 8)]
 
@@ -52,7 +53,7 @@ def candidates(shape, itemsize: int, batch: int):
     pixel groups (quads); for 16-bit expands, each with and without stage_vectors; for maps
     under 10 pixels wide or batches up to 8, each also with project_apart, and at batches up
     to 16 with one hidden chunk per work item (hidden_split); 16 warps under a register cap
-    also with recompute_sets."""
+    also with recompute_sets; 2x2 groups in tiles of 4-row bands also as 4x2 groups (tall)."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
@@ -87,7 +88,9 @@ def candidates(shape, itemsize: int, batch: int):
     # registers it frees there let blocks 12-13 fit under Triton 3.6).
     remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16 and cfg.maxnreg] \
         if shape.staged else []
-    return list(dict.fromkeys(out + apart + remat))
+    # 2x2 groups in tiles of whole 4-row bands: also as 4x2 groups (tall).
+    tall = [replace(cfg, tall=True) for cfg in out[1:] + apart + remat if cfg.quads and cfg.tile_h % 4 == 0]
+    return list(dict.fromkeys(out + apart + remat + tall))
 
 
 # (hidden chunk, warps, register cap): 8 warps uncapped (up to 255 registers, one program
