@@ -49,7 +49,8 @@ if str(ROOT) not in sys.path:
 # products then take registers, and some configs spill).
 ENV_VARIANTS = {"no inline PTX": {"MNV2_INLINE_PTX": "0"}, "no wgmma": {"DISABLE_MMA_V3": "1"}}
 MAX_RESTARTS = 6  # per batch: more failing layers than this and the run is better spent elsewhere
-SWITCHES = ("stage_vectors", "packed_dw", "recompute_sets", "quads", "join_pairs", "stage_image", "project_apart")
+SWITCHES = ("tall", "stage_vectors", "packed_dw", "recompute_sets", "quads", "join_pairs", "stage_image",
+            "project_apart")
 
 
 # ---------------------------------------------------------------- worker: runs on the device
@@ -227,8 +228,10 @@ def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
     for s in SWITCHES:
         if cfg.get(s):
             off = dict(cfg, **{s: False})
-            if s == "join_pairs":
-                off["quads"] = False
+            if s in ("join_pairs", "quads"):  # what needs the switch goes with it
+                off.update(quads=False, tall=False)
+            if s == "project_apart":
+                off["hidden_split"] = 1
             out.append((f"{s} off", off, {}))
     if cfg.get("num_warps", 0) >= 8:  # another warpgroup layout for the tensor-core products
         out.append(("half the warps", dict(cfg, num_warps=cfg["num_warps"] // 2), {}))

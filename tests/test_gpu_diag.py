@@ -43,3 +43,28 @@ def test_a_layer_that_kills_its_worker_is_skipped_and_examined(tmp_path):
     start = next(x for x in recs if x["event"] == "start" and x["layer"] == "features.2" and "variant" not in x)
     assert entry["shape"] == start["shape"] and entry["batch"] == start["batch_range"]
     assert entry["config"] == dict(start["config"], **{first.removesuffix(" off"): False})
+
+
+def test_a_faulting_blocks_variants_are_configs_its_shape_allows():
+    """Each switch of the shipped block configs turned off, with what needs it (tall groups need
+    2x2 groups, which need joined products), is still a valid config of its block: a variant
+    the launcher refused would be recorded as a failure of the variant, not of the switch."""
+    import importlib.util
+
+    import torch
+
+    from mnv2_fast.kernels.records import BlockConfig
+    from mnv2_fast.tools.inventory import shipped_launches
+
+    spec = importlib.util.spec_from_file_location("gpu_diag", ROOT / "bench" / "gpu_diag.py")
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    seen = set()
+    for launch in shipped_launches():
+        if launch.kind != "block" or launch.dtype != torch.float16:
+            continue
+        for label, cfg, _ in diag._variants(launch.config.to_dict()):
+            if cfg is not None:
+                BlockConfig.from_dict(cfg).validate(launch.shape)
+                seen.add(label)
+    assert {"tall off", "quads off", "join_pairs off"} <= seen, seen
