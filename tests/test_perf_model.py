@@ -217,6 +217,18 @@ def test_waves_and_tail():
     assert pm.waves_and_tail(66, 1, "h200", imbalance=1.5) == (0.5, 3.0)
 
 
+def test_small_grids_spread_one_program_per_sm_first():
+    occ = pm.occupancy(125, 57344, 8, "h200")  # two programs of 8 warps fit an SM ...
+    assert occ.programs_per_sm == 2
+    one = pm.resident(occ, 128, 8, "h200")  # ... but 128 programs take 128 SMs, one each
+    assert (one.programs_per_sm, one.limited_by, one.warps_per_scheduler) == (1, "grid", 2.0)
+    assert pm.resident(occ, 200, 8, "h200") == occ  # 68 SMs hold two
+    f = pm.Features(programs=128, num_warps=8, registers=125, shared_bytes=57344, warp_instructions_per_program=1e5,
+                    l1_wavefronts_per_program=2e4, mma_macs_per_program=1e7, hbm_bytes=1e6)
+    p = pm.predict(f, "h200")
+    assert p.occupancy.programs_per_sm == 1 and p.tail == pytest.approx(132 / 128)
+
+
 def test_floors_and_predict_on_both_gpus():
     f = pm.Features(programs=1056, num_warps=4, registers=128, shared_bytes=0, warp_instructions_per_program=1e5,
                     l1_wavefronts_per_program=2e4, mma_macs_per_program=1e7, hbm_bytes=3.35e8)

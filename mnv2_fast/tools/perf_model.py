@@ -14,7 +14,8 @@ What it is
     * ||.||_p is a smooth maximum (p = inf: the largest floor; a finite p charges floors of
       similar size for overlapping imperfectly);
     * tail = ceil(waves) / waves, waves = programs / (SMs x programs per SM), times the ratio of
-      the largest to the mean work per program for persistent grids;
+      the largest to the mean work per program for persistent grids; a grid smaller than the
+      SMs' slots holds ceil(programs / SMs) per SM (programs go one per SM first);
     * w = resident warps per SM sub-partition (scheduler), from registers, shared memory and
       warps: with few warps to switch between, latency is not hidden.
 
@@ -215,8 +216,19 @@ class Prediction:
                 "warps_per_scheduler": self.occupancy.warps_per_scheduler, "waves": self.waves, "tail": self.tail}
 
 
+def resident(occ: Occupancy, programs: int, num_warps: int, gpu: str | GpuSpec = "h200") -> Occupancy:
+    """The occupancy a grid reaches: the hardware hands out programs one per SM before a second
+    to any, so a grid of fewer programs than the SMs' slots holds ceil(programs / SMs) per SM
+    on the busiest ones, not as many as fit (and has as few warps per scheduler)."""
+    g = gpu_spec(gpu)
+    n = min(occ.programs_per_sm, max(1, math.ceil(programs / g.sms)))
+    if n == occ.programs_per_sm:
+        return occ
+    return Occupancy(n, "grid", n * num_warps / g.schedulers)
+
+
 def _terms(f: Features, gpu) -> tuple[dict, Occupancy, float, float]:
-    occ = occupancy(f.registers, f.shared_bytes, f.num_warps, gpu)
+    occ = resident(occupancy(f.registers, f.shared_bytes, f.num_warps, gpu), f.programs, f.num_warps, gpu)
     waves, tail = waves_and_tail(f.programs, occ.programs_per_sm, gpu, f.imbalance)
     return floors_ms(f, gpu), occ, waves, tail
 
