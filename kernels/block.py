@@ -590,30 +590,33 @@ def _store_piece(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow,
 
 
 @triton.jit
+def _store_band(band, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0: tl.constexpr,
+                P2: tl.constexpr, CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """Rows V0 and V0 + 1 of the 4x2 groups as 2x2 groups ([4*P2, BCO], `_split_quads`' rows),
+    stored pixel by pixel."""
+    a, b, c, d = _split_quads(band, P2, BCO)  # top-left, top-right, bottom-left, bottom-right
+    _store_piece(a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0, 0, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    _store_piece(b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0, 1, CO0, BCO, CIN, COUT,
+                 ACT, HAS_RESIDUAL)
+    _store_piece(c, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0 + 1, 0, CO0, BCO, CIN,
+                 COUT, ACT, HAS_RESIDUAL)
+    _store_piece(d, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0 + 1, 1, CO0, BCO, CIN,
+                 COUT, ACT, HAS_RESIDUAL)
+
+
+@triton.jit
 def _store_tall(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
                 CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
                 HAS_RESIDUAL: tl.constexpr):
     """Output channels CO0..CO0+BCO of the 4x2 groups: acc [8*P2, BCO], rows 8q + 4u + 2v + h
-    (column u, row 2h + v; `_depthwise_tall`'s join), split and stored pixel by pixel."""
+    (column u, row 2h + v; `_depthwise_tall`'s join), split into its two bands and stored."""
     upper, lower = _split_pairs(acc, 4 * P2, BCO)
-    a, b, c, d = _split_quads(upper, P2, BCO)  # rows 0-1: top-left, top-right, bottom-left, bottom-right
-    _store_piece(a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 0, 0, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    _store_piece(b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 0, 1, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    _store_piece(c, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 1, 0, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    _store_piece(d, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 1, 1, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    a, b, c, d = _split_quads(lower, P2, BCO)  # rows 2-3
-    _store_piece(a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 2, 0, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    _store_piece(b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 2, 1, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    _store_piece(c, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 3, 0, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    _store_piece(d, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 3, 1, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
+    _store_band(upper, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 0, P2, CO0, BCO, CIN,
+                COUT, ACT, HAS_RESIDUAL)
+    _store_band(lower, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 2, P2, CO0, BCO, CIN,
+                COUT, ACT, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -852,7 +855,7 @@ def _inverted_residual_kernel(
                     if QUADS:
                         d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
                         d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
-                    if TALL:  # rows 8q + 4u + 2v + h: column u, row 2h + v (`_split_tall`)
+                    if TALL:  # rows 8q + 4u + 2v + h: column u, row 2h + v (`_store_tall`)
                         l_top = _join_pairs(l_top, l_tr, P2, BLOCK_HID)
                         l_bot = _join_pairs(l_bot, l_br, P2, BLOCK_HID)
                         d = _join_pairs(_join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID),
