@@ -183,7 +183,8 @@ class BlockConfig(LaunchConfig):
     compiled variant reaches; maxnreg caps its registers to reach it).  stage_image: for
     stride 1 and a tile covering the whole image, only the image's pixels are expanded per
     chunk (the halo ring is padding, zeroed once per program).  join_pairs: the pairs' top and
-    bottom pixels projected in one product of twice the rows.  stage_vectors: 16-bit
+    bottom pixels projected in one product of twice the rows.  quads and tall: pixels in 2x2 and
+    4x2 groups, which share their depthwise windows (kernels/block.py).  stage_vectors: 16-bit
     chunks are staged straight from the expand's accumulators with vector stores (off: through
     tl.store's layout conversion, which needs fewer registers)."""
 
