@@ -139,7 +139,7 @@ MUTANTS = [
            "    return tl.split(tl.reshape(acc, (P2, CO, 2)))",
            ("tests/test_block_kernel.py::test_block_tilings",)),
     Mutant("padding-pairs-read-anywhere", "padding pixel pairs read windows past the staged region",
-           BLOCK, "q_last = tl.minimum(q, IMGS * (TILE_H // 2) * QW - 1)", "q_last = q",
+           BLOCK, "q_last = tl.minimum(q, IMGS * (TILE_H // GH) * QW - 1)", "q_last = q",
            ("tests/test_block_kernel.py::test_every_access_is_in_bounds_and_the_scratch_in_barrier_order",)),
     Mutant("pair-bottom-uses-top-rows", "the bottom pixel of a pair sums the top pixel's staged rows",
            BLOCK, "acc_bl += tl.where(j >= STRIDE, row_bl.to(tl.float32), 0.0)",
