@@ -855,17 +855,12 @@ def _inverted_residual_kernel(
                     if QUADS:
                         d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
                         d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
-                    if TALL:  # rows 8q + 4u + 2v + h: column u, row 2h + v (`_store_tall`)
-                        l_top = _join_pairs(l_top, l_tr, P2, BLOCK_HID)
-                        l_bot = _join_pairs(l_bot, l_br, P2, BLOCK_HID)
-                        d = _join_pairs(_join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID),
-                                        _join_pairs(l_top.to(dtype), l_bot.to(dtype), GW * P2, BLOCK_HID),
-                                        4 * P2, BLOCK_HID)
-                        acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                        if CO_B > 0:
-                            acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                    elif JOIN_PAIRS:
+                    if JOIN_PAIRS:
                         d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
+                        if TALL:  # the lower band after: rows 8q + 4u + 2v + h, column u, row 2h + v (`_store_tall`)
+                            lower = _join_pairs(_join_pairs(l_top, l_tr, P2, BLOCK_HID).to(dtype),
+                                                _join_pairs(l_bot, l_br, P2, BLOCK_HID).to(dtype), GW * P2, BLOCK_HID)
+                            d = _join_pairs(d, lower, 4 * P2, BLOCK_HID)
                         acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
                         if CO_B > 0:
                             acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
@@ -920,17 +915,16 @@ def _inverted_residual_kernel(
                 acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(e_t.to(dtype), e_b.to(dtype), acc_ta, acc_ba,
                                                                 acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
                                                                 COUT, DOT_PRECISION)
-        if PROJECT and TALL:
+        if PROJECT:
             in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
             out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
+        if PROJECT and TALL:
             _store_tall(acc_a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, 0, CO_A, CIN,
                         COUT, ACT_PROJ, HAS_RESIDUAL)
             if CO_B > 0:
                 _store_tall(acc_b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO_A, CO_B,
                             CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
         elif PROJECT:
-            in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
-            out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
             _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
             _store_part(acc_ba, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, 0, CO_A, COUT,
                         ACT_PROJ, HAS_RESIDUAL)
