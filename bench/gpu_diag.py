@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 # products then take registers, and some configs spill).
 ENV_VARIANTS = {"no inline PTX": {"MNV2_INLINE_PTX": "0"}, "no wgmma": {"DISABLE_MMA_V3": "1"}}
 MAX_RESTARTS = 6  # per batch: more failing layers than this and the run is better spent elsewhere
-SWITCHES = ("tall", "stage_vectors", "packed_dw", "recompute_sets", "quads", "join_pairs", "stage_image",
+SWITCHES = ("strip", "tall", "stage_vectors", "packed_dw", "recompute_sets", "quads", "join_pairs", "stage_image",
             "project_apart")
 
 
@@ -227,9 +227,9 @@ def _variants(cfg: dict) -> list[tuple[str, dict, dict]]:
     out += [(label, None, env) for label, env in ENV_VARIANTS.items()]
     for s in SWITCHES:
         if cfg.get(s):
-            off = dict(cfg, **{s: False})
+            off = dict(cfg, **{s: 0 if s == "strip" else False})
             if s in ("join_pairs", "quads"):  # what needs the switch goes with it
-                off.update(quads=False, tall=False)
+                off.update(quads=False, tall=False, strip=0)
             if s == "project_apart":
                 off["hidden_split"] = 1
             out.append((f"{s} off", off, {}))

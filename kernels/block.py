@@ -21,9 +21,12 @@ BLOCK_HID.  For each chunk it
 
 With JOIN_PAIRS the two pixels of each pair go through the project as one product of 2*P2
 rows (small tiles: one padded wgmma tile instead of two).  With QUADS the pixels go in 2x2
-groups (two pairs side by side share their windows' columns), and with TALL in 4x2 groups
+groups (two pairs side by side share their windows' columns), with TALL in 4x2 groups
 (two 2x2 groups stacked share their windows' rows: at a 3x3 stride-1 depthwise, 3 window
-loads per pixel instead of 4).
+loads per pixel instead of 4), and with STRIP in STRIP x 2 groups: 7 rows divide the 56-,
+28- and 14-pixel maps, so tiles of 7-row groups (28 x 14, a whole 14 x 14 image) fill their
+power-of-two group count (28 or 14 groups of 32 or 16) where 4x2 groups leave a quarter of
+it padding (49 of 64, 28 of 32 with two padded rows).
 
 With STAGE_IMAGE (stride 1, one tile per image: the 7x7 blocks), step 1 expands only the
 tile's own pixels: the region's ring of padding is zero, and is zeroed once per program
@@ -362,12 +365,14 @@ def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, RE
 
 
 @triton.jit
-def _tall_taps(s_l, s_r, r, w_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, KV: tl.constexpr, M: tl.constexpr,
-               STRIDE: tl.constexpr, KSIZE: tl.constexpr):
-    """Window r (staged column M of one row) into a pixel row's left and right sums (s_l, s_r),
-    where that staged row is the pixels' kernel row KV: the left pixels' tap M, the right ones'
-    tap M - STRIDE.  Repeated weight loads are merged by the compiler (same addresses)."""
-    if KV >= 0:
+def _group_taps(s_l, s_r, r, w_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, J: tl.constexpr, V: tl.constexpr,
+                M: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr, GH: tl.constexpr):
+    """Window r (staged row J of the groups' windows, column M) into pixel row V's left and right
+    sums (s_l, s_r), where that staged row is one of row V's kernel rows (KV = J - V*STRIDE): the
+    left pixels' tap M, the right ones' tap M - STRIDE.  Rows past GH take nothing.  Repeated
+    weight loads are merged by the compiler (same addresses)."""
+    KV: tl.constexpr = J - V * STRIDE
+    if V < GH and KV >= 0:
         if KV < KSIZE:
             if M < KSIZE:
                 s_l += r * tl.load(w_dw_ptr + (KV * KSIZE + M) * HIDDEN + hh, mask=h_ok, other=0.0)[None, :]
@@ -377,10 +382,12 @@ def _tall_taps(s_l, s_r, r, w_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, KV: tl.con
 
 
 @triton.jit
-def _tall_rows(a_l, a_r, s_l, s_r, KV: tl.constexpr, KSIZE: tl.constexpr):
-    """A pixel row's sums of one staged row into its fp32 accumulators, when that row is one of its
+def _group_rows(a_l, a_r, s_l, s_r, J: tl.constexpr, V: tl.constexpr, STRIDE: tl.constexpr, KSIZE: tl.constexpr,
+                GH: tl.constexpr):
+    """Pixel row V's sums of staged row J into its fp32 accumulators, when that row is one of its
     kernel rows."""
-    if KV >= 0:
+    KV: tl.constexpr = J - V * STRIDE
+    if V < GH and KV >= 0:
         if KV < KSIZE:
             a_l += s_l.to(tl.float32)
             a_r += s_r.to(tl.float32)
@@ -388,15 +395,27 @@ def _tall_rows(a_l, a_r, s_l, s_r, KV: tl.constexpr, KSIZE: tl.constexpr):
 
 
 @triton.jit
-def _depthwise_tall(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
-                    STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr,
-                    P2: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr):
-    """`_depthwise` for 4x2 groups (TALL: two 2x2 groups stacked): pixel row v's taps start
-    v*STRIDE staged rows below row 0's, so the KSIZE + 3*STRIDE rows of windows serve all four
-    rows (3x3 at stride 1: 24 window loads per 8 pixels instead of 32 in two 2x2 groups).  Each
-    window is loaded once and goes into the row sums of every pixel row it is a tap of; a row's
-    taps are summed in the activation dtype, the rows in fp32, as in `_depthwise`.  Returns the
-    eight outputs as ((row 0, 1) as a 2x2 group, (row 2, 3) as one): tl, tr, bl, br each."""
+def _group_out(a, bias, h_ok, ACT: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_HID: tl.constexpr, dtype: tl.constexpr,
+               ASM: tl.constexpr, V: tl.constexpr, GH: tl.constexpr):
+    """`_dw_epilogue` of one pixel of the groups; zeros for rows past GH."""
+    if V < GH:
+        out = _dw_epilogue(a, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
+    else:
+        out = tl.zeros(a.shape, dtype)
+    return out
+
+
+@triton.jit
+def _depthwise_groups(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
+                      STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr,
+                      P2: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr, GH: tl.constexpr):
+    """`_depthwise` for GH x 2 groups (3 <= GH <= 8; TALL: GH = 4, STRIP: GH rows): pixel row v's
+    taps start v*STRIDE staged rows below row 0's, so the KSIZE + (GH-1)*STRIDE rows of windows
+    serve all GH rows (3x3 at stride 1: (GH+2)*4 window loads per 2*GH pixels: 3 per pixel at
+    GH = 4, 2.6 at 7, against 4 in 2x2 groups).  Each window is loaded once and goes into the row
+    sums of every pixel row it is a tap of; a row's taps are summed in the activation dtype, the
+    rows in fp32, as in `_depthwise`.  Returns the 16 outputs of rows 0-7, left then right
+    pixel of each row; rows past GH are zeros."""
     a0l = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
     a0r = a0l
     a1l = a0l
@@ -405,7 +424,15 @@ def _depthwise_tall(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexp
     a2r = a0l
     a3l = a0l
     a3r = a0l
-    for j in tl.static_range(KSIZE + 3 * STRIDE):
+    a4l = a0l
+    a4r = a0l
+    a5l = a0l
+    a5r = a0l
+    a6l = a0l
+    a6r = a0l
+    a7l = a0l
+    a7r = a0l
+    for j in tl.static_range(KSIZE + (GH - 1) * STRIDE):
         z = tl.zeros([P2, BLOCK_HID], dtype=pair_ptrs.dtype.element_ty)
         s0l = z
         s0r = z
@@ -415,26 +442,69 @@ def _depthwise_tall(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexp
         s2r = z
         s3l = z
         s3r = z
+        s4l = z
+        s4r = z
+        s5l = z
+        s5r = z
+        s6l = z
+        s6r = z
+        s7l = z
+        s7r = z
         for m in tl.static_range(KSIZE + STRIDE):
             r = tl.load(pair_ptrs + (j * REG_W + m) * BLOCK_HID)
-            s0l, s0r = _tall_taps(s0l, s0r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, m, STRIDE, KSIZE)
-            s1l, s1r = _tall_taps(s1l, s1r, r, w_dw_ptr, hh, h_ok, HIDDEN, j - STRIDE, m, STRIDE, KSIZE)
-            s2l, s2r = _tall_taps(s2l, s2r, r, w_dw_ptr, hh, h_ok, HIDDEN, j - 2 * STRIDE, m, STRIDE, KSIZE)
-            s3l, s3r = _tall_taps(s3l, s3r, r, w_dw_ptr, hh, h_ok, HIDDEN, j - 3 * STRIDE, m, STRIDE, KSIZE)
-        a0l, a0r = _tall_rows(a0l, a0r, s0l, s0r, j, KSIZE)
-        a1l, a1r = _tall_rows(a1l, a1r, s1l, s1r, j - STRIDE, KSIZE)
-        a2l, a2r = _tall_rows(a2l, a2r, s2l, s2r, j - 2 * STRIDE, KSIZE)
-        a3l, a3r = _tall_rows(a3l, a3r, s3l, s3r, j - 3 * STRIDE, KSIZE)
-    bias = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
-    a0l = _dw_epilogue(a0l, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
-    a0r = _dw_epilogue(a0r, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
-    a1l = _dw_epilogue(a1l, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
-    a1r = _dw_epilogue(a1r, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
-    a2l = _dw_epilogue(a2l, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
-    a2r = _dw_epilogue(a2r, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
-    a3l = _dw_epilogue(a3l, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
-    a3r = _dw_epilogue(a3r, bias, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM)
-    return a0l, a0r, a1l, a1r, a2l, a2r, a3l, a3r
+            s0l, s0r = _group_taps(s0l, s0r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 0, m, STRIDE, KSIZE, GH)
+            s1l, s1r = _group_taps(s1l, s1r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 1, m, STRIDE, KSIZE, GH)
+            s2l, s2r = _group_taps(s2l, s2r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 2, m, STRIDE, KSIZE, GH)
+            s3l, s3r = _group_taps(s3l, s3r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 3, m, STRIDE, KSIZE, GH)
+            s4l, s4r = _group_taps(s4l, s4r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 4, m, STRIDE, KSIZE, GH)
+            s5l, s5r = _group_taps(s5l, s5r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 5, m, STRIDE, KSIZE, GH)
+            s6l, s6r = _group_taps(s6l, s6r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 6, m, STRIDE, KSIZE, GH)
+            s7l, s7r = _group_taps(s7l, s7r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 7, m, STRIDE, KSIZE, GH)
+        a0l, a0r = _group_rows(a0l, a0r, s0l, s0r, j, 0, STRIDE, KSIZE, GH)
+        a1l, a1r = _group_rows(a1l, a1r, s1l, s1r, j, 1, STRIDE, KSIZE, GH)
+        a2l, a2r = _group_rows(a2l, a2r, s2l, s2r, j, 2, STRIDE, KSIZE, GH)
+        a3l, a3r = _group_rows(a3l, a3r, s3l, s3r, j, 3, STRIDE, KSIZE, GH)
+        a4l, a4r = _group_rows(a4l, a4r, s4l, s4r, j, 4, STRIDE, KSIZE, GH)
+        a5l, a5r = _group_rows(a5l, a5r, s5l, s5r, j, 5, STRIDE, KSIZE, GH)
+        a6l, a6r = _group_rows(a6l, a6r, s6l, s6r, j, 6, STRIDE, KSIZE, GH)
+        a7l, a7r = _group_rows(a7l, a7r, s7l, s7r, j, 7, STRIDE, KSIZE, GH)
+    b = tl.load(b_dw_ptr + hh, mask=h_ok, other=0.0).to(tl.float32)[None, :]
+    return (_group_out(a0l, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 0, GH),
+            _group_out(a0r, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 0, GH),
+            _group_out(a1l, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 1, GH),
+            _group_out(a1r, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 1, GH),
+            _group_out(a2l, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 2, GH),
+            _group_out(a2r, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 2, GH),
+            _group_out(a3l, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 3, GH),
+            _group_out(a3r, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 3, GH),
+            _group_out(a4l, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 4, GH),
+            _group_out(a4r, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 4, GH),
+            _group_out(a5l, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 5, GH),
+            _group_out(a5r, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 5, GH),
+            _group_out(a6l, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 6, GH),
+            _group_out(a6r, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 6, GH),
+            _group_out(a7l, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 7, GH),
+            _group_out(a7r, b, h_ok, ACT, HIDDEN, BLOCK_HID, dtype, ASM, 7, GH))
+
+
+@triton.jit
+def _join_groups(o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l, o7r, P2: tl.constexpr,
+                 BLOCK_HID: tl.constexpr, GH: tl.constexpr, dtype: tl.constexpr):
+    """The GH x 2 groups' outputs as one project operand of GR*P2 rows (GR = 8 for GH <= 4, else
+    16): row GR*q + ... with the joins nested as `_split_groups` undoes them."""
+    r0 = _join_pairs(o0l.to(dtype), o0r.to(dtype), P2, BLOCK_HID)  # rows 2q + u (column u)
+    r1 = _join_pairs(o1l.to(dtype), o1r.to(dtype), P2, BLOCK_HID)
+    r2 = _join_pairs(o2l.to(dtype), o2r.to(dtype), P2, BLOCK_HID)
+    r3 = _join_pairs(o3l.to(dtype), o3r.to(dtype), P2, BLOCK_HID)
+    d = _join_pairs(_join_pairs(r0, r1, 2 * P2, BLOCK_HID), _join_pairs(r2, r3, 2 * P2, BLOCK_HID), 4 * P2, BLOCK_HID)
+    if GH > 4:
+        r4 = _join_pairs(o4l.to(dtype), o4r.to(dtype), P2, BLOCK_HID)
+        r5 = _join_pairs(o5l.to(dtype), o5r.to(dtype), P2, BLOCK_HID)
+        r6 = _join_pairs(o6l.to(dtype), o6r.to(dtype), P2, BLOCK_HID)
+        r7 = _join_pairs(o7l.to(dtype), o7r.to(dtype), P2, BLOCK_HID)
+        d = _join_pairs(d, _join_pairs(_join_pairs(r4, r5, 2 * P2, BLOCK_HID), _join_pairs(r6, r7, 2 * P2, BLOCK_HID),
+                                       4 * P2, BLOCK_HID), 8 * P2, BLOCK_HID)
+    return d
 
 
 @triton.jit
@@ -590,33 +660,51 @@ def _store_piece(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow,
 
 
 @triton.jit
-def _store_band(band, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0: tl.constexpr,
-                P2: tl.constexpr, CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
-                ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """Rows V0 and V0 + 1 of the 4x2 groups as 2x2 groups ([4*P2, BCO], `_split_quads`' rows),
-    stored pixel by pixel."""
-    a, b, c, d = _split_quads(band, P2, BCO)  # top-left, top-right, bottom-left, bottom-right
-    _store_piece(a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0, 0, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    _store_piece(b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0, 1, CO0, BCO, CIN, COUT,
-                 ACT, HAS_RESIDUAL)
-    _store_piece(c, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0 + 1, 0, CO0, BCO, CIN,
-                 COUT, ACT, HAS_RESIDUAL)
-    _store_piece(d, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V0 + 1, 1, CO0, BCO, CIN,
-                 COUT, ACT, HAS_RESIDUAL)
+def _store_row(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
+               CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
+               HAS_RESIDUAL: tl.constexpr, V: tl.constexpr, GH: tl.constexpr):
+    """Row V of the groups ([2*P2, BCO], rows 2q + u: column u), both pixels stored, if V < GH."""
+    if V < GH:
+        left, right = _split_pairs(acc, P2, BCO)
+        _store_piece(left, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V, 0, CO0, BCO, CIN,
+                     COUT, ACT, HAS_RESIDUAL)
+        _store_piece(right, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V, 1, CO0, BCO, CIN,
+                     COUT, ACT, HAS_RESIDUAL)
 
 
 @triton.jit
-def _store_tall(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
-                CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
-                HAS_RESIDUAL: tl.constexpr):
-    """Output channels CO0..CO0+BCO of the 4x2 groups: acc [8*P2, BCO], rows 8q + 4u + 2v + h
-    (column u, row 2h + v; `_depthwise_tall`'s join), split into its two bands and stored."""
-    upper, lower = _split_pairs(acc, 4 * P2, BCO)
-    _store_band(upper, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 0, P2, CO0, BCO, CIN,
-                COUT, ACT, HAS_RESIDUAL)
-    _store_band(lower, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, 2, P2, CO0, BCO, CIN,
-                COUT, ACT, HAS_RESIDUAL)
+def _store_rows4(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
+                 CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
+                 HAS_RESIDUAL: tl.constexpr, V0: tl.constexpr, GH: tl.constexpr):
+    """Rows V0..V0+3 of the groups ([8*P2, BCO], rows 8q + 4u + 2h + g: row V0 + 2g + h)."""
+    even, odd = _split_pairs(acc, 4 * P2, BCO)  # g: rows V0 + h, V0 + 2 + h
+    r0, r1 = _split_pairs(even, 2 * P2, BCO)
+    r2, r3 = _split_pairs(odd, 2 * P2, BCO)
+    _store_row(r0, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN, COUT,
+               ACT, HAS_RESIDUAL, V0, GH)
+    _store_row(r1, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN, COUT,
+               ACT, HAS_RESIDUAL, V0 + 1, GH)
+    _store_row(r2, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN, COUT,
+               ACT, HAS_RESIDUAL, V0 + 2, GH)
+    _store_row(r3, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN, COUT,
+               ACT, HAS_RESIDUAL, V0 + 3, GH)
+
+
+@triton.jit
+def _store_groups(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
+                  CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
+                  HAS_RESIDUAL: tl.constexpr, GH: tl.constexpr):
+    """Output channels CO0..CO0+BCO of the GH x 2 groups, acc as `_join_groups` ordered its rows
+    (GH > 4: rows 16q + 8f + ...: rows 0-3 at f = 0, 4-7 at f = 1), split and stored pixel by pixel."""
+    if GH > 4:
+        upper, lower = _split_pairs(acc, 8 * P2, BCO)
+        _store_rows4(upper, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN,
+                     COUT, ACT, HAS_RESIDUAL, 0, GH)
+        _store_rows4(lower, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN,
+                     COUT, ACT, HAS_RESIDUAL, 4, GH)
+    else:
+        _store_rows4(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN,
+                     COUT, ACT, HAS_RESIDUAL, 0, GH)
 
 
 @triton.jit
@@ -692,7 +780,9 @@ def _inverted_residual_kernel(
     RECOMPUTE_SETS: tl.constexpr = False,  # the fused project's epilogue recomputes the pixel sets' positions instead
     # of holding them through the chunk loop (frees registers there; the compiler's allocation shifts either way)
     TALL: tl.constexpr = False,  # 4x2 pixel groups (two 2x2 groups stacked) share the windows of 3 + 3*STRIDE rows
-    # (`_depthwise_tall`); needs QUADS
+    # (`_depthwise_groups`); needs QUADS
+    STRIP: tl.constexpr = 0,  # > 0: STRIP x 2 pixel groups (3..8 rows; 7 divides MobileNet's maps) likewise; needs
+    # QUADS
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
@@ -700,6 +790,7 @@ def _inverted_residual_kernel(
     tl.static_assert(PROJECT or KSIZE > 0)
     tl.static_assert(HIDDEN_SPLIT == 1 or PROJECT_APART)
     tl.static_assert(not TALL or QUADS)
+    tl.static_assert(STRIP == 0 or (QUADS and not TALL and STRIP >= 3 and STRIP <= 8))
     # A work item's hidden channels: whole chunks, the last part possibly shorter.
     SPLIT_HID: tl.constexpr = (HIDDEN + BLOCK_HID * HIDDEN_SPLIT - 1) // (BLOCK_HID * HIDDEN_SPLIT) * BLOCK_HID
     pid = tl.program_id(0)
@@ -711,7 +802,7 @@ def _inverted_residual_kernel(
     n_tiles = tl.cdiv(N, IMGS) * tiles_hw
     # Tile-invariant index math, once per program: offsets relative to a tile's origin.
     GW: tl.constexpr = 2 if QUADS else 1  # columns per pixel group
-    GH: tl.constexpr = 4 if TALL else 2  # ... and rows
+    GH: tl.constexpr = STRIP if STRIP > 0 else (4 if TALL else 2)  # ... and rows
     QW: tl.constexpr = TILE_W // GW  # groups per tile row
     q = tl.arange(0, P2)  # pixel groups: rows q_y (top) .. q_y + GH - 1 of columns q_x .. q_x + GW - 1
     q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(q, H, W, HO, WO, TILE_H, QW, GW, IMGS, CIN, COUT, GH)
@@ -769,9 +860,10 @@ def _inverted_residual_kernel(
         # The project's accumulators (none with the project apart).  Joined: one product per part
         # for all pixels of each group, rows 2q (top), 2q + 1 (quads: 4q + ...).
         if PROJECT and JOIN_PAIRS:
-            acc_a = tl.zeros([GH * GW * P2, CO_A], dtype=tl.float32)
+            GR: tl.constexpr = GW * (2 if GH <= 2 else (4 if GH <= 4 else 8))  # rows per group, joined (a power of 2)
+            acc_a = tl.zeros([GR * P2, CO_A], dtype=tl.float32)
             if CO_B > 0:
-                acc_b = tl.zeros([GH * GW * P2, CO_B], dtype=tl.float32)
+                acc_b = tl.zeros([GR * P2, CO_B], dtype=tl.float32)
         elif PROJECT:
             acc_ta = tl.zeros([P2, CO_A], dtype=tl.float32)  # top pixels, first output part
             acc_ba = tl.zeros([P2, CO_A], dtype=tl.float32)  # bottom pixels
@@ -836,44 +928,55 @@ def _inverted_residual_kernel(
                     tl.store(stage_ptrs + buf, e.to(dtype))
                 tl.debug_barrier()
                 # 2. Depthwise for the tile's pixel pairs (or 2x2 groups: then d_top and d_bot hold
-                # both columns, rows 2q + u for the left (u = 0) and the right pixel).
-                if TALL:  # rows 0-1 as the 2x2 groups of _depthwise (d_*), rows 2-3 likewise (l_*)
-                    d_top, d_tr, d_bot, d_br, l_top, l_tr, l_bot, l_br = _depthwise_tall(
+                # both columns, rows 2q + u for the left (u = 0) and the right pixel; or GH x 2 groups).
+                if GH > 2:
+                    o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l, o7r = _depthwise_groups(
                         pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID,
-                        P2, dtype if PACKED_DW else tl.float32, INLINE_PTX)
+                        P2, dtype if PACKED_DW else tl.float32, INLINE_PTX, GH)
+                    if not PROJECT:  # 3. Store the hidden chunk, two rows at a time ...
+                        _store_hidden(y_img, out_hid, ow, ok_top, ok_top & (oh + 1 < HO), o0l, o0r, o1l, o1r, hh,
+                                      h_ok, WO, HIDDEN, GW)
+                        _store_hidden(y_img, out_hid + 2 * WO * HIDDEN, ow, ok_top & (oh + 2 < HO) & (2 < GH),
+                                      ok_top & (oh + 3 < HO) & (3 < GH), o2l, o2r, o3l, o3r, hh, h_ok, WO, HIDDEN, GW)
+                        if GH > 4:
+                            _store_hidden(y_img, out_hid + 4 * WO * HIDDEN, ow, ok_top & (oh + 4 < HO),
+                                          ok_top & (oh + 5 < HO) & (5 < GH), o4l, o4r, o5l, o5r, hh, h_ok, WO, HIDDEN,
+                                          GW)
+                            _store_hidden(y_img, out_hid + 6 * WO * HIDDEN, ow, ok_top & (oh + 6 < HO) & (6 < GH),
+                                          ok_top & (oh + 7 < HO) & (7 < GH), o6l, o6r, o7l, o7r, hh, h_ok, WO, HIDDEN,
+                                          GW)
+                    else:  # ... or project it into the accumulators.
+                        d = _join_groups(o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l,
+                                         o7r, P2, BLOCK_HID, GH, dtype)
+                        acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                        if CO_B > 0:
+                            acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
                 else:
                     d_top, d_tr, d_bot, d_br = _depthwise(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN,
                                                           REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW,
                                                           dtype if PACKED_DW else tl.float32, INLINE_PTX)
-                if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it ...
-                    _store_hidden(y_img, out_hid, ow, ok_top, ok_bot, d_top, d_tr, d_bot, d_br, hh, h_ok, WO, HIDDEN,
-                                  GW)
-                    if TALL:  # rows 2-3
-                        _store_hidden(y_img, out_hid + 2 * WO * HIDDEN, ow, ok_top & (oh + 2 < HO),
-                                      ok_top & (oh + 3 < HO), l_top, l_tr, l_bot, l_br, hh, h_ok, WO, HIDDEN, GW)
-                else:  # ... or project it into the accumulators.
-                    if QUADS:
-                        d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
-                        d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
-                    if JOIN_PAIRS:
-                        d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
-                        if TALL:  # the lower band after: rows 8q + 4u + 2v + h, column u, row 2h + v (`_store_tall`)
-                            lower = _join_pairs(_join_pairs(l_top, l_tr, P2, BLOCK_HID).to(dtype),
-                                                _join_pairs(l_bot, l_br, P2, BLOCK_HID).to(dtype), GW * P2, BLOCK_HID)
-                            d = _join_pairs(d, lower, 4 * P2, BLOCK_HID)
-                        acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                        if CO_B > 0:
-                            acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                    else:
-                        acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta,
-                                                                        acc_ba, acc_tb, acc_bb, w_proj_ptr, hh, h_ok,
-                                                                        CO_A, CO_B, COUT, DOT_PRECISION)
+                    if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it ...
+                        _store_hidden(y_img, out_hid, ow, ok_top, ok_bot, d_top, d_tr, d_bot, d_br, hh, h_ok, WO,
+                                      HIDDEN, GW)
+                    else:  # ... or project it into the accumulators.
+                        if QUADS:
+                            d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
+                            d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
+                        if JOIN_PAIRS:
+                            d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
+                            acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                            if CO_B > 0:
+                                acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                        else:
+                            acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta,
+                                                                            acc_ba, acc_tb, acc_bb, w_proj_ptr, hh,
+                                                                            h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
             if PROJECT and RECOMPUTE_SETS:
                 # The pixel sets' positions again, after the chunk loop: held through it, they
                 # take registers the loop needs.
                 q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(_opaque(tl.arange(0, P2), INLINE_PTX), H, W, HO,
                                                                       WO, TILE_H, QW, GW, IMGS, CIN, COUT, GH)
-            if PROJECT and not TALL:  # (TALL's epilogue splits its own)
+            if PROJECT and GH <= 2:  # (GH x 2 groups' epilogue splits its own)
                 if QUADS:  # left pixels into the pairs' accumulators, right ones apart
                     acc_ta, acc_tra, acc_ba, acc_bra = _split_quads(acc_a, P2, CO_A)
                     if CO_B > 0:
@@ -918,12 +1021,12 @@ def _inverted_residual_kernel(
         if PROJECT:
             in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
             out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
-        if PROJECT and TALL:
-            _store_tall(acc_a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, 0, CO_A, CIN,
-                        COUT, ACT_PROJ, HAS_RESIDUAL)
+        if PROJECT and GH > 2:
+            _store_groups(acc_a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, 0, CO_A, CIN,
+                          COUT, ACT_PROJ, HAS_RESIDUAL, GH)
             if CO_B > 0:
-                _store_tall(acc_b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO_A, CO_B,
-                            CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
+                _store_groups(acc_b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO_A,
+                              CO_B, CIN, COUT, ACT_PROJ, HAS_RESIDUAL, GH)
         elif PROJECT:
             _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
             _store_part(acc_ba, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, 0, CO_A, COUT,
@@ -979,7 +1082,7 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         # The expand's rows: the staged region, or with stage_image the images' own pixels.
         P_STAGE=max(16, next_pow2(cfg.imgs * cfg.tile_h * cfg.tile_w)) if cfg.stage_image else _staged_rows(shape, cfg),
         # Pixel pairs, or 2x2 groups with quads.
-        P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // (4 if cfg.tall else 2)
+        P2=max(16, next_pow2(cfg.imgs * cfg.tile_h // cfg.group_rows
                              * (cfg.tile_w // 2 if cfg.quads else cfg.tile_w))),
         # The staged chunk's vector stores and the fp16 epilogue, compiled, are inline PTX, which
         # the interpreter cannot run: it takes their twins in Triton ops.  MNV2_INLINE_PTX=0

@@ -177,14 +177,14 @@ class LaunchConfig:
 @dataclass(frozen=True, kw_only=True)
 class BlockConfig(LaunchConfig):
     """How one block is launched (kernels/block.py): output tiles of imgs x tile_h x tile_w
-    pixels (tile_h even: the kernel works on vertical pairs), hidden channels in chunks of
+    pixels (tile_h even: the kernel works on vertical pairs, or a multiple of strip), hidden channels in chunks of
     block_hid, the tile's input region kept on chip across chunks when x_resident, and a
     persistent grid of programs_per_sm programs per multiprocessor (the occupancy the
     compiled variant reaches; maxnreg caps its registers to reach it).  stage_image: for
     stride 1 and a tile covering the whole image, only the image's pixels are expanded per
     chunk (the halo ring is padding, zeroed once per program).  join_pairs: the pairs' top and
-    bottom pixels projected in one product of twice the rows.  quads and tall: pixels in 2x2 and
-    4x2 groups, which share their depthwise windows (kernels/block.py).  stage_vectors: 16-bit
+    bottom pixels projected in one product of twice the rows.  quads, tall and strip: pixels in 2x2,
+    4x2 and strip x 2 groups, which share their depthwise windows (kernels/block.py).  stage_vectors: 16-bit
     chunks are staged straight from the expand's accumulators with vector stores (off: through
     tl.store's layout conversion, which needs fewer registers)."""
 
@@ -204,13 +204,19 @@ class BlockConfig(LaunchConfig):
     packed_dw: bool = True  # fp16: the depthwise's bias and clamp on packed pairs (False: in fp32, as bf16 and fp32)
     recompute_sets: bool = False  # fused project: the pixel sets' positions recomputed after the chunk loop (registers)
     tall: bool = False  # 4x2 pixel groups (two 2x2 stacked) share windows of 3 + 3*stride rows (quads, tile_h % 4 == 0)
+    strip: int = 0  # > 0: strip x 2 groups (3..8 rows) likewise (quads, tile_h % strip == 0)
+
+    @property
+    def group_rows(self) -> int:
+        """Pixel rows per group: pairs and 2x2 groups 2, tall 4, else strip."""
+        return self.strip or (4 if self.tall else 2)
 
     def validate(self, shape: BlockShape) -> None:
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):
             raise ValueError(f"config block_hid={self.block_hid} must be a power of two >= 16")
-        if self.tile_h < 2 or self.tile_h % 2 or self.tile_w < 1 or self.imgs < 1:
-            raise ValueError(f"config tile {self.imgs}x{self.tile_h}x{self.tile_w}: tile_h must be even and >= 2, "
-                             "tile_w and imgs >= 1")
+        if self.tile_h < 2 or self.tile_h % (self.strip or 2) or self.tile_w < 1 or self.imgs < 1:
+            raise ValueError(f"config tile {self.imgs}x{self.tile_h}x{self.tile_w}: tile_h must be >= 2 and even (a "
+                             f"multiple of strip={self.strip} with strip), tile_w and imgs >= 1")
         if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1 or self.programs_per_sm < 1:
             raise ValueError(f"config num_warps={self.num_warps}, num_stages={self.num_stages}, "
                              f"programs_per_sm={self.programs_per_sm} is invalid")
@@ -229,6 +235,9 @@ class BlockConfig(LaunchConfig):
         if self.tall and not (self.quads and self.tile_h % 4 == 0):
             raise ValueError(f"config tall (4x2 pixel groups) needs quads and tile_h a multiple of 4, got "
                              f"quads={self.quads}, tile_h={self.tile_h}")
+        if self.strip and not (3 <= self.strip <= 8 and self.quads and not self.tall):
+            raise ValueError(f"config strip={self.strip} (strip x 2 pixel groups) must be 3..8 and needs quads, not "
+                             f"tall; got quads={self.quads}, tall={self.tall}")
         if self.project_apart and not shape.staged:
             raise ValueError("config project_apart needs a middle depthwise (the staged path)")
         if self.hidden_split < 1 or (self.hidden_split > 1 and not self.project_apart):

@@ -143,6 +143,15 @@ TILINGS = [
     dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, tall=True, project_apart=True),
     dict(tile_h=8, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True, tall=True, project_apart=True,
          hidden_split=3),
+    # 7 x 2 groups (strips): the second tile row overhangs the 9 rows by 5, one group row per tile;
+    # 3 x 2 (the joined rows padded to 4) in two group rows per tile, the input reloaded per chunk;
+    # 8 x 2 with the positions recomputed; 5 x 2 and 7 x 2 storing the hidden tensor for the GEMM.
+    dict(tile_h=7, tile_w=4, imgs=2, block_hid=32, join_pairs=True, quads=True, strip=7),
+    dict(tile_h=6, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, strip=3, x_resident=False),
+    dict(tile_h=8, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True, strip=8, recompute_sets=True),
+    dict(tile_h=5, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, strip=5, project_apart=True),
+    dict(tile_h=7, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True, strip=7, project_apart=True,
+         hidden_split=3),
 ]
 
 
@@ -180,6 +189,9 @@ STAGE_IMAGE_CASES = [
                                              tall=True)),
     (24, 6, 40, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
                                              tall=True, project_apart=True)),
+    # a whole 7 x 7 image in one 7 x 2 group row (the right column's last group past the image)
+    (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=7, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
+                                             strip=7)),
     # block 17's kind of config: two images per tile, the project apart
     (24, 6, 40, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
                                              project_apart=True)),

@@ -92,7 +92,7 @@ def test_config_fields_are_the_kernels_constexprs():
     assert HeadConfig(block_p=32).constexprs() == {"IMGS": 1, "BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
     assert set(LARGE.constexprs()) == {"TILE_H", "TILE_W", "IMGS", "BLOCK_HID", "X_RESIDENT", "JOIN_PAIRS",
                                        "STAGE_IMAGE", "STAGE_VECTORS", "QUADS", "PROJECT_APART",
-                                       "HIDDEN_SPLIT", "PACKED_DW", "RECOMPUTE_SETS", "TALL"}
+                                       "HIDDEN_SPLIT", "PACKED_DW", "RECOMPUTE_SETS", "TALL", "STRIP"}
     assert LARGE.options() == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
     assert "maxnreg" not in SMALL.options()  # the compiler's own choice
 
@@ -182,6 +182,24 @@ def test_tune_candidates_try_the_project_apart_on_small_maps_and_batches():
     assert any((c.tile_h, c.tile_w) == (16, 16) for c in tall)
     assert all(c.quads and c.tile_h % 4 == 0 for c in tall)
     assert any(c.tall and c.project_apart for c in at_256)
+    # ... and in 7- or 8-row bands as strips (7x2 groups fill a 28 x 14 tile's 32 group slots).
+    strip = [c for c in candidates(specs[2], 2, 256) if c.strip]
+    assert any((c.tile_h, c.tile_w, c.strip) == (28, 14, 7) for c in strip)
+    assert all(c.quads and not c.tall and c.tile_h % c.strip == 0 for c in strip)
+
+
+def test_strip_groups_validate_their_rows():
+    shape = block_specs(1.0, resolution=224)[2]
+    BlockConfig(tile_h=28, tile_w=14, join_pairs=True, quads=True, strip=7).validate(shape)
+    with pytest.raises(ValueError, match="even"):  # odd rows only in strips of odd height
+        BlockConfig(tile_h=7, tile_w=14, join_pairs=True, quads=True).validate(shape)
+    with pytest.raises(ValueError, match="multiple of strip=7"):
+        BlockConfig(tile_h=16, tile_w=14, join_pairs=True, quads=True, strip=7).validate(shape)
+    for bad in (dict(strip=9), dict(strip=2), dict(strip=7, quads=False, join_pairs=True),
+                dict(strip=7, tall=True)):
+        cfg = dict(tile_h=14, tile_w=14, join_pairs=True, quads=True) | bad
+        with pytest.raises(ValueError):
+            BlockConfig(**cfg).validate(shape)
 
 
 @pytest.mark.parametrize("batch", [1, 256])

@@ -711,7 +711,8 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         # images' own pixels), or (no middle depthwise) on the top and bottom pixels.
         rows = args["P_STAGE"] if s.staged else 2 * args["P2"]
         expand = rows * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
-        group = (8 if cfg.tall else 4) if cfg.quads else 2  # pixels per pair, 2x2 group or 4x2 group (tall)
+        # Pixels per pair or group, as joined for the project (a power of two: 7-row strips pad to 8).
+        group = 2 * (1 << (cfg.group_rows - 1).bit_length()) if cfg.quads else 2
         # project_apart: the project is the GEMM launched after it (`inventory.project_launch`).
         project = 0 if cfg.project_apart else group * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])
         macs = per_program * chunks * (expand + project)

@@ -22,6 +22,7 @@ def describe(cfg) -> str:
         reg = f" r{d['maxnreg']}" if d["maxnreg"] else ""
         return (f"{d['imgs']}x{d['tile_h']}x{d['tile_w']}{' image' if d.get('stage_image') else ''}"
                 f"{' join' if d.get('join_pairs') else ''}{' quads' if d.get('quads') else ''}{' tall' if d.get('tall') else ''}"
+                f"{' strip' + str(d['strip']) if d.get('strip') else ''}"
                 f"{'' if d.get('stage_vectors', True) else ' tlstore'}{' apart' if d.get('project_apart') else ''}"
                 f"{' split' + str(d['hidden_split']) if d.get('hidden_split', 1) > 1 else ''}"
                 f"{'' if d.get('packed_dw', True) else ' dw32'}{' remat' if d.get('recompute_sets') else ''} "

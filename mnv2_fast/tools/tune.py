@@ -53,7 +53,8 @@ def candidates(shape, itemsize: int, batch: int):
     pixel groups (quads); for 16-bit expands, each with and without stage_vectors; for maps
     under 10 pixels wide or batches up to 8, each also with project_apart, and at batches up
     to 16 with one hidden chunk per work item (hidden_split); 16 warps under a register cap
-    also with recompute_sets; 2x2 groups in tiles of 4-row bands also as 4x2 groups (tall)."""
+    also with recompute_sets; 2x2 groups in tiles of 4-row bands also as 4x2 groups (tall), in
+    tiles of 7- or 8-row bands also as 7x2 or 8x2 groups (strip)."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
@@ -90,7 +91,11 @@ def candidates(shape, itemsize: int, batch: int):
         if shape.staged else []
     # 2x2 groups in tiles of whole 4-row bands: also as 4x2 groups (tall).
     tall = [replace(cfg, tall=True) for cfg in out[1:] + apart + remat if cfg.quads and cfg.tile_h % 4 == 0]
-    return list(dict.fromkeys(out + apart + remat + tall))
+    # ... and in tiles of 7-row bands (MobileNet's maps are multiples of 7) or 8-row ones as
+    # strips: 7x2 groups fill the power-of-two group count that 4x2 groups pad by a quarter.
+    strip = [replace(cfg, strip=rows) for cfg in out[1:] + apart + remat for rows in (7, 8)
+             if cfg.quads and cfg.tile_h % rows == 0]
+    return list(dict.fromkeys(out + apart + remat + tall + strip))
 
 
 # (hidden chunk, warps, register cap): 8 warps uncapped (up to 255 registers, one program
