@@ -215,8 +215,9 @@ class BlockConfig(LaunchConfig):
         if self.block_hid < 16 or self.block_hid & (self.block_hid - 1):
             raise ValueError(f"config block_hid={self.block_hid} must be a power of two >= 16")
         if self.tile_h < 2 or self.tile_h % (self.strip or 2) or self.tile_w < 1 or self.imgs < 1:
-            raise ValueError(f"config tile {self.imgs}x{self.tile_h}x{self.tile_w}: tile_h must be >= 2 and even (a "
-                             f"multiple of strip={self.strip} with strip), tile_w and imgs >= 1")
+            rows = f"a multiple of strip={self.strip}" if self.strip else "even"  # pairs, or whole strips
+            raise ValueError(f"config tile {self.imgs}x{self.tile_h}x{self.tile_w}: tile_h must be {rows} and >= 2, "
+                             "tile_w and imgs >= 1")
         if self.num_warps not in (1, 2, 4, 8, 16) or self.num_stages < 1 or self.programs_per_sm < 1:
             raise ValueError(f"config num_warps={self.num_warps}, num_stages={self.num_stages}, "
                              f"programs_per_sm={self.programs_per_sm} is invalid")
