@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 # products then take registers, and some configs spill).
 ENV_VARIANTS = {"no inline PTX": {"MNV2_INLINE_PTX": "0"}, "no wgmma": {"DISABLE_MMA_V3": "1"}}
 MAX_RESTARTS = 6  # per batch: more failing layers than this and the run is better spent elsewhere
-SWITCHES = ("strip", "tall", "stage_vectors", "packed_dw", "recompute_sets", "quads", "join_pairs", "stage_image",
+SWITCHES = ("acc16", "strip", "tall", "stage_vectors", "packed_dw", "recompute_sets", "quads", "join_pairs", "stage_image",
             "project_apart")
 
 

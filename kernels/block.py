@@ -285,12 +285,16 @@ def _store_four(base, offs, ok, lo, hi, ASM: tl.constexpr, MASKED: tl.constexpr)
 def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl.constexpr,
                  HIDDEN: tl.constexpr, DOT_PRECISION: tl.constexpr, STAGE_VECTORS: tl.constexpr = False):
     """e + x @ w_exp[K0:K0+BK, chunk]: one power-of-two part of the expand product (its columns in
-    `_stage_order` with STAGE_VECTORS)."""
+    `_stage_order` with STAGE_VECTORS), accumulated in e's dtype (fp16: see ACC16)."""
     kk = K0 + tl.arange(0, BK)
     w = tl.load(w_exp_ptr + kk[:, None] * HIDDEN + hh[None, :], mask=(kk < CIN)[:, None] & h_ok[None, :], other=0.0)
     if STAGE_VECTORS:
         w = _stage_order(w, hh.shape[0])
-    return tl.dot(x, w, e, input_precision=DOT_PRECISION)
+    if e.dtype == tl.float16:
+        out = tl.dot(x, w, e, out_dtype=tl.float16)
+    else:
+        out = tl.dot(x, w, e, input_precision=DOT_PRECISION)
+    return out
 
 
 @triton.jit
@@ -783,6 +787,8 @@ def _inverted_residual_kernel(
     # (`_depthwise_groups`); needs QUADS
     STRIP: tl.constexpr = 0,  # > 0: STRIP x 2 pixel groups (3..8 rows; 7 divides MobileNet's maps) likewise; needs
     # QUADS
+    ACC16: tl.constexpr = False,  # fp16: the staged expand accumulates in fp16 (wgmma's f16 accumulator: half the
+    # registers, no conversion before the epilogue; one rounding per 16 input channels, where fp32 rounds once)
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
@@ -904,8 +910,11 @@ def _inverted_residual_kernel(
                         x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
                         if K_B > 0:
                             x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
-                    e = _expand_part(x_a, tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float32), w_exp_ptr, hh, h_ok, 0,
-                                     K_A, CIN, HIDDEN, DOT_PRECISION, VECTORS)
+                    if ACC16 and dtype == tl.float16:
+                        e = tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float16)
+                    else:
+                        e = tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float32)
+                    e = _expand_part(x_a, e, w_exp_ptr, hh, h_ok, 0, K_A, CIN, HIDDEN, DOT_PRECISION, VECTORS)
                     if K_B > 0:
                         e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION,
                                          VECTORS)

@@ -205,6 +205,7 @@ class BlockConfig(LaunchConfig):
     recompute_sets: bool = False  # fused project: the pixel sets' positions recomputed after the chunk loop (registers)
     tall: bool = False  # 4x2 pixel groups (two 2x2 stacked) share windows of 3 + 3*stride rows (quads, tile_h % 4 == 0)
     strip: int = 0  # > 0: strip x 2 groups (3..8 rows) likewise (quads, tile_h % strip == 0)
+    acc16: bool = False  # fp16: the staged expand accumulates in fp16 (other dtypes: in fp32 whatever this says)
 
     @property
     def group_rows(self) -> int:

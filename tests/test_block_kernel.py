@@ -152,6 +152,8 @@ TILINGS = [
     dict(tile_h=5, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, strip=5, project_apart=True),
     dict(tile_h=7, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True, strip=7, project_apart=True,
          hidden_split=3),
+    # fp16: the expand accumulating in fp16, in two products (40 = 32 + 8 input channels); fp32 ignores it
+    dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, acc16=True),
 ]
 
 

@@ -92,7 +92,7 @@ def test_config_fields_are_the_kernels_constexprs():
     assert HeadConfig(block_p=32).constexprs() == {"IMGS": 1, "BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
     assert set(LARGE.constexprs()) == {"TILE_H", "TILE_W", "IMGS", "BLOCK_HID", "X_RESIDENT", "JOIN_PAIRS",
                                        "STAGE_IMAGE", "STAGE_VECTORS", "QUADS", "PROJECT_APART",
-                                       "HIDDEN_SPLIT", "PACKED_DW", "RECOMPUTE_SETS", "TALL", "STRIP"}
+                                       "HIDDEN_SPLIT", "PACKED_DW", "RECOMPUTE_SETS", "TALL", "STRIP", "ACC16"}
     assert LARGE.options() == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
     assert "maxnreg" not in SMALL.options()  # the compiler's own choice
 
