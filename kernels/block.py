@@ -495,7 +495,7 @@ def _depthwise_groups(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.conste
 def _join_groups(o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l, o7r, P2: tl.constexpr,
                  BLOCK_HID: tl.constexpr, GH: tl.constexpr, dtype: tl.constexpr):
     """The GH x 2 groups' outputs as one project operand of GR*P2 rows (GR = 8 for GH <= 4, else
-    16): row GR*q + ... with the joins nested as `_split_groups` undoes them."""
+    16), in the order `_store_joined` decodes."""
     r0 = _join_pairs(o0l.to(dtype), o0r.to(dtype), P2, BLOCK_HID)  # rows 2q + u (column u)
     r1 = _join_pairs(o1l.to(dtype), o1r.to(dtype), P2, BLOCK_HID)
     r2 = _join_pairs(o2l.to(dtype), o2r.to(dtype), P2, BLOCK_HID)
@@ -654,61 +654,28 @@ def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.cons
 
 
 @triton.jit
-def _store_piece(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V: tl.constexpr,
-                 U: tl.constexpr, CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
-                 ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """`_store_part` for the pixel V rows below and U columns right of each group's top-left one."""
-    ok = ok_top & (oh + V < HO) & (ow + U < WO)
-    _store_part(acc, x_img, y_img, b_proj_ptr, in_top + (V * W + U) * CIN, out_top + (V * WO + U) * COUT, ok, CO0,
-                BCO, COUT, ACT, HAS_RESIDUAL)
-
-
-@triton.jit
-def _store_row(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
-               CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
-               HAS_RESIDUAL: tl.constexpr, V: tl.constexpr, GH: tl.constexpr):
-    """Row V of the groups ([2*P2, BCO], rows 2q + u: column u), both pixels stored, if V < GH."""
-    if V < GH:
-        left, right = _split_pairs(acc, P2, BCO)
-        _store_piece(left, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V, 0, CO0, BCO, CIN,
-                     COUT, ACT, HAS_RESIDUAL)
-        _store_piece(right, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, V, 1, CO0, BCO, CIN,
-                     COUT, ACT, HAS_RESIDUAL)
-
-
-@triton.jit
-def _store_rows4(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
-                 CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
-                 HAS_RESIDUAL: tl.constexpr, V0: tl.constexpr, GH: tl.constexpr):
-    """Rows V0..V0+3 of the groups ([8*P2, BCO], rows 8q + 4u + 2h + g: row V0 + 2g + h)."""
-    even, odd = _split_pairs(acc, 4 * P2, BCO)  # g: rows V0 + h, V0 + 2 + h
-    r0, r1 = _split_pairs(even, 2 * P2, BCO)
-    r2, r3 = _split_pairs(odd, 2 * P2, BCO)
-    _store_row(r0, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN, COUT,
-               ACT, HAS_RESIDUAL, V0, GH)
-    _store_row(r1, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN, COUT,
-               ACT, HAS_RESIDUAL, V0 + 1, GH)
-    _store_row(r2, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN, COUT,
-               ACT, HAS_RESIDUAL, V0 + 2, GH)
-    _store_row(r3, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN, COUT,
-               ACT, HAS_RESIDUAL, V0 + 3, GH)
-
-
-@triton.jit
-def _store_groups(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2: tl.constexpr,
-                  CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr, ACT: tl.constexpr,
-                  HAS_RESIDUAL: tl.constexpr, GH: tl.constexpr):
-    """Output channels CO0..CO0+BCO of the GH x 2 groups, acc as `_join_groups` ordered its rows
-    (GH > 4: rows 16q + 8f + ...: rows 0-3 at f = 0, 4-7 at f = 1), split and stored pixel by pixel."""
-    if GH > 4:
-        upper, lower = _split_pairs(acc, 8 * P2, BCO)
-        _store_rows4(upper, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN,
-                     COUT, ACT, HAS_RESIDUAL, 0, GH)
-        _store_rows4(lower, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN,
-                     COUT, ACT, HAS_RESIDUAL, 4, GH)
+def _store_joined(acc, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2: tl.constexpr, GR: tl.constexpr,
+                  GH: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, QW: tl.constexpr, GW: tl.constexpr,
+                  IMGS: tl.constexpr, CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
+                  ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """`_store_part` of the GH x 2 groups' accumulators as `_join_groups` ordered their rows, stored
+    in place: each row's pixel decoded from its index, so no split, layout conversion or per-pixel
+    offset is held through the chunk loop.  Rows GR*q + 8u + 4h + 2g + f (GR = 16, row v = 4f + 2g
+    + h) or GR*q + 4u + 2h + g (GR = 8, v = 2g + h) of column u; rows past GH are padding."""
+    i = tl.arange(0, GR * P2)
+    q = i // GR
+    if GR == 16:
+        u = (i >> 3) & 1
+        v = (i & 1) * 4 + ((i >> 1) & 1) * 2 + ((i >> 2) & 1)
     else:
-        _store_rows4(acc, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO0, BCO, CIN,
-                     COUT, ACT, HAS_RESIDUAL, 0, GH)
+        u = (i >> 2) & 1
+        v = (i & 1) * 2 + ((i >> 1) & 1)
+    q_img = q // (TILE_H // GH * QW)
+    oh = t_h * TILE_H + (q // QW) % (TILE_H // GH) * GH + v
+    ow = t_w * TILE_W + q % QW * GW + u
+    ok = (q < IMGS * (TILE_H // GH) * QW) & (n0 + q_img < N) & (oh < HO) & (ow < WO) & (v < GH)
+    _store_part(acc, x_img, y_img, b_proj_ptr, ((q_img * H + oh) * W + ow) * CIN, ((q_img * HO + oh) * WO + ow) * COUT,
+                ok, CO0, BCO, COUT, ACT, HAS_RESIDUAL)
 
 
 @triton.jit
@@ -809,6 +776,7 @@ def _inverted_residual_kernel(
     # Tile-invariant index math, once per program: offsets relative to a tile's origin.
     GW: tl.constexpr = 2 if QUADS else 1  # columns per pixel group
     GH: tl.constexpr = STRIP if STRIP > 0 else (4 if TALL else 2)  # ... and rows
+    GR: tl.constexpr = GW * (2 if GH <= 2 else (4 if GH <= 4 else 8))  # rows per group, joined (a power of 2)
     QW: tl.constexpr = TILE_W // GW  # groups per tile row
     q = tl.arange(0, P2)  # pixel groups: rows q_y (top) .. q_y + GH - 1 of columns q_x .. q_x + GW - 1
     q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(q, H, W, HO, WO, TILE_H, QW, GW, IMGS, CIN, COUT, GH)
@@ -866,7 +834,6 @@ def _inverted_residual_kernel(
         # The project's accumulators (none with the project apart).  Joined: one product per part
         # for all pixels of each group, rows 2q (top), 2q + 1 (quads: 4q + ...).
         if PROJECT and JOIN_PAIRS:
-            GR: tl.constexpr = GW * (2 if GH <= 2 else (4 if GH <= 4 else 8))  # rows per group, joined (a power of 2)
             acc_a = tl.zeros([GR * P2, CO_A], dtype=tl.float32)
             if CO_B > 0:
                 acc_b = tl.zeros([GR * P2, CO_B], dtype=tl.float32)
@@ -1031,11 +998,11 @@ def _inverted_residual_kernel(
             in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
             out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
         if PROJECT and GH > 2:
-            _store_groups(acc_a, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, 0, CO_A, CIN,
-                          COUT, ACT_PROJ, HAS_RESIDUAL, GH)
+            _store_joined(acc_a, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2, GR, GH, TILE_H, TILE_W, QW,
+                          GW, IMGS, 0, CO_A, CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
             if CO_B > 0:
-                _store_groups(acc_b, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, oh, ow, W, HO, WO, P2, CO_A,
-                              CO_B, CIN, COUT, ACT_PROJ, HAS_RESIDUAL, GH)
+                _store_joined(acc_b, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2, GR, GH, TILE_H, TILE_W,
+                              QW, GW, IMGS, CO_A, CO_B, CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
         elif PROJECT:
             _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
             _store_part(acc_ba, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, 0, CO_A, COUT,
