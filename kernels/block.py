@@ -552,22 +552,6 @@ def _join_pairs(top, bot, P2: tl.constexpr, BLOCK_HID: tl.constexpr):
 
 
 @triton.jit
-def _split_pairs(acc, P2: tl.constexpr, CO: tl.constexpr):
-    """The inverse of `_join_pairs` for the accumulators: (top, bottom), [P2, CO] each."""
-    return tl.split(tl.permute(tl.reshape(acc, (P2, 2, CO)), (0, 2, 1)))
-
-
-@triton.jit
-def _split_quads(acc, P2: tl.constexpr, CO: tl.constexpr):
-    """The 2x2 groups' accumulators [4*P2, CO] (rows 4q + 2u + v: column u, row v) as (top-left,
-    top-right, bottom-left, bottom-right), [P2, CO] each."""
-    top, bot = _split_pairs(acc, 2 * P2, CO)
-    top_l, top_r = _split_pairs(top, P2, CO)
-    bot_l, bot_r = _split_pairs(bot, P2, CO)
-    return top_l, top_r, bot_l, bot_r
-
-
-@triton.jit
 def _project_part(d, acc, w_proj_ptr, hh, h_ok, CO0: tl.constexpr, BCO: tl.constexpr, COUT: tl.constexpr,
                   DOT_PRECISION: tl.constexpr):
     """acc + d @ w_proj[chunk, CO0:CO0+BCO]: one power-of-two part of the project product."""
@@ -658,18 +642,26 @@ def _store_joined(acc, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, 
                   GH: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, QW: tl.constexpr, GW: tl.constexpr,
                   IMGS: tl.constexpr, CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
                   ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """`_store_part` of the GH x 2 groups' accumulators as `_join_groups` ordered their rows, stored
-    in place: each row's pixel decoded from its index, so no split, layout conversion or per-pixel
-    offset is held through the chunk loop.  Rows GR*q + 8u + 4h + 2g + f (GR = 16, row v = 4f + 2g
-    + h) or GR*q + 4u + 2h + g (GR = 8, v = 2g + h) of column u; rows past GH are padding."""
+    """`_store_part` of the joined accumulators (pairs, 2x2, 4x2 or strip groups) as `_join_pairs`
+    and `_join_groups` ordered their rows, stored in place: each row's pixel decoded from its
+    index, so no split, layout conversion or per-pixel offset is held through the chunk loop.
+    Row GR*q + ... of column u and group row v: 8u + 4h + 2g + f (GR = 16, v = 4f + 2g + h),
+    4u + 2h + g (GR = 8, v = 2g + h), 2u + v (GR = 4, 2x2 groups), v (GR = 2, pairs); rows past
+    GH are padding."""
     i = tl.arange(0, GR * P2)
     q = i // GR
     if GR == 16:
         u = (i >> 3) & 1
         v = (i & 1) * 4 + ((i >> 1) & 1) * 2 + ((i >> 2) & 1)
-    else:
+    elif GR == 8:
         u = (i >> 2) & 1
         v = (i & 1) * 2 + ((i >> 1) & 1)
+    elif GR == 4:
+        u = (i >> 1) & 1
+        v = i & 1
+    else:
+        u = i * 0
+        v = i & 1
     q_img = q // (TILE_H // GH * QW)
     oh = t_h * TILE_H + (q // QW) % (TILE_H // GH) * GH + v
     ow = t_w * TILE_W + q % QW * GW + u
@@ -952,15 +944,6 @@ def _inverted_residual_kernel(
                 # take registers the loop needs.
                 q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(_opaque(tl.arange(0, P2), INLINE_PTX), H, W, HO,
                                                                       WO, TILE_H, QW, GW, IMGS, CIN, COUT, GH)
-            if PROJECT and GH <= 2:  # (GH x 2 groups' epilogue splits its own)
-                if QUADS:  # left pixels into the pairs' accumulators, right ones apart
-                    acc_ta, acc_tra, acc_ba, acc_bra = _split_quads(acc_a, P2, CO_A)
-                    if CO_B > 0:
-                        acc_tb, acc_trb, acc_bb, acc_brb = _split_quads(acc_b, P2, CO_B)
-                elif JOIN_PAIRS:
-                    acc_ta, acc_ba = _split_pairs(acc_a, P2, CO_A)
-                    if CO_B > 0:
-                        acc_tb, acc_bb = _split_pairs(acc_b, P2, CO_B)
             if PROJECT:
                 oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
         else:
@@ -997,13 +980,13 @@ def _inverted_residual_kernel(
         if PROJECT:
             in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
             out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
-        if PROJECT and GH > 2:
+        if PROJECT and JOIN_PAIRS:  # pairs, 2x2, 4x2 or strip groups, joined: stored in place
             _store_joined(acc_a, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2, GR, GH, TILE_H, TILE_W, QW,
                           GW, IMGS, 0, CO_A, CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
             if CO_B > 0:
                 _store_joined(acc_b, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2, GR, GH, TILE_H, TILE_W,
                               QW, GW, IMGS, CO_A, CO_B, CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
-        elif PROJECT:
+        elif PROJECT:  # pairs, each pixel its own product
             _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
             _store_part(acc_ba, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, 0, CO_A, COUT,
                         ACT_PROJ, HAS_RESIDUAL)
@@ -1012,18 +995,6 @@ def _inverted_residual_kernel(
                             HAS_RESIDUAL)
                 _store_part(acc_bb, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, CO_A, CO_B,
                             COUT, ACT_PROJ, HAS_RESIDUAL)
-            if QUADS:  # the groups' right column
-                ok_tr = ok_top & (ow + 1 < WO)
-                ok_br = ok_bot & (ow + 1 < WO)
-                _store_part(acc_tra, x_img, y_img, b_proj_ptr, in_top + CIN, out_top + COUT, ok_tr, 0, CO_A, COUT,
-                            ACT_PROJ, HAS_RESIDUAL)
-                _store_part(acc_bra, x_img, y_img, b_proj_ptr, in_top + W * CIN + CIN, out_top + WO * COUT + COUT, ok_br,
-                            0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
-                if CO_B > 0:
-                    _store_part(acc_trb, x_img, y_img, b_proj_ptr, in_top + CIN, out_top + COUT, ok_tr, CO_A, CO_B, COUT,
-                                ACT_PROJ, HAS_RESIDUAL)
-                    _store_part(acc_brb, x_img, y_img, b_proj_ptr, in_top + W * CIN + CIN, out_top + WO * COUT + COUT,
-                                ok_br, CO_A, CO_B, COUT, ACT_PROJ, HAS_RESIDUAL)
 
 
 @functools.lru_cache(maxsize=1024)
