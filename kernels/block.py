@@ -740,8 +740,8 @@ def _inverted_residual_kernel(
     # (at small batches a few tiles would leave most SMs idle)
     PACKED_DW: tl.constexpr = True,  # fp16: the depthwise's bias and clamp on packed pairs (`_dw_epilogue`; off: in
     # fp32, which a few register-capped configs need)
-    RECOMPUTE_SETS: tl.constexpr = False,  # the fused project's epilogue recomputes the pixel sets' positions instead
-    # of holding them through the chunk loop (frees registers there; the compiler's allocation shifts either way)
+    RECOMPUTE_SETS: tl.constexpr = False,  # the fused project's epilogue of unjoined pairs recomputes their positions
+    # instead of holding them through the chunk loop (frees registers there; `_store_joined` needs none held)
     TALL: tl.constexpr = False,  # 4x2 pixel groups (two 2x2 groups stacked) share the windows of 3 + 3*STRIDE rows
     # (`_depthwise_groups`); needs QUADS
     STRIP: tl.constexpr = 0,  # > 0: STRIP x 2 pixel groups (3..8 rows; 7 divides MobileNet's maps) likewise; needs

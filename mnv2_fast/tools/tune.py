@@ -52,8 +52,8 @@ def candidates(shape, itemsize: int, batch: int):
     28-32 pixel pairs (half a wgmma tile), the same with join_pairs; for even tile widths, 2x2
     pixel groups (quads); for 16-bit expands, each with and without stage_vectors; for maps
     under 10 pixels wide or batches up to 8, each also with project_apart, and at batches up
-    to 16 with one hidden chunk per work item (hidden_split); 16 warps under a register cap
-    also with recompute_sets; 2x2 groups in tiles of 4-row bands also as 4x2 groups (tall), in
+    to 16 with one hidden chunk per work item (hidden_split); unjoined pairs at 16 warps under
+    a register cap also with recompute_sets; 2x2 groups in tiles of 4-row bands also as 4x2 groups (tall), in
     tiles of 7- or 8-row bands also as 7x2 or 8x2 groups (strip)."""
     from ..kernels.choice import default_config
 
@@ -85,9 +85,10 @@ def candidates(shape, itemsize: int, batch: int):
         else []
     if batch <= 16:
         apart += [replace(cfg, hidden_split=-(-shape.hidden // cfg.block_hid)) for cfg in apart]
-    # 16 capped warps: also with the pixel sets' positions recomputed after the chunk loop (the
-    # registers it frees there let blocks 12-13 fit under Triton 3.6).
-    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16 and cfg.maxnreg] \
+    # 16 capped warps, unjoined pairs: also with their positions recomputed after the chunk loop
+    # (joined pairs and groups decode theirs in the epilogue, where the switch changes nothing).
+    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16 and cfg.maxnreg
+             and not cfg.join_pairs] \
         if shape.staged else []
     # 2x2 groups in tiles of whole 4-row bands: also as 4x2 groups (tall).
     tall = [replace(cfg, tall=True) for cfg in out[1:] + apart + remat if cfg.quads and cfg.tile_h % 4 == 0]
