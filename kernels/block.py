@@ -649,7 +649,6 @@ def _store_joined(acc, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, 
     4u + 2h + g (GR = 8, v = 2g + h), 2u + v (GR = 4, 2x2 groups), v (GR = 2, pairs); rows past
     GH are padding."""
     i = tl.arange(0, GR * P2)
-    q = i // GR
     if GR == 16:
         u = (i >> 3) & 1
         v = (i & 1) * 4 + ((i >> 1) & 1) * 2 + ((i >> 2) & 1)
@@ -662,6 +661,7 @@ def _store_joined(acc, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, 
     else:
         u = i * 0
         v = i & 1
+    q = i // GR  # decoded here, not by `_pixel_sets`: its offsets from the group's corner cost registers
     q_img = q // (TILE_H // GH * QW)
     oh = t_h * TILE_H + (q // QW) % (TILE_H // GH) * GH + v
     ow = t_w * TILE_W + q % QW * GW + u
@@ -939,12 +939,12 @@ def _inverted_residual_kernel(
                             acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta,
                                                                             acc_ba, acc_tb, acc_bb, w_proj_ptr, hh,
                                                                             h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-            if PROJECT and RECOMPUTE_SETS:
+            if PROJECT and not JOIN_PAIRS and RECOMPUTE_SETS:
                 # The pixel sets' positions again, after the chunk loop: held through it, they
                 # take registers the loop needs.
                 q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(_opaque(tl.arange(0, P2), INLINE_PTX), H, W, HO,
                                                                       WO, TILE_H, QW, GW, IMGS, CIN, COUT, GH)
-            if PROJECT:
+            if PROJECT and not JOIN_PAIRS:
                 oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
         else:
             # No middle depthwise (UIB's FFN, with or without a start depthwise): the expand and
@@ -977,9 +977,6 @@ def _inverted_residual_kernel(
                 acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(e_t.to(dtype), e_b.to(dtype), acc_ta, acc_ba,
                                                                 acc_tb, acc_bb, w_proj_ptr, hh, h_ok, CO_A, CO_B,
                                                                 COUT, DOT_PRECISION)
-        if PROJECT:
-            in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
-            out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
         if PROJECT and JOIN_PAIRS:  # pairs, 2x2, 4x2 or strip groups, joined: stored in place
             _store_joined(acc_a, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2, GR, GH, TILE_H, TILE_W, QW,
                           GW, IMGS, 0, CO_A, CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
@@ -987,6 +984,8 @@ def _inverted_residual_kernel(
                 _store_joined(acc_b, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2, GR, GH, TILE_H, TILE_W,
                               QW, GW, IMGS, CO_A, CO_B, CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
         elif PROJECT:  # pairs, each pixel its own product
+            in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
+            out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
             _store_part(acc_ta, x_img, y_img, b_proj_ptr, in_top, out_top, ok_top, 0, CO_A, COUT, ACT_PROJ, HAS_RESIDUAL)
             _store_part(acc_ba, x_img, y_img, b_proj_ptr, in_top + W * CIN, out_top + WO * COUT, ok_bot, 0, CO_A, COUT,
                         ACT_PROJ, HAS_RESIDUAL)
