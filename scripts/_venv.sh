@@ -8,6 +8,8 @@ want=$(cat "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" | sha256sum | cut
 if [[ ! -x $VENV/bin/python || ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     echo "setting up $VENV (first run, or the requirements changed) ..." >&2
     python3 -m venv "$VENV"
+    # No pip cache: the CUDA build of torch would sit on disk twice (a CI run once ran out of space).
+    export PIP_NO_CACHE_DIR=1
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements-dev.txt"
     # --no-build-isolation: build with the pinned setuptools above, no extra download.
