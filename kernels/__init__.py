@@ -3,7 +3,8 @@
 Each kernel module holds a private ``@triton.jit`` kernel and a plain launcher that checks
 shapes, dtypes, devices and strides, builds the grid and launches:
 
-    block.py               one inverted-residual block (expand, depthwise, project) per kernel
+    block.py               one inverted-residual block (expand, depthwise, project) per kernel; the stem
+                           and a depthwise-separable first block in one (stem_block)
     stem.py, head.py       the stem conv; the head conv + global pool, and the classifier
     reference.py           each launcher's computation in PyTorch ops (same arguments)
     records.py             BlockShape (one per block) and the launch-config records
@@ -18,7 +19,7 @@ from . import reference  # noqa: F401 (the PyTorch twin of each launcher)
 from ._common import interpreting
 from .choice import choose_block_config, default_config
 from .head import head_pool, linear
-from .block import inverted_residual
+from .block import inverted_residual, stem_block
 from .records import BlockConfig, BlockShape, HeadConfig, LinearConfig, StemConfig, output_size
 from .stem import stem_conv
 
@@ -35,5 +36,6 @@ __all__ = [
     "inverted_residual",
     "linear",
     "output_size",
+    "stem_block",
     "stem_conv",
 ]

@@ -50,7 +50,8 @@ from ._common import (INT32_MAX, _activation, _tf_same_pad, check_activation, ch
                       launch_args, next_pow2, output, split_pow2, tf32)
 from .choice import choose_block_config, choose_project_config
 from .head import launch_linear
-from .records import BlockConfig, BlockShape
+from .records import BlockConfig, BlockShape, output_size
+from .stem import _stem_cols
 
 
 @triton.jit
@@ -113,6 +114,17 @@ def _load_region(x_img, r_off, r_ok, K0: tl.constexpr, BK: tl.constexpr, CIN: tl
     """Channels K0..K0+BK of the tile's input region, 0 outside the image."""
     kk = K0 + tl.arange(0, BK)
     return tl.load(x_img + r_off[:, None] + kk[None, :], mask=r_ok[:, None] & (kk < CIN)[None, :], other=0.0)
+
+
+@triton.jit
+def _stem_region(x_img, r_img, rh, rw, r_ok, K: tl.constexpr, C: tl.constexpr, XH: tl.constexpr, XW: tl.constexpr,
+                 SXN: tl.constexpr, SXC: tl.constexpr, SXH: tl.constexpr, SXW: tl.constexpr):
+    """The stem's im2col rows of the tile's input region (K columns, 3 x 3 x C of them real):
+    region pixel (rh, rw) of the stem's output reads the image's taps around (2 rh, 2 rw)."""
+    ih0 = rh * 2 - 1
+    iw0 = rw * 2 - 1
+    pix = r_img * SXN + ih0 * SXH + iw0 * SXW
+    return tl.reshape(_stem_cols(x_img, pix, ih0, iw0, XH, XW, r_ok, 0, 1, K, C, SXC, SXH, SXW), (rh.shape[0], K))
 
 
 @triton.jit
@@ -686,7 +698,7 @@ def _ffn_pixels(x_img, off, ph, pw, ok, H, W, start_rows, w_start_ptr, b_start_p
 
 @triton.jit
 def _inverted_residual_kernel(
-    x_ptr,  # input, contiguous NHWC: element (n, h, w, c) at ((n*H + h)*W + w)*CIN + c
+    x_ptr,  # input, contiguous NHWC: element (n, h, w, c) at ((n*H + h)*W + w)*CIN + c (STEM_C: the image)
     w_start_ptr,  # start depthwise weight [START_K**2, CIN], tap kh*START_K+kw major (unused when START_K = 0)
     b_start_ptr,  # start depthwise bias [CIN]
     w_exp_ptr,  # expand weight [CIN, HIDDEN], BN folded, x's dtype (unused without HAS_EXPAND)
@@ -748,6 +760,14 @@ def _inverted_residual_kernel(
     # QUADS
     ACC16: tl.constexpr = False,  # fp16: the staged expand accumulates in fp16 (wgmma's f16 accumulator: half the
     # registers, no conversion before the epilogue; one rounding per 16 input channels, where fp32 rounds once)
+    STEM_C: tl.constexpr = 0,  # > 0: the expand is the network's stem, a 3x3 stride-2 conv (padding 1) of an image of
+    # STEM_C channels at x_ptr, on its im2col rows (CIN = 9 * STEM_C columns); H x W is the stem's output
+    STEM_XH: tl.constexpr = 0,  # the image's rows ...
+    STEM_XW: tl.constexpr = 0,  # ... and columns
+    STEM_SXN: tl.constexpr = 0,  # its strides in elements: image, channel, row, column (any memory format)
+    STEM_SXC: tl.constexpr = 0,
+    STEM_SXH: tl.constexpr = 0,
+    STEM_SXW: tl.constexpr = 0,
 ):
     # A start depthwise is computed once per tile, over the region it feeds.
     tl.static_assert(START_K == 0 or KSIZE == 0 or X_RESIDENT)
@@ -821,7 +841,10 @@ def _inverted_residual_kernel(
         t_h = (tile % tiles_hw) // tiles_w
         t_w = tile % tiles_w
         n0 = tile // tiles_hw * IMGS
-        x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)  # 64-bit image base, 32-bit offsets within
+        if STEM_C > 0:
+            x_img = x_ptr + n0.to(tl.int64) * STEM_SXN
+        else:
+            x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)  # 64-bit image base, 32-bit offsets within
         y_img = y_ptr + n0.to(tl.int64) * (HO * WO * COUT)
         # The project's accumulators (none with the project apart).  Joined: one product per part
         # for all pixels of each group, rows 2q (top), 2q + 1 (quads: 4q + ...).
@@ -847,7 +870,10 @@ def _inverted_residual_kernel(
             r_off = r_rel + (ih0 * W + iw0) * CIN
             r_hi = _upper_bound(r_ok, ACT_EXP)
             if HAS_EXPAND and X_RESIDENT:
-                if START_K > 0:  # the start depthwise over the region, once per tile
+                if STEM_C > 0:
+                    x_a = _stem_region(x_img, r_img, rh, rw, r_ok, K_A, STEM_C, STEM_XH, STEM_XW, STEM_SXN, STEM_SXC,
+                                       STEM_SXH, STEM_SXW)
+                elif START_K > 0:  # the start depthwise over the region, once per tile
                     x_a = _start_depthwise(x_img, r_off, rh, rw, r_ok, H, W, start_rows, w_start_ptr, b_start_ptr, 0,
                                            K_A, CIN, START_K, P_IN).to(dtype)
                     if K_B > 0:
@@ -997,19 +1023,30 @@ def _inverted_residual_kernel(
 
 
 @functools.lru_cache(maxsize=1024)
-def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_tf32: bool) -> dict:
+def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_tf32: bool,
+                x_strides: tuple[int, int, int, int] | None = None) -> dict:
     """The constexpr arguments and launch options of one launch: what selects a compiled
     variant (cached: this runs on every call, and at batch 1 host time is what the network
-    waits for)."""
+    waits for).  x_strides: with a stem, the image's (batch, channel, row, column) strides,
+    which the kernel is specialised on (default: contiguous NCHW, as users pass images)."""
     reg_h, reg_w = shape.region(cfg.tile_h, cfg.tile_w)
-    k_a, k_b = split_pow2(shape.cin)
+    # The stem's im2col columns go in one power-of-two part (27 -> 32).
+    k_a, k_b = (max(16, next_pow2(shape.expand_k)), 0) if shape.stem else split_pow2(shape.cin)
+    # Every constexpr is passed, defaults too: compiled ahead of time (kernels/aot.py), an argument
+    # left out would be a run-time one.
+    sxn = sxc = sxh = sxw = 0
+    if shape.stem:
+        sxn, sxc, sxh, sxw = x_strides or (shape.cin * shape.stem_h * shape.stem_w, shape.stem_h * shape.stem_w,
+                                           shape.stem_w, 1)
+    stem = dict(STEM_C=shape.cin if shape.stem else 0, STEM_XH=shape.stem_h, STEM_XW=shape.stem_w, STEM_SXN=sxn,
+                STEM_SXC=sxc, STEM_SXH=sxh, STEM_SXW=sxw)
     # project_apart: the kernel's output is the hidden tensor, and no accumulator is allocated.
     cout = shape.hidden if cfg.project_apart else shape.cout
     co_a, co_b = (16, 0) if cfg.project_apart else split_pow2(shape.cout)
     # The kernel's constexprs by name, one per line: a list of the block's fields, not repeated logic.
     return launch_args(
         cfg, dtype, allow_tf32,
-        CIN=shape.cin,
+        CIN=shape.expand_k,
         HIDDEN=shape.hidden,
         COUT=cout,
         STRIDE=shape.stride,
@@ -1038,6 +1075,7 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
         K_B=k_b,
         CO_A=co_a,
         CO_B=co_b,
+        **stem,
     )
 
 
@@ -1175,16 +1213,29 @@ def inverted_residual(
 
     shape = BlockShape(cin, hidden, cout, stride, h, w, has_expand, residual, ksize=ksize, start_k=start_k,
                        act_exp=act_exp, act_dw=act_dw, act_proj=act_proj, tf_same=tf_same and stride == 2)
+    return _run(x, shape, (w_start, b_start, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj), config, allow_tf32, out)
+
+
+def _run(x, shape: BlockShape, weights: tuple, config: BlockConfig | None, allow_tf32: bool | None,
+         out: torch.Tensor | None) -> torch.Tensor:
+    """Launch the block kernel on checked tensors (weights: start, expand, depthwise and
+    project weight and bias, None where a stage is absent)."""
+    w_start, b_start, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj = weights
     shape.check()
+    n = x.shape[0]
+    h, w = (shape.stem_h, shape.stem_w) if shape.stem else (shape.h, shape.w)
+    hidden, cout, residual = shape.hidden, shape.cout, shape.residual
     cfg = config or choose_block_config(shape, x.dtype, n, x.device)
     cfg.validate(shape)
-    span = cfg.imgs * max(h * w * cin, shape.ho * shape.wo * (hidden if cfg.project_apart else cout))
+    span = cfg.imgs * max(h * w * shape.cin, shape.ho * shape.wo * (hidden if cfg.project_apart else cout))
+    if shape.stem:
+        span = max(span, cfg.imgs * x.stride(0), (shape.cin - 1) * x.stride(1) + (h - 1) * x.stride(2)
+                   + (w - 1) * x.stride(3) + 1)
     if span > INT32_MAX:
         raise ValueError(f"{cfg.imgs} image(s) of x {tuple(x.shape)}, or of the output, span {span} elements, more "
                          "than 2^31: the block kernel indexes within a tile's images in 32 bits (take imgs=1, or "
                          "smaller images)")
-    out = output(out, (n, cout, shape.ho, shape.wo), x, reads=(w_start, b_start, w_exp, b_exp, w_dw, b_dw, w_proj,
-                                                                b_proj))
+    out = output(out, (n, cout, shape.ho, shape.wo), x, reads=weights)
     programs = programs_for(shape, cfg, n, x.device)
     scratch = torch.empty(scratch_elements(shape, cfg, programs), dtype=x.dtype, device=x.device)
     dummy = w_proj  # never read where a stage is absent
@@ -1192,24 +1243,77 @@ def inverted_residual(
     y = torch.empty((n, shape.ho, shape.wo, hidden), dtype=x.dtype, device=x.device) if cfg.project_apart else out
     if cfg.project_apart and interpreting(x.device):  # the tests' poison: a pixel the kernel misses shows as NaN
         y.fill_(float("nan"))
+    x_strides = tuple(x.stride()) if shape.stem else None
     launch(
         _inverted_residual_kernel, (programs,), x,
-        w_start if start_k else dummy,
-        b_start if start_k else dummy,
-        w_exp if has_expand else dummy,
-        b_exp if has_expand else dummy,
-        w_dw if ksize else dummy,
-        b_dw if ksize else dummy,
-        w_proj,
+        *(dummy if t is None else t for t in weights[:7]),
         b_proj,
         y,
         scratch if shape.staged else dummy,
-        n, h, w, shape.ho, shape.wo, start_k,
-        **kernel_args(shape, cfg, x.dtype, tf32(allow_tf32)),
+        n, shape.h, shape.w, shape.ho, shape.wo, shape.start_k,
+        **kernel_args(shape, cfg, x.dtype, tf32(allow_tf32), x_strides),
     )
     if cfg.project_apart:
         m = n * shape.ho * shape.wo
         # x, out and the weights are checked above; the hidden tensor is the kernel's own.
         launch_linear(y.view(m, hidden), w_proj, b_proj, _pixel_rows(out), _pixel_rows(x) if residual else None,
-                      act_proj, choose_project_config(m, hidden, cout, x.device, x.dtype.itemsize), tf32(allow_tf32))
+                      shape.act_proj, choose_project_config(m, hidden, cout, x.device, x.dtype.itemsize),
+                      tf32(allow_tf32))
     return out
+
+
+def stem_block(
+    x: torch.Tensor,
+    w_stem: torch.Tensor,
+    b_stem: torch.Tensor,
+    w_dw: torch.Tensor,
+    b_dw: torch.Tensor,
+    w_proj: torch.Tensor,
+    b_proj: torch.Tensor,
+    *,
+    act_stem: str = "relu6",
+    act_dw: str = "relu6",
+    act_proj: str = "none",
+    config: BlockConfig | None = None,
+    allow_tf32: bool | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The network's stem and its first block, when that is depthwise-separable (MobileNetV2's
+    t = 1 block), in one kernel:
+
+        y = act_proj(project(act_dw(depthwise3x3(act_stem(conv3x3_stride2(x))))))
+
+    The stem's output (the largest activation of the network) never reaches GPU memory: the
+    stem is the block's expand, computed per tile over the depthwise's input region from the
+    image's im2col rows.
+
+    x:      the image [N, CIN, H, W], any memory format (NCHW as users pass it, or
+            channels_last); float16, bfloat16 or float32.
+    w_stem: [CIN*9, C] (x's dtype), row ci*9 + kh*3 + kw, and b_stem [C]: the stem, BN
+            folded, padding 1, stride 2 (as `stem.stem_conv`'s weight).
+    w_dw:   [9, C] and b_dw [C]: the block's 3x3 stride-1 depthwise.
+    w_proj: [C, COUT] (x's dtype) and b_proj [COUT].
+    config, allow_tf32, out: as for `inverted_residual`.
+
+    Returns [N, COUT, HO, WO] in channels_last memory, HO = (H - 1) // 2 + 1.  The same
+    computation in PyTorch ops: `reference.stem_block`.
+    """
+    check_activation("x", x, "NCHW")
+    n, cin, h, w = x.shape
+    if w_stem.dim() != 2 or w_stem.shape[0] != cin * 9:
+        raise ValueError(f"w_stem must have shape [{cin}*9, C] for {cin} input channels, got {tuple(w_stem.shape)}")
+    hidden = w_stem.shape[1]
+    if _kernel_size("w_dw", w_dw, "C") != 3:
+        raise ValueError(f"w_dw must be a 3x3 depthwise [9, {hidden}], got {tuple(w_dw.shape)}")
+    if w_proj.dim() != 2:
+        raise ValueError(f"w_proj must have shape [C, COUT], got {tuple(w_proj.shape)}")
+    cout = w_proj.shape[1]
+    check_param("w_stem", w_stem, (cin * 9, hidden), x.device, x.dtype)
+    check_param("b_stem", b_stem, (hidden,), x.device)
+    check_param("w_dw", w_dw, (9, hidden), x.device)
+    check_param("b_dw", b_dw, (hidden,), x.device)
+    check_param("w_proj", w_proj, (hidden, cout), x.device, x.dtype)
+    check_param("b_proj", b_proj, (cout,), x.device)
+    shape = BlockShape(cin, hidden, cout, 1, output_size(h, 2), output_size(w, 2), True, False, act_exp=act_stem,
+                       act_dw=act_dw, act_proj=act_proj, stem_h=h, stem_w=w)
+    return _run(x, shape, (None, None, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj), config, allow_tf32, out)

@@ -55,6 +55,20 @@ class BlockShape:
     act_dw: str = "relu6"  # ... after the middle depthwise
     act_proj: str = "none"  # ... after the project (depthwise-separable blocks may have one)
     tf_same: bool = False  # TensorFlow "same" padding of a stride-2 depthwise (pad from the input size)
+    # > 0: the expand is the network's stem, a 3x3 stride-2 conv (padding 1) of an image of cin
+    # channels and stem_h x stem_w pixels (any memory format); h x w is then the stem's output
+    stem_h: int = 0
+    stem_w: int = 0
+
+    @property
+    def stem(self) -> bool:
+        """Whether the block starts with the network's stem (its expand: `stem_h`)."""
+        return self.stem_h > 0
+
+    @property
+    def expand_k(self) -> int:
+        """The expand's input columns: cin, or the stem's im2col columns (3 x 3 x cin)."""
+        return self.cin * 9 if self.stem else self.cin
 
     @property
     def t(self) -> int | float:
@@ -100,19 +114,19 @@ class BlockShape:
 
     def weight_elements(self) -> int:
         """Folded weights, biases left out: start depthwise, expand, depthwise, project."""
-        return (self.start_k ** 2 * self.cin + self.hidden * (self.cin if self.has_expand else 0)
+        return (self.start_k ** 2 * self.cin + self.hidden * (self.expand_k if self.has_expand else 0)
                 + self.ksize ** 2 * self.hidden + self.hidden * self.cout)
 
     def floor_bytes(self, batch: int, itemsize: int) -> int:
         """The fused floor: the input read once, the output written once, the weights read once."""
-        return (batch * (self.h * self.w * self.cin + self.ho * self.wo * self.cout) + self.weight_elements()) \
-            * itemsize
+        pixels_in = self.stem_h * self.stem_w if self.stem else self.h * self.w
+        return (batch * (pixels_in * self.cin + self.ho * self.wo * self.cout) + self.weight_elements()) * itemsize
 
     def flops(self, batch: int) -> int:
         """Multiply-adds x 2 of the unfused block (what any implementation must at least do)."""
         expand_at = (self.h * self.w) if self.staged else (self.ho * self.wo)  # the start depthwise's stride
         start = expand_at * self.cin * self.start_k ** 2
-        expand = expand_at * self.cin * self.hidden if self.has_expand else 0
+        expand = expand_at * self.expand_k * self.hidden if self.has_expand else 0
         return 2 * batch * (start + expand + self.ho * self.wo * self.hidden * (self.ksize ** 2 + self.cout))
 
     def to_dict(self) -> dict:
@@ -136,6 +150,10 @@ class BlockShape:
             raise ValueError("stride 2 needs a depthwise (the middle one, else the start one)")
         if self.tf_same and not self.staged:
             raise ValueError("TensorFlow 'same' padding applies to the middle depthwise, and there is none")
+        if self.stem and not (self.has_expand and self.staged and not self.start_k and not self.residual
+                              and self.h == output_size(self.stem_h, 2) and self.w == output_size(self.stem_w, 2)):
+            raise ValueError(f"a stem (as the expand) needs an expand, a middle depthwise, no start depthwise, no "
+                             f"residual, and h x w its output size; got {self}")
         if self.residual and (self.stride != 1 or self.cin != self.cout):
             raise ValueError(f"a residual needs stride 1 and CIN == COUT; got stride {self.stride}, "
                              f"{self.cin} -> {self.cout}")
@@ -249,6 +267,9 @@ class BlockConfig(LaunchConfig):
         if self.recompute_sets and (self.project_apart or not shape.staged):
             raise ValueError("config recompute_sets recomputes the fused project's epilogue positions: it needs a "
                              "middle depthwise and the project in the kernel (not project_apart)")
+        if shape.stem and not self.x_resident:
+            raise ValueError("config x_resident=False: with the stem as the expand, the region's im2col rows are "
+                             "loaded once per tile, so they must stay resident")
         if shape.start_k and shape.staged and not self.x_resident:
             raise ValueError("config x_resident=False: a start depthwise is computed once per tile, so its input "
                              "must stay resident")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["activation", "head_pool", "inverted_residual", "linear", "relu6", "stem_conv"]
+__all__ = ["activation", "head_pool", "inverted_residual", "linear", "relu6", "stem_block", "stem_conv"]
 
 
 def relu6(x: torch.Tensor) -> torch.Tensor:
@@ -74,6 +74,14 @@ def stem_conv(x, weight, bias, *, stride: int = 2, act: str = "relu6", tf_same: 
     """3x3 conv, padding 1 (or TensorFlow's "same"), + act; weight [CIN*9, COUT], row ci*9 + kh*3 + kw."""
     cout, cin = weight.shape[1], weight.shape[0] // 9
     return activation(_conv(x, weight.t().reshape(cout, cin, 3, 3), bias, stride, tf_same), act)
+
+
+def stem_block(x, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, *, act_stem: str = "relu6", act_dw: str = "relu6",
+               act_proj: str = "none") -> torch.Tensor:
+    """The stem (3x3, stride 2, padding 1) + act_stem, then a depthwise-separable block."""
+    h = stem_conv(x, w_stem, b_stem, stride=2, act=act_stem)
+    return inverted_residual(h, None, None, w_dw, b_dw, w_proj, b_proj, stride=1, residual=False, act_dw=act_dw,
+                             act_proj=act_proj)
 
 
 def head_pool(x, weight, bias, *, act: str = "relu6") -> torch.Tensor:
