@@ -197,6 +197,11 @@ MUTANTS = [
     Mutant("acc16-any-dtype", "the expand accumulates in fp16 whatever the activations' dtype (fp32 included)",
            BLOCK, "                    if ACC16 and dtype == tl.float16:\n", "                    if ACC16:\n",
            ("tests/test_block_kernel.py::test_block_tilings",)),
+    Mutant("stem-block-taps-shifted", "the stem fused into block 1 reads its im2col taps one image row too low",
+           BLOCK, "    ih0 = rh * 2 - 1\n", "    ih0 = rh * 2\n", ("tests/test_stem_block.py::test_stem_block",)),
+    Mutant("stem-block-image-base-nhwc", "the stem fused into block 1 finds a tile's image as if x were the block's "
+           "NHWC input, not the image", BLOCK, "            x_img = x_ptr + n0.to(tl.int64) * STEM_SXN\n",
+           "            x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)\n", ("tests/test_stem_block.py::test_stem_block",)),
     Mutant("depthwise-fp16-relu-clamped-at-6", "the fp16 depthwise epilogue clamps ReLU at 6 as for ReLU6",
            BLOCK, "            out = _activation(e16 + b16, ACT)", "            out = _activation(e16 + b16, \"relu6\")",
            ("tests/test_family_blocks.py",)),
