@@ -4,7 +4,7 @@ later measurement of that process with it).
 
     python bench/gpu_diag.py OUT_DIR [--batch 256,1] [--dtype float16] [--budget-s 150]
 
-* The fused MobileNetV2 runs one layer at a time (stem, 17 blocks, head, classifier),
+* The fused MobileNetV2 runs one layer at a time (stem with block 1, 16 blocks, head, classifier),
   synchronised after each, in a worker process, each layer on the fused chain's own output
   and checked against the unfused layer in float64 on the same input (its error over the
   dtype's tolerance, as the tests count it).  When a layer kills the worker, a fresh worker
@@ -55,9 +55,18 @@ SWITCHES = ("acc16", "strip", "tall", "stage_vectors", "packed_dw", "recompute_s
 
 # ---------------------------------------------------------------- worker: runs on the device
 def _layers(fast, ref16, ref64):
-    """(name, fused, unfused in the run's dtype, unfused in float64) of each layer, in order."""
-    out = [(f"features.{i}", f, r, r64) for i, (f, r, r64) in enumerate(zip(fast.features, ref16.features,
-                                                                              ref64.features))]
+    """(name, fused, unfused in the run's dtype, unfused in float64) of each layer, in order.  A
+    layer another one absorbed (features.1, run in features.0's kernel with the stem) is no layer
+    of its own: its unfused modules follow the absorbing layer's."""
+    import torch.nn as nn
+
+    out = []
+    for i, (f, r, r64) in enumerate(zip(fast.features, ref16.features, ref64.features)):
+        if isinstance(f, nn.Identity) and not isinstance(r, nn.Identity) and out:
+            name, g, q, q64 = out[-1]
+            out[-1] = (name, g, nn.Sequential(q, r), nn.Sequential(q64, r64))
+        else:
+            out.append((f"features.{i}", f, r, r64))
     return out + [("classifier", fast.classifier, ref16.classifier, ref64.classifier)]
 
 
@@ -177,9 +186,11 @@ def _worker(args) -> int:
             rec(event="time", layer=name, **times)
         # The whole model, the failed layers unfused.
         patched = copy.deepcopy(fast)
+        unfused = {name: r for name, _, r, _ in layers}
         for name in skip:
             if name.startswith("features."):
-                patched.features[int(name.split(".")[1])] = copy.deepcopy(ref16.features[int(name.split(".")[1])])
+                i = int(name.split(".")[1])
+                patched.features[i] = copy.deepcopy(unfused[name])  # with the layers it absorbed
         pool = input_pool(lambda: torch.randn_like(x), x.numel() * x.element_size())
         times = dict(fused_ms=timed(patched, pool), unfused_layers=sorted(skip))
         for bench in (False, True):

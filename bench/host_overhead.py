@@ -1,7 +1,7 @@
 """Host cost of one fused MobileNetV2 forward at batch 1, with the GPU work taken away: what
-the Python side of the 20 fused parts costs per forward, the time a batch-1 forward waits
-for before the GPU has anything to do.  Runs on the CPU (Triton's interpreter is switched
-on, but no kernel runs):
+the Python side of the fused parts (19: the stem runs with block 1) costs per forward, the
+time a batch-1 forward waits for before the GPU has anything to do.  Runs on the CPU
+(Triton's interpreter is switched on, but no kernel runs):
 
     python bench/host_overhead.py [--rounds 15] [--forwards 300]
 
@@ -9,7 +9,7 @@ Two ways of taking the GPU work away:
 
     launch     every Triton launch is a no-op (the launchers still check their inputs,
                choose a config, allocate the output)
-    launcher   every launcher (kernels.stem_conv, inverted_residual, head_pool, linear)
+    launcher   every launcher (kernels.stem_conv, stem_block, inverted_residual, head_pool, linear)
                returns a preallocated output at once: what is left is the modules' own cost
 
 and, where the tree has the registered ops (mnv2_fast/ops.py), two ways of calling them:
@@ -36,7 +36,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before torch: no GPU needed, n
 
 import torch  # noqa: E402
 
-LAUNCHERS = ("stem_conv", "inverted_residual", "head_pool", "linear")
+LAUNCHERS = ("stem_conv", "stem_block", "inverted_residual", "head_pool", "linear")
 
 
 @contextlib.contextmanager
@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     fast = mnv2_fast.optimize(randomize_bn(mnv2_fast.mobilenet_v2()).eval(), backend="triton")
     x = torch.randn(1, 3, 224, 224)
+    parts = sum(isinstance(m, mnv2_fast.fused.FusedPart) for m in fast.modules())
     print(f"mnv2_fast from {os.path.dirname(mnv2_fast.__file__)}; registered ops: {'yes' if has_ops else 'no'}; "
-          f"torch {torch.__version__}; batch 1, 224 px, 20 fused parts; {args.rounds} rounds of {args.forwards}")
+          f"torch {torch.__version__}; batch 1, 224 px, {parts} fused parts; {args.rounds} rounds of {args.forwards}")
     calls = [("direct", contextlib.nullcontext)] + ([("dispatch", through_dispatcher)] if has_ops else [])
     with torch.inference_mode():
         for level in ("launch", "launcher"):
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 with mock, ctx():
                     fast(x)  # warm: caches, first-call paths
                     best, median = per_forward_us(fast, x, args.rounds, args.forwards)
-                print(f"  {level:<9} mocked, {how:<8}: {best:7.1f} us per forward ({best / 20:5.2f} per part), "
+                print(f"  {level:<9} mocked, {how:<8}: {best:7.1f} us per forward ({best / parts:5.2f} per part), "
                       f"median round {median:7.1f}")
     return 0
 

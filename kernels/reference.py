@@ -78,10 +78,12 @@ def stem_conv(x, weight, bias, *, stride: int = 2, act: str = "relu6", tf_same: 
 
 def stem_block(x, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, *, act_stem: str = "relu6", act_dw: str = "relu6",
                act_proj: str = "none") -> torch.Tensor:
-    """The stem (3x3, stride 2, padding 1) + act_stem, then a depthwise-separable block."""
-    h = stem_conv(x, w_stem, b_stem, stride=2, act=act_stem)
-    return inverted_residual(h, None, None, w_dw, b_dw, w_proj, b_proj, stride=1, residual=False, act_dw=act_dw,
-                             act_proj=act_proj)
+    """The stem (3x3, stride 2, padding 1) + act_stem, then a depthwise-separable block (built
+    from the private steps, so that it is an engine of its own, as the kernel is)."""
+    c, cin = w_stem.shape[1], w_stem.shape[0] // 9
+    h = activation(_conv(x, w_stem.t().reshape(c, cin, 3, 3), b_stem, 2, False), act_stem)
+    h = activation(_depthwise(h, w_dw, b_dw, 1), act_dw)
+    return activation(_conv1x1(h, w_proj, b_proj), act_proj)
 
 
 def head_pool(x, weight, bias, *, act: str = "relu6") -> torch.Tensor:

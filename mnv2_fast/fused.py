@@ -32,6 +32,7 @@ __all__ = [
     "FusedInvertedResidual",
     "FusedLinear",
     "FusedStem",
+    "FusedStemBlock",
     "FusedHead",
     "FusedPart",
     "UnsupportedBlockError",
@@ -276,6 +277,49 @@ class FusedStem(FusedPart):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         return self.call("stem_conv", x, self.weight, self.bias, self.stride, self.backend, self.act, self.tf_same)
+
+
+class FusedStemBlock(FusedPart):
+    """The stem and the first block as one kernel, when that block is depthwise-separable
+    (MobileNetV2's t = 1 block): the stem's output, the network's largest activation, never
+    reaches GPU memory (kernels.block.stem_block).  Built from the two fused modules; holds
+    their folded weights (weight, bias: the stem's; w_dw, b_dw, w_proj, b_proj: the block's)."""
+
+    @staticmethod
+    def fits(stem: nn.Module, block: nn.Module) -> bool:
+        """Whether this stem and block can run as one kernel: a 3x3 stride-2 stem with padding 1
+        and at most 64 im2col columns, then a block of a 3x3 stride-1 depthwise and the
+        project, no expand, no residual, on the same backend."""
+        if not (isinstance(stem, FusedStem) and isinstance(block, FusedInvertedResidual)):
+            return False
+        s = block.spec
+        return (stem.stride == 2 and not stem.tf_same and stem.cin * 9 <= 64 and stem.cout == s.cin
+                and stem.backend == block.backend and not s.has_expand and s.ksize == 3 and s.stride == 1
+                and not s.start_k and not s.residual and not s.tf_same)
+
+    def __init__(self, stem: FusedStem, block: FusedInvertedResidual):
+        if not self.fits(stem, block):
+            raise UnsupportedBlockError("the stem and the first block cannot run as one kernel (FusedStemBlock.fits)")
+        super().__init__(stem.backend)
+        self.stem_part, self.block_part = stem.computes(), block.computes()
+        self.cin, self.act = stem.cin, stem.act
+        self.spec = block.spec
+        for name in ("weight", "bias"):
+            self.register_buffer(name, getattr(stem, name))
+        for name in ("w_dw", "b_dw", "w_proj", "b_proj"):
+            self.register_buffer(name, getattr(block, name))
+        self.config = block.config  # a kernels.BlockConfig to pin the launch; None = tuned table / heuristic
+
+    def computes(self) -> str:
+        return f"stem ({self.stem_part}) and block ({self.block_part}); the stem's output is never written"
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_input(x, self.cin, self.weight, "the model")
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        return self.call("stem_block", x, self.weight, self.bias, self.w_dw, self.b_dw, self.w_proj, self.b_proj,
+                         self.backend, self.act, s.act_dw, s.act_proj, config=self.config)
 
 
 class FusedHead(FusedPart):

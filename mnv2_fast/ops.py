@@ -5,6 +5,8 @@ AOTInductor keep each one as one node instead of tracing into Triton's launcher:
     mnv2_fast::inverted_residual(x, w_exp?, b_exp?, w_dw?, b_dw?, w_proj, b_proj, stride, residual, backend,
                                  act_exp="relu6", act_dw="relu6", act_proj="none", w_start?, b_start?,
                                  tf_same=False)
+    mnv2_fast::stem_block(x, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, backend, act_stem="relu6",
+                          act_dw="relu6", act_proj="none")   (the stem and a depthwise-separable first block)
     mnv2_fast::head_pool(x, weight, bias, backend, act="relu6")   [N, COUT] (the module adds the 1 x 1)
     mnv2_fast::linear(a, weight, bias, backend)
 
@@ -32,15 +34,15 @@ an AOTInductor package that must run without this package, lowers the ops itself
 
 The fused modules call the implementations below directly when nothing traces them: the
 dispatcher round trip of a custom op costs several microseconds per call, more than a
-batch-1 forward can spare on 20 parts (bench/NOTES.md); `traced(x)` decides.
+batch-1 forward can spare on 19 parts (bench/NOTES.md); `traced(x)` decides.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["BACKENDS", "OPS", "check_backend", "head_pool", "inverted_residual", "kernels", "linear", "stem_conv",
-           "traced", "use_triton"]
+__all__ = ["BACKENDS", "OPS", "check_backend", "head_pool", "inverted_residual", "kernels", "linear", "stem_block",
+           "stem_conv", "traced", "use_triton"]
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -134,6 +136,16 @@ def inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, stride: int, 
     return _kernel_layout(kernels().reference.inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, **family))
 
 
+def stem_block(x, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, backend: str, act_stem: str = "relu6",
+               act_dw: str = "relu6", act_proj: str = "none", config=None) -> torch.Tensor:
+    """config: as for inverted_residual."""
+    acts = dict(act_stem=act_stem, act_dw=act_dw, act_proj=act_proj)
+    if use_triton(backend, x):
+        return kernels().stem_block(x, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, **acts, config=config)
+    x = x.contiguous(memory_format=_CL)
+    return _kernel_layout(kernels().reference.stem_block(x, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, **acts))
+
+
 def head_pool(x, weight, bias, backend: str, act: str = "relu6") -> torch.Tensor:
     if use_triton(backend, x):
         return kernels().head_pool(x.contiguous(memory_format=_CL), weight, bias, act=act)
@@ -171,6 +183,13 @@ def _fake_inverted_residual(x, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj, stride,
     use_triton(backend, x)
     n, _, h, w = x.shape
     return _nhwc(x, n, w_proj.shape[1], _out_size(h, stride), _out_size(w, stride))
+
+
+def _fake_stem_block(x, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, backend, act_stem="relu6", act_dw="relu6",
+                     act_proj="none"):
+    use_triton(backend, x)
+    n, _, h, w = x.shape
+    return _nhwc(x, n, w_proj.shape[1], _out_size(h, 2), _out_size(w, 2))
 
 
 def _fake_head_pool(x, weight, bias, backend, act="relu6"):
@@ -217,10 +236,14 @@ _register("inverted_residual",
           "int stride, bool residual, str backend, str act_exp=\"relu6\", str act_dw=\"relu6\", "
           "str act_proj=\"none\", Tensor? w_start=None, Tensor? b_start=None, bool tf_same=False) -> Tensor",
           inverted_residual, _fake_inverted_residual)
+_register("stem_block",
+          "(Tensor x, Tensor w_stem, Tensor b_stem, Tensor w_dw, Tensor b_dw, Tensor w_proj, Tensor b_proj, "
+          "str backend, str act_stem=\"relu6\", str act_dw=\"relu6\", str act_proj=\"none\") -> Tensor",
+          stem_block, _fake_stem_block)
 _register("head_pool", "(Tensor x, Tensor weight, Tensor bias, str backend, str act=\"relu6\") -> Tensor", head_pool,
           _fake_head_pool)
 _register("linear", "(Tensor a, Tensor weight, Tensor bias, str backend) -> Tensor", linear, _fake_linear)
 
 # name -> the registered op's overload (what graphs hold: torch.ops.mnv2_fast.<name>.default)
 OPS = {name: getattr(torch.ops.mnv2_fast, name).default
-       for name in ("stem_conv", "inverted_residual", "head_pool", "linear")}
+       for name in ("stem_conv", "inverted_residual", "stem_block", "head_pool", "linear")}

@@ -17,6 +17,7 @@ from .fused import (
     FusedLinear,
     FusedPart,
     FusedStem,
+    FusedStemBlock,
     UnsupportedBlockError,
     check_backend,
     is_inverted_residual,
@@ -133,6 +134,7 @@ def _fuse_mobilenet_v2(model: nn.Module, backend: str, entries: list[FusionEntry
     blocks = [f"features.{i}" for i in range(1, n - 1) if is_inverted_residual(features[i])]
     others = [f"features.{i}" for i in range(1, n - 1) if not is_inverted_residual(features[i])]
     _fuse_blocks(model, blocks, backend, entries)
+    _fuse_stem_block(model, entries)
     for path in others:
         entries.append(FusionEntry(path, "other", False, f"kept as PyTorch: {type(model.get_submodule(path)).__name__}"))
     _try_fuse(model, f"features.{n - 1}", lambda: FusedHead(features[n - 1], backend), "head", backend, entries)
@@ -144,6 +146,24 @@ def _fuse_mobilenet_v2(model: nn.Module, backend: str, entries: list[FusionEntry
     for i in linears:
         lin = model.classifier[i]
         _try_fuse(model, f"classifier.{i}", lambda lin=lin: FusedLinear(lin, backend), "classifier", backend, entries)
+
+
+def _fuse_stem_block(model: nn.Module, entries: list[FusionEntry]) -> None:
+    """features.0 and features.1 as one kernel (FusedStemBlock) where they fit: the stem's
+    output, the network's largest activation, is never written.  features.1 becomes
+    nn.Identity, absorbed by features.0 as a fused part's BatchNorm is."""
+    stem, block = model.features[0], model.features[1]
+    if not FusedStemBlock.fits(stem, block):
+        return
+    new = FusedStemBlock(stem, block)
+    _replace(model, "features.0", new)
+    _replace(model, "features.1", nn.Identity())
+    for i, e in enumerate(entries):
+        if e.name == "features.0":
+            entries[i] = replace(e, detail=new.describe(), absorbed=("features.1",))
+        elif e.name == "features.1":
+            entries[i] = FusionEntry("features.1", "identity", False, "folded into features.0, which runs the stem and "
+                                     f"this block ({block.computes()}) as one kernel: nothing runs here")
 
 
 def _check_not_optimized(model: nn.Module) -> None:

@@ -13,9 +13,10 @@ from mnv2_fast import fuse_block, optimize
 from mnv2_fast.kernels import reference
 
 # Each part's launcher in mnv2_fast.kernels, and its twin of the same name in kernels.reference.
-ENGINES = ("stem_conv", "inverted_residual", "head_pool", "linear")
-# Calls per forward of the width-0.35 model: the stem, 17 blocks, the head, the classifier.
-CALLS = {"stem_conv": 1, "inverted_residual": 17, "head_pool": 1, "linear": 1}
+ENGINES = ("stem_conv", "stem_block", "inverted_residual", "head_pool", "linear")
+# Calls per forward of the width-0.35 model: the stem with block 1, blocks 2-17, the head, the
+# classifier.
+CALLS = {"stem_conv": 0, "stem_block": 1, "inverted_residual": 16, "head_pool": 1, "linear": 1}
 
 
 def _expected(backend: str, device: torch.device) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 from helpers import DEVICE, INTERPRETER, MODEL_TOLERANCE_FACTOR, assert_close, make_block, randomize_bn, reference64
 import mnv2_fast
 from mnv2_fast import CUDAGraphRunner, UnsupportedBlockError, fusion_report, optimize
+from mnv2_fast.fused import FusedStemBlock
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -57,7 +58,7 @@ def test_argument_untouched_unless_inplace():
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), snapshot.state_dict().values()))
     assert not hasattr(model, "fusion_report")
     same = optimize(model, inplace=True)
-    assert same is model and isinstance(model.features[1], mnv2_fast.FusedInvertedResidual)
+    assert same is model and isinstance(model.features[2], mnv2_fast.FusedInvertedResidual)
 
 
 def test_report_lists_every_part():
@@ -66,10 +67,16 @@ def test_report_lists_every_part():
     assert report.entries == tuple(e if not e.fused else replace(e, detail=fast.get_submodule(e.name).describe(now=True))
                                    for e in fast.fusion_report.entries)
     parts = [e.part for e in report.entries]
-    assert parts.count("block") == 17 and parts.count("stem") == 1 and parts.count("head") == 1
+    # Block 1 (t = 1) runs in the stem's kernel: features.0 absorbs features.1.
+    assert parts.count("block") == 16 and parts.count("stem") == 1 and parts.count("head") == 1
+    stem, first = report.entries[0], next(e for e in report.entries if e.name == "features.1")
+    assert isinstance(fast.features[0], FusedStemBlock) and isinstance(fast.features[1], nn.Identity)
+    assert stem.absorbed == ("features.1",) and "stem (3x3 conv stride 2" in stem.detail
+    assert "32 -> 32 (t=1) -> 16" in stem.detail and "never written" in stem.detail
+    assert first.part == "identity" and not first.fused and "folded into features.0" in first.detail
     assert all(e.fused for e in report.entries if e.part != "identity") and not report.not_fused
     text = str(report)
-    assert "20 of 20 parts fused" in text and "features.17" in text and "global average pool" in text
+    assert "19 of 19 parts fused" in text and "features.17" in text and "global average pool" in text
     assert "dense 1280 -> 1000" in text
 
 
