@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..model import block_specs, head_channels, stem_channels
+from ..model import block_specs, head_channels, stem_block_spec, stem_channels
 
 SHIPPED_WIDTHS = (0.5, 1.0, 1.4)
 RESOLUTION = 224
@@ -39,6 +39,12 @@ class Launch:
         return (self.kind, self.shape, self.config, self.dtype, self.tf32)
 
 
+def launcher_name(launch: Launch) -> str:
+    """The launcher (and its PyTorch twin) of a launch: a block launch with the stem as its
+    expand is stem_block's."""
+    return "stem_block" if launch.kind == "block" and launch.shape.stem else LAUNCHERS[launch.kind]
+
+
 def project_launch(launch: Launch, m: int) -> Launch | None:
     """The GEMM that projects a block's hidden tensor of m pixels where its config runs the
     project apart (`BlockConfig.project_apart`), else None."""
@@ -50,6 +56,10 @@ def project_launch(launch: Launch, m: int) -> Launch | None:
     cfg = choose_project_config(m, s.hidden, s.cout, torch.device("cuda"), launch.dtype.itemsize)
     return Launch("linear", launch.label + " project", launch.dtype, (m, s.hidden, s.cout, s.act_proj, s.residual),
                   cfg, launch.tf32)
+
+
+def _block_name(spec) -> str:
+    return f"stem + block {spec.index}" if spec.stem else f"block {spec.index}"
 
 
 def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> list[Launch]:
@@ -78,18 +88,19 @@ def shipped_launches(widths=SHIPPED_WIDTHS, resolution: int = RESOLUTION) -> lis
             add(Launch("stem", f"w{width} stem", dtype, (3, stem, resolution, resolution),
                        choice.choose_stem_config(stem, gpu)))
         specs = block_specs(width, resolution=resolution)
-        for spec in specs:
+        # The stem with block 1 (what optimize() runs), then every block alone (fuse_block).
+        for spec in [stem_block_spec(width, resolution=resolution), *specs]:
             for dtype in dtypes:
                 for batch in (256, 1):  # on a GPU without a table of its own: the reference table, else the heuristic
                     cfg = (tuned.lookup(tables.get(choice.REFERENCE_TABLE, {}), spec, dtype, batch)
                            or choice.default_config(spec, dtype.itemsize, batch))
-                    add(Launch("block", f"w{width} block {spec.index}" + (" (batch <= 8)" if batch == 1 else ""),
+                    add(Launch("block", f"w{width} {_block_name(spec)}" + (" (batch <= 8)" if batch == 1 else ""),
                                dtype, spec, cfg))
                 for slug, table in tables.items():
                     for batch in (1, 32, 256):
                         cfg = tuned.lookup(table, spec, dtype, batch)
                         if cfg is not None:
-                            add(Launch("block", f"w{width} block {spec.index} ({slug}, batch {batch})", dtype,
+                            add(Launch("block", f"w{width} {_block_name(spec)} ({slug}, batch {batch})", dtype,
                                        spec, cfg))
         cin, last, s = specs[-1].cout, head_channels(width), specs[-1].ho
         for dtype in dtypes:
@@ -138,6 +149,11 @@ def random_inputs(launch: Launch, batch: int, generator: torch.Generator) -> tup
     def rnd(*size, scale=1.0):
         return torch.randn(*size, generator=generator) * scale
 
+    if launch.kind == "block" and launch.shape.stem:  # stem_block's arguments: the image, stem, depthwise, project
+        s = launch.shape
+        return ([rnd(batch, s.cin, s.stem_h, s.stem_w), rnd(s.cin * 9, s.hidden, scale=0.3), rnd(s.hidden),
+                 rnd(9, s.hidden, scale=0.3), rnd(s.hidden), rnd(s.hidden, s.cout, scale=s.hidden ** -0.5),
+                 rnd(s.cout)], dict(act_stem=s.act_exp, act_dw=s.act_dw, act_proj=s.act_proj))
     if launch.kind == "block":
         s = launch.shape
         x = rnd(batch, s.cin, s.h, s.w)
@@ -169,9 +185,9 @@ def run_once(launch: Launch, device: torch.device, batch: int = 2) -> float:
 
     args, kwargs = random_inputs(launch, batch, torch.Generator().manual_seed(0))
     args, kwargs = map_tensors(args, kwargs, lambda t: t.to(device, launch.dtype))
-    if launch.kind in ("block", "head"):  # they read channels_last activations; the stem reads any layout
+    name = launcher_name(launch)
+    if name in ("inverted_residual", "head_pool"):  # they read channels_last activations; the stem any layout
         args[0] = args[0].contiguous(memory_format=torch.channels_last)
-    name = LAUNCHERS[launch.kind]
     y = getattr(kernels, name)(*args, **kwargs, config=launch.config, allow_tf32=launch.tf32)
     if device.type == "cuda":
         torch.cuda.synchronize()
