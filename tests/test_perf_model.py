@@ -400,6 +400,27 @@ def test_analyse_launch_on_compiled_kernels(tmp_path):
     assert "instructions_per_element_tap" not in project
 
 
+def test_sass_cache_is_pruned_least_recently_used_first(tmp_path, monkeypatch):
+    """Past its bound the cache drops its least recently used variants (a .sass with its .json)
+    down to three quarters of the bound; a hit counts as a use."""
+    import os
+
+    for i in range(10):  # variant i used at time 1000 + i; 110 bytes each
+        (tmp_path / f"v{i}.sass").write_text("x" * 100)
+        (tmp_path / f"v{i}.json").write_text("y" * 10)
+        os.utime(tmp_path / f"v{i}.sass", (1000 + i, 1000 + i))
+    os.utime(tmp_path / "v0.sass", (2000, 2000))  # the oldest, used again last
+    (tmp_path / "half.sass").write_text("z" * 500)  # no .json yet (being written): not counted, kept
+    assert pm.prune_sass_cache(tmp_path, 1100) == 0  # within the bound: nothing goes
+    assert pm.prune_sass_cache(tmp_path, 550) == 7  # 1100 -> 330 bytes, at most 412
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.sass", "v0.json", "v0.sass", "v8.json", "v8.sass",
+                                                         "v9.json", "v9.sass"]
+    monkeypatch.setenv("MNV2_FAST_SASS_CACHE_BYTES", "1234")
+    assert pm.sass_cache_limit() == 1234
+    monkeypatch.delenv("MNV2_FAST_SASS_CACHE_BYTES")
+    assert pm.sass_cache_limit() == pm.SASS_CACHE_BYTES == 1 << 30
+
+
 # ---------------------------------------------------------------- the speed regression test (no GPU)
 
 REGRESSION_FILE = pm.repo_root() / "bench" / "results" / "model-h200.json"

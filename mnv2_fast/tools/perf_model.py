@@ -47,6 +47,7 @@ What it is not
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -502,6 +503,43 @@ def sass_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mnv2-fast" / "sass"
 
 
+# A variant's SASS is about 0.3 MB, and a tuning sweep compiles hundreds: unbounded, the cache
+# grew to 4 GB on one machine.  MNV2_FAST_SASS_CACHE_BYTES sets another bound.
+SASS_CACHE_BYTES = 1 << 30
+
+
+def sass_cache_limit() -> int:
+    env = os.environ.get("MNV2_FAST_SASS_CACHE_BYTES")
+    return int(env) if env else SASS_CACHE_BYTES
+
+
+def prune_sass_cache(cache: Path, limit: int) -> int:
+    """When the cache holds more than `limit` bytes, delete its least recently used variants
+    (a hit touches one) until it holds at most three quarters of it, so that pruning is rare.
+    Returns how many variants were deleted.  Safe beside another process using the cache:
+    a variant deleted under it is compiled again."""
+    variants = []
+    for sass_file in cache.glob("*.sass"):
+        try:
+            st = sass_file.stat()
+            size = st.st_size + sass_file.with_suffix(".json").stat().st_size
+        except FileNotFoundError:  # half a variant (being written, or being deleted): not counted
+            continue
+        variants.append((st.st_mtime, size, sass_file))
+    total = sum(size for _, size, _ in variants)
+    if total <= limit:
+        return 0
+    deleted = 0
+    for _, size, sass_file in sorted(variants, key=lambda v: v[0]):
+        if total <= limit * 3 // 4:
+            break
+        for path in (sass_file, sass_file.with_suffix(".json")):
+            path.unlink(missing_ok=True)
+        total -= size
+        deleted += 1
+    return deleted
+
+
 def variant_key(fn, constexprs: dict, dtype, arch: int = ARCH) -> str:
     """Hash of what determines the SASS: the kernel source with the jit functions it calls
     (Triton's cache_key), the constexprs, dtype, Triton version and target."""
@@ -519,8 +557,13 @@ def compiled_sass(fn, constexprs: dict, dtype, arch: int = ARCH, cache: Path | N
     cache = cache if cache is not None else sass_cache_dir()
     key = variant_key(fn, constexprs, dtype, arch)
     sass_file, meta_file = cache / f"{key}.sass", cache / f"{key}.json"
-    if sass_file.is_file() and meta_file.is_file():
-        return sass_file.read_text(), json.loads(meta_file.read_text())
+    try:
+        text, usage = sass_file.read_text(), json.loads(meta_file.read_text())
+        with contextlib.suppress(OSError):  # a read-only cache still serves
+            os.utime(sass_file)  # recently used: pruned last
+        return text, usage
+    except FileNotFoundError:
+        pass
     from ..kernels.aot import compile_variant
 
     compiled = compile_variant(fn, constexprs, dtype, arch=arch)
@@ -531,6 +574,7 @@ def compiled_sass(fn, constexprs: dict, dtype, arch: int = ARCH, cache: Path | N
         tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
         tmp.write_text(data)
         tmp.replace(path)  # atomic: a concurrent run never reads half a file
+    prune_sass_cache(cache, sass_cache_limit())
     return text, usage
 
 
