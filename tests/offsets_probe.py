@@ -1,7 +1,7 @@
 """Each kernel's offset arithmetic past 2^31 elements, on the CPU (run by test_int64.py, in a
 child process of its own: a wrapped offset may crash the process that follows it).
 
-    python tests/offsets_probe.py block stem head linear
+    python tests/offsets_probe.py block stem stem_block head linear
 
 For each kernel: a launch over tensors of more than 2^31 elements, of which only the last
 images are backed by memory (anonymous mappings reserve nothing: untouched pages cost
@@ -166,6 +166,43 @@ def probe_stem() -> str:
     return f"{n} images of {per_image} elements: the programs of image {last} (offsets up to {n * per_image})"
 
 
+def probe_stem_block() -> str:
+    """The stem with block 1 (kernels.block.stem_block) on 64 x 64 x 3 NCHW images (12288
+    elements): image 174763 starts past 2^31 in the input; the output (32 x 32 x 16 per image)
+    passes 2^31 from image 131072.  One tile of 8 x 8 outputs per program."""
+    cin, hidden, cout, h, w = 3, 16, 16, 64, 64
+    per_image, ho = cin * h * w, 32
+    first = -(-INT32 // per_image)
+    n = first + 1
+    assert first * per_image >= INT32
+    x = sparse_empty((n + 1, cin, h, w), device=CPU)
+    y = sparse_nhwc(n + 1, cout, ho, ho)
+    g = torch.Generator().manual_seed(4)
+    x[first] = torch.randn(cin, h, w, generator=g).to(FP16)
+    x[first - 1].fill_(float("nan"))
+    x[n].fill_(float("nan"))
+    y[first - 1:].fill_(float("nan"))
+    weights = [torch.randn(cin * 9, hidden, generator=g) / 4, torch.randn(hidden, generator=g),
+               torch.randn(9, hidden, generator=g) / 3, torch.randn(hidden, generator=g),
+               torch.randn(hidden, cout, generator=g) / hidden ** 0.5, torch.randn(cout, generator=g)]
+    weights = [t.to(FP16) for t in weights]
+    cfg = BlockConfig(tile_h=8, tile_w=8, block_hid=16, join_pairs=True, quads=True)
+    shape = block.BlockShape(cin, hidden, cout, 1, ho, ho, True, False, stem_h=h, stem_w=w)
+    tiles_hw = shape.tiles(cfg, 1)
+    window_tiles = range(first * tiles_hw, n * tiles_hw)
+    real_programs_for = block.programs_for
+    block.programs_for = lambda s, c, batch, device: s.tiles(c, batch)  # one tile per program
+    try:
+        with only_programs(block, lambda grid: [(t, 0, 0) for t in window_tiles]) as ran:
+            block.stem_block(x[:n], *weights, config=cfg, out=y[:n])
+    finally:
+        block.programs_for = real_programs_for
+    assert ran == [tiles_hw]
+    ref = reference.stem_block(x[first:n].double(), *[t.double() for t in weights])
+    _check_window(y, first, n, ref, "stem_block")
+    return f"{n} images of {per_image} elements: the programs of image {first} (offsets up to {n * per_image})"
+
+
 def probe_head() -> str:
     """7 x 7 x 320 images (15680 elements) in groups of 16: the last group (10 images) starts
     past 2^31."""
@@ -214,7 +251,8 @@ def probe_linear() -> str:
     return f"{m} rows of {k}: the program of rows {first}..{m - 1} (offsets up to {m * k})"
 
 
-PROBES = {"block": probe_block, "stem": probe_stem, "head": probe_head, "linear": probe_linear}
+PROBES = {"block": probe_block, "stem": probe_stem, "stem_block": probe_stem_block, "head": probe_head,
+          "linear": probe_linear}
 
 
 def main(names: list[str]) -> int:

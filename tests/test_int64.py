@@ -27,7 +27,7 @@ from mnv2_fast.kernels import BlockConfig, HeadConfig, head_pool, inverted_resid
 # pytest-xdist worker (bench/gpu_run.sh), never several at once.
 pytestmark = pytest.mark.xdist_group("gpu_memory")
 PROBE = Path(__file__).with_name("offsets_probe.py")
-KERNELS = ["block", "stem", "head", "linear"]
+KERNELS = ["block", "stem", "stem_block", "head", "linear"]
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,21 @@ def test_stem_refuses_images_beyond_32_bit_offsets(cin, h, w, cout, no_launch):
     weight = torch.zeros(cin * 9, cout, dtype=torch.float16, device=DEVICE)
     with pytest.raises(ValueError, match="spans more than 2\\^31 elements; the stem indexes within an image in 32 bits"):
         stem_conv(x, weight, torch.zeros(cout, device=DEVICE), out=_huge_nhwc(1, cout, (h + 1) // 2, (w + 1) // 2))
+
+
+@pytest.mark.parametrize("n,h,w,cout,imgs", [
+    (1, 26755, 26755, 16, 1),  # the input image: 2^31 + 3107 elements
+    (2, 20000, 20000, 16, 2),  # each image fits (1.2e9 elements), a tile's two do not
+    (1, 16386, 16386, 32, 1),  # the output image: 8193^2 * 32, past 2^31
+])
+def test_stem_block_refuses_images_beyond_32_bit_offsets(n, h, w, cout, imgs, no_launch):
+    from mnv2_fast.kernels import stem_block
+
+    x = sparse_empty((n, 3, h, w))
+    w_stem, b_stem, w_dw, b_dw, w_proj, b_proj = _block_weights(27, 32, cout)
+    with pytest.raises(ValueError, match="more than 2\\^31: the block kernel indexes within a tile's images in 32 bits"):
+        stem_block(x, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj, config=BlockConfig(tile_h=2, tile_w=8, imgs=imgs),
+                   out=_huge_nhwc(n, cout, (h + 1) // 2, (w + 1) // 2))
 
 
 @pytest.mark.parametrize("n,imgs,size", [(1, 1, 2600), (4, 4, 1300)])  # one image, or four, of 2.16e9 elements

@@ -202,6 +202,9 @@ MUTANTS = [
     Mutant("stem-block-image-base-nhwc", "the stem fused into block 1 finds a tile's image as if x were the block's "
            "NHWC input, not the image", BLOCK, "            x_img = x_ptr + n0.to(tl.int64) * STEM_SXN\n",
            "            x_img = x_ptr + n0.to(tl.int64) * (H * W * CIN)\n", ("tests/test_stem_block.py::test_stem_block",)),
+    Mutant("stem-block-image-base-32-bit", "the stem fused into block 1 computes a tile's image base in 32 bits",
+           BLOCK, "            x_img = x_ptr + n0.to(tl.int64) * STEM_SXN\n", "            x_img = x_ptr + n0 * STEM_SXN\n",
+           ("tests/test_int64.py::test_offsets_past_2_31_elements",)),
     Mutant("depthwise-fp16-relu-clamped-at-6", "the fp16 depthwise epilogue clamps ReLU at 6 as for ReLU6",
            BLOCK, "            out = _activation(e16 + b16, ACT)", "            out = _activation(e16 + b16, \"relu6\")",
            ("tests/test_family_blocks.py",)),
