@@ -116,6 +116,7 @@ def _fuse_layout(model: nn.Module, parts: list[Part], backend: str, entries: lis
             entries.append(FusionEntry(p.path, "identity", False, p.note))
         else:
             entries.append(FusionEntry(p.path, "other", False, f"kept as PyTorch: {p.note}"))
+    _fuse_stem_block(model, entries)
 
 
 def _is_known_mobilenet_v2(model: nn.Module) -> bool:
@@ -149,21 +150,29 @@ def _fuse_mobilenet_v2(model: nn.Module, backend: str, entries: list[FusionEntry
 
 
 def _fuse_stem_block(model: nn.Module, entries: list[FusionEntry]) -> None:
-    """features.0 and features.1 as one kernel (FusedStemBlock) where they fit: the stem's
-    output, the network's largest activation, is never written.  features.1 becomes
-    nn.Identity, absorbed by features.0 as a fused part's BatchNorm is."""
-    stem, block = model.features[0], model.features[1]
+    """The stem and the first block as one kernel (FusedStemBlock) where they fit, with nothing
+    but absorbed modules between them: the stem's output, the network's largest activation, is
+    never written.  The block becomes nn.Identity, absorbed by the stem's part as a fused part's
+    BatchNorm is (its own absorbed modules with it, in forward order)."""
+    fused = [i for i, e in enumerate(entries) if e.fused]
+    if len(fused) < 2:
+        return
+    i, j = fused[:2]
+    stem_e, block_e = entries[i], entries[j]
+    if (stem_e.part, block_e.part) != ("stem", "block") or any(e.part != "identity" for e in entries[i + 1:j]):
+        return
+    stem, block = model.get_submodule(stem_e.name), model.get_submodule(block_e.name)
     if not FusedStemBlock.fits(stem, block):
         return
     new = FusedStemBlock(stem, block)
-    _replace(model, "features.0", new)
-    _replace(model, "features.1", nn.Identity())
-    for i, e in enumerate(entries):
-        if e.name == "features.0":
-            entries[i] = replace(e, detail=new.describe(), absorbed=("features.1",))
-        elif e.name == "features.1":
-            entries[i] = FusionEntry("features.1", "identity", False, "folded into features.0, which runs the stem and "
-                                     f"this block ({block.computes()}) as one kernel: nothing runs here")
+    _replace(model, stem_e.name, new)
+    _replace(model, block_e.name, nn.Identity())
+    entries[i] = replace(stem_e, detail=new.describe(), absorbed=(*stem_e.absorbed, block_e.name, *block_e.absorbed))
+    entries[j] = FusionEntry(block_e.name, "identity", False, f"folded into {stem_e.name}, which runs the stem and this "
+                             f"block ({block.computes()}) as one kernel: nothing runs here")
+    for k in range(j + 1, len(entries)):  # the block's own absorbed modules
+        if entries[k].name in block_e.absorbed:
+            entries[k] = replace(entries[k], detail=f"folded into {stem_e.name}: nothing runs")
 
 
 def _check_not_optimized(model: nn.Module) -> None:

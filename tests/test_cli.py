@@ -114,8 +114,9 @@ def test_check_and_bench_take_a_model_of_the_family_by_name(capsys, tmp_path):
     # torchvision's MNASNet (no timm needed): its stem, separable pair, 16 blocks, head, classifier.
     assert main(["check", "--model", "mnasnet0_5", "--resolution", "24"]) == 0
     out = capsys.readouterr().out
-    assert "mnv2-fast check: mnasnet0_5, 24px" in out and "layers.3 block" in out and "FAIL" not in out
-    assert "21 of 21 parts agree" in out  # (the stem fused with the first block: MobileNetV2's only, so far)
+    # (its stem pair, layers.3-7, runs in the stem's kernel: checked with layers.0)
+    assert "mnv2-fast check: mnasnet0_5, 24px" in out and "layers.8.0 block" in out and "FAIL" not in out
+    assert "layers.0 stem" in out and "layers.3 " not in out and "20 of 20 parts agree" in out
     assert main(["bench", "--model", "mnasnet0_5", "--resolution", "24", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["network"] == "mnasnet0_5" and result["numerics"]["error_over_tolerance"] <= 1

@@ -14,6 +14,7 @@ import torch
 
 from helpers import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, reference64
 from mnv2_fast import UnsupportedBlockError, fusion_report, optimize
+from mnv2_fast.fused import FusedStemBlock
 from mnv2_fast.tools import zoo
 
 pytest.importorskip("timm")
@@ -44,14 +45,16 @@ def test_whole_model_matches_the_unfused_one(name, size, batch, dtype):
     assert_close(y, reference64(model, x), dtype, name, factor=MODEL_TOLERANCE_FACTOR)
 
 
-# Fused parts per model: stem + blocks + head + classifier; MobileNetV4 keeps its four full-conv
-# ConvBnAct blocks and the 1x1 conv on the pooled map (conv_head).
+# Fused parts per model: stem + blocks + head + classifier, the first block (depthwise-separable)
+# run in the stem's kernel where it fits (FusedStemBlock: every model here but MobileNetV4, whose
+# first block is a full conv); MobileNetV4 keeps its four full-conv ConvBnAct blocks and the 1x1
+# conv on the pooled map (conv_head).
 PARTS = {
-    "mnasnet0_5": (20, 0), "mnasnet0_75": (20, 0), "mnasnet1_0": (20, 0), "mnasnet1_3": (20, 0),
-    "mobilenetv2_035": (20, 0), "mobilenetv2_050": (20, 0), "mobilenetv2_075": (20, 0), "mobilenetv2_100": (20, 0),
-    "mobilenetv2_140": (20, 0), "mobilenetv2_110d": (25, 0), "mobilenetv2_120d": (29, 0),
-    "efficientnet_lite0": (19, 0), "efficientnet_lite1": (24, 0), "efficientnet_lite2": (24, 0),
-    "efficientnet_lite3": (27, 0), "efficientnet_lite4": (33, 0), "mnasnet_100": (20, 0),
+    "mnasnet0_5": (19, 0), "mnasnet0_75": (19, 0), "mnasnet1_0": (19, 0), "mnasnet1_3": (19, 0),
+    "mobilenetv2_035": (19, 0), "mobilenetv2_050": (19, 0), "mobilenetv2_075": (19, 0), "mobilenetv2_100": (19, 0),
+    "mobilenetv2_140": (19, 0), "mobilenetv2_110d": (24, 0), "mobilenetv2_120d": (28, 0),
+    "efficientnet_lite0": (18, 0), "efficientnet_lite1": (23, 0), "efficientnet_lite2": (23, 0),
+    "efficientnet_lite3": (26, 0), "efficientnet_lite4": (32, 0), "mnasnet_100": (19, 0),
     "mobilenetv4_conv_small": (15, 5),
 }
 
@@ -70,7 +73,9 @@ def test_fusion_report_counts_every_part(name):
     assert (len(report.fused), len(report.not_fused)) == (fused, kept), str(report)
     parts = [e.part for e in report.fused]
     blocks = _timm_blocks(model) + (1 if name.startswith("mnasnet0") or name.startswith("mnasnet1") else 0)
-    assert parts.count("block") == blocks  # torchvision MNASNet: its stem pair is a block too
+    stem_block = name != "mobilenetv4_conv_small"
+    assert isinstance(fast.get_submodule(report.fused[0].name), FusedStemBlock) == stem_block
+    assert parts.count("block") == blocks - stem_block  # torchvision MNASNet: its stem pair is a block too
     assert parts.count("stem") == parts.count("head") == parts.count("classifier") == 1
     assert f"{fused} of {fused + kept} parts fused" in str(report)
     assert all(e.part == "other" for e in report.not_fused)

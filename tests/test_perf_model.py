@@ -474,13 +474,17 @@ def test_family_launches_are_the_fused_parts_with_shipped_configs(name):
         pytest.importorskip("timm")
     launches = pm.family_launches(name, 256, torch.float16, "h200")
     parts = zoo.fused_parts(name, zoo.resolution(name))
-    assert [nl.part for nl in launches] == ["stem"] + ["block"] * (len(parts) - 3) + ["head", "classifier"]
+    first = "stem" if name == "mobilenetv4_conv_small" else "stem+block"  # MNv4's first block is a full conv
+    assert [nl.part for nl in launches] == [first] + ["block"] * (len(parts) - 3) + ["head", "classifier"]
     blocks = [nl.launch for nl in launches if nl.part == "block"]
     assert {b.shape.ksize for b in blocks} >= ({3, 5} if name != "mobilenetv4_conv_small" else {0, 3, 5})
     for b in blocks:
         assert lookup_tuned(b.shape, torch.float16, 256, choice.REFERENCE_TABLE) == b.config, b.label
     stem, head = launches[0].launch, launches[-2].launch
-    assert stem.shape[4] == head.shape[4] == ("relu6" if name == "efficientnet_lite0" else "relu")
+    stem_act = stem.shape[4] if first == "stem" else stem.shape.act_exp  # the stem as block 1's expand
+    assert stem_act == head.shape[4] == ("relu6" if name == "efficientnet_lite0" else "relu")
+    if first == "stem+block":  # the fused launch has its entry too
+        assert lookup_tuned(stem.shape, torch.float16, 256, choice.REFERENCE_TABLE) == stem.config, stem.label
 
 
 # ---------------------------------------------------------------- recalibration on measured blocks (no GPU)
