@@ -137,6 +137,19 @@ def probe_block() -> str:
     return f"{n} images of {per_image} elements: programs of images {first}..{n - 1} (offsets up to {n * per_image})"
 
 
+def _last_image(n: int, cin: int, h: int, w: int, cout: int, ho: int, seed: int):
+    """(x, y, generator): n + 1 sparse NCHW images whose image n - 1 is random and the images
+    around it NaN, and an NHWC output of n + 1 images of ho x ho, NaN from image n - 2 on."""
+    x = sparse_empty((n + 1, cin, h, w), device=CPU)
+    y = sparse_nhwc(n + 1, cout, ho, ho)
+    g = torch.Generator().manual_seed(seed)
+    x[n - 1] = torch.randn(cin, h, w, generator=g).to(FP16)
+    x[n - 2].fill_(float("nan"))
+    x[n].fill_(float("nan"))
+    y[n - 2:].fill_(float("nan"))
+    return x, y, g
+
+
 def probe_stem() -> str:
     """224 x 224 x 3 NCHW images (150528 elements): image 14267 starts past 2^31 in the input,
     and the output (112 x 112 x 16 per image) passes 2^31 from image 10700."""
@@ -145,13 +158,7 @@ def probe_stem() -> str:
     n = -(-INT32 // per_image) + 1
     last = n - 1
     assert last * per_image >= INT32
-    x = sparse_empty((n + 1, cin, h, w), device=CPU)
-    y = sparse_nhwc(n + 1, cout, ho, ho)
-    g = torch.Generator().manual_seed(1)
-    x[last] = torch.randn(cin, h, w, generator=g).to(FP16)
-    x[last - 1].fill_(float("nan"))
-    x[n].fill_(float("nan"))
-    y[last - 1:].fill_(float("nan"))
+    x, y, g = _last_image(n, cin, h, w, cout, ho, seed=1)
     weight, bias = (torch.randn(cin * 9, cout, generator=g) / 4).to(FP16), torch.randn(cout, generator=g).to(FP16)
     cfg = StemConfig(tile_h=16, tile_w=32, block_co=16)
 
@@ -175,13 +182,7 @@ def probe_stem_block() -> str:
     first = -(-INT32 // per_image)
     n = first + 1
     assert first * per_image >= INT32
-    x = sparse_empty((n + 1, cin, h, w), device=CPU)
-    y = sparse_nhwc(n + 1, cout, ho, ho)
-    g = torch.Generator().manual_seed(4)
-    x[first] = torch.randn(cin, h, w, generator=g).to(FP16)
-    x[first - 1].fill_(float("nan"))
-    x[n].fill_(float("nan"))
-    y[first - 1:].fill_(float("nan"))
+    x, y, g = _last_image(n, cin, h, w, cout, ho, seed=4)
     weights = [torch.randn(cin * 9, hidden, generator=g) / 4, torch.randn(hidden, generator=g),
                torch.randn(9, hidden, generator=g) / 3, torch.randn(hidden, generator=g),
                torch.randn(hidden, cout, generator=g) / hidden ** 0.5, torch.randn(cout, generator=g)]
