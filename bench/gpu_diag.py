@@ -82,13 +82,16 @@ def _block_launch(fused, inp, dtype, batch, device) -> tuple[object, dict]:
     from: its shape, the batch range of the table entry covering this batch (the batch alone
     where the heuristic chose) and the GPU's table name -- what a workaround table entry
     needs.  (None, {}) for the other layers."""
-    from mnv2_fast.fused import FusedInvertedResidual
+    from mnv2_fast.fused import FusedInvertedResidual, FusedStemBlock
     from mnv2_fast.kernels import tuned
     from mnv2_fast.kernels.choice import choose_block_config
 
-    if not isinstance(fused, FusedInvertedResidual):
+    if isinstance(fused, FusedStemBlock):  # the stem with block 1: a block launch too
+        shape = fused.shape_at(inp.shape[2], inp.shape[3])
+    elif isinstance(fused, FusedInvertedResidual):
+        shape = fused.spec.at(inp.shape[2], inp.shape[3])
+    else:
         return None, {}
-    shape = fused.spec.at(inp.shape[2], inp.shape[3])
     slug = tuned.device_slug(device)
     ranges = [(lo, hi) for table in tuned.load_tuned(slug)
               for lo, hi, _ in table.get((shape, tuned.dtype_name(dtype)), ()) if lo <= batch <= hi]

@@ -654,8 +654,7 @@ def family_launches(model: str, batch: int = 256, dtype=None, gpu: str = "h200",
                                     C.choose_stem_config(m.cout, cuda))
             out.append(NetworkLaunch("stem", None, launch))
         elif isinstance(m, FusedStemBlock):  # the stem with the first block: one block launch
-            first = m.spec.at(*(output_size(v, 2) for v in shape[2:]))
-            spec = replace(first, cin=m.cin, has_expand=True, act_exp=m.act, stem_h=shape[2], stem_w=shape[3])
+            spec = m.shape_at(shape[2], shape[3])
             blocks += 1
             out.append(NetworkLaunch("stem+block", None, shipped.Launch(
                 "block", label, dtype, spec, C.tabled_block_config(spec, dtype, batch, gpu))))
