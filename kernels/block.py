@@ -50,7 +50,7 @@ from ._common import (INT32_MAX, _activation, _tf_same_pad, check_activation, ch
                       launch_args, next_pow2, output, split_pow2, tf32)
 from .choice import choose_block_config, choose_project_config
 from .head import launch_linear
-from .records import BlockConfig, BlockShape, output_size
+from .records import BlockConfig, BlockShape
 from .stem import _stem_cols
 
 
@@ -1220,7 +1220,7 @@ def _run(x, shape: BlockShape, weights: tuple, config: BlockConfig | None, allow
          out: torch.Tensor | None) -> torch.Tensor:
     """Launch the block kernel on checked tensors (weights: start, expand, depthwise and
     project weight and bias, None where a stage is absent)."""
-    w_start, b_start, w_exp, b_exp, w_dw, b_dw, w_proj, b_proj = weights
+    w_proj, b_proj = weights[6:]
     shape.check()
     n = x.shape[0]
     h, w = (shape.stem_h, shape.stem_w) if shape.stem else (shape.h, shape.w)
@@ -1314,6 +1314,6 @@ def stem_block(
     check_param("b_dw", b_dw, (hidden,), x.device)
     check_param("w_proj", w_proj, (hidden, cout), x.device, x.dtype)
     check_param("b_proj", b_proj, (cout,), x.device)
-    shape = BlockShape(cin, hidden, cout, 1, output_size(h, 2), output_size(w, 2), True, False, act_exp=act_stem,
-                       act_dw=act_dw, act_proj=act_proj, stem_h=h, stem_w=w)
+    block = BlockShape(hidden, hidden, cout, 1, 0, 0, False, False, act_dw=act_dw, act_proj=act_proj)
+    shape = block.with_stem(cin, act_stem, h, w)
     return _run(x, shape, (None, None, w_stem, b_stem, w_dw, b_dw, w_proj, b_proj), config, allow_tf32, out)

@@ -94,6 +94,13 @@ class BlockShape:
         """The same block at an h x w input."""
         return replace(self, h=h, w=w)
 
+    def with_stem(self, cin: int, act: str, h: int, w: int) -> "BlockShape":
+        """This block (depthwise-separable) with the network's stem as its expand: a 3x3 stride-2
+        conv of an h x w image of cin channels, then act; the block at the stem's output size
+        (what kernels.block.stem_block launches)."""
+        return replace(self.at(output_size(h, 2), output_size(w, 2)), cin=cin, has_expand=True, act_exp=act,
+                       stem_h=h, stem_w=w)
+
     def region(self, tile_h: int, tile_w: int) -> tuple[int, int]:
         """Input rows and columns a tile_h x tile_w output tile stages: the tile at the stride
         plus the middle depthwise's halo (ksize // 2 on each side, the zero padding included).

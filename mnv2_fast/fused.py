@@ -313,10 +313,7 @@ class FusedStemBlock(FusedPart):
     def shape_at(self, h: int, w: int):
         """The launch's record (a kernels.BlockShape) for an h x w image: the block's, at the
         stem's output size, with the stem as its expand."""
-        from dataclasses import replace
-
-        first = self.spec.at((h - 1) // 2 + 1, (w - 1) // 2 + 1)
-        return replace(first, cin=self.cin, has_expand=True, act_exp=self.act, stem_h=h, stem_w=w)
+        return self.spec.with_stem(self.cin, self.act, h, w)
 
     def computes(self) -> str:
         return f"stem ({self.stem_part}) and block ({self.block_part}); the stem's output is never written"

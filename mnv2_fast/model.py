@@ -93,11 +93,8 @@ def stem_block_spec(width_mult: float = 1.0, round_nearest: int = 8, *, resoluti
     """The stem and block 1 (t = 1) as the one launch optimize() runs for them
     (kernels.block.stem_block): block 1's record with the stem as its expand, over the
     image's 3 channels and ``resolution`` pixels."""
-    from .kernels import BlockShape
-
     first = block_specs(width_mult, round_nearest, resolution=resolution)[0]
-    return BlockShape(3, first.cin, first.cout, 1, first.h, first.w, True, False, first.index, stem_h=resolution,
-                      stem_w=resolution)
+    return first.with_stem(3, "relu6", resolution, resolution)
 
 
 class ConvBNReLU6(nn.Sequential):
