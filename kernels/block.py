@@ -128,19 +128,34 @@ def _stem_region(x_img, r_img, rh, rw, r_ok, K: tl.constexpr, C: tl.constexpr, X
 
 
 @triton.jit
-def _image_rows(REG_H: tl.constexpr, REG_W: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
-                IMGS: tl.constexpr, P_STAGE: tl.constexpr, PAD: tl.constexpr):
-    """The staged rows of a tile of whole images (stride 1): the tile's own pixels, image-major,
-    as (scratch row, image, region row, region column, valid).  The region's ring of PAD pixels
-    around them is padding only; `_zero_scratch` zeroes it once per program, so each chunk
-    expands and stores TILE_H x TILE_W pixels per image instead of REG_H x REG_W (a 7x7 image
-    with a 3x3 depthwise: 64 rows instead of 128)."""
-    p = tl.arange(0, P_STAGE)
+def _image_rows(p, REG_H: tl.constexpr, REG_W: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+                IMGS: tl.constexpr, PAD: tl.constexpr):
+    """The staged rows p (0 .. P_STAGE-1) of a tile of whole images (stride 1): the tile's own
+    pixels, image-major, as (scratch row, image, region row, region column, valid).  The region's
+    ring of PAD pixels around them is padding only; `_zero_scratch` zeroes it once per program, so
+    each chunk expands and stores TILE_H x TILE_W pixels per image instead of REG_H x REG_W (a 7x7
+    image with a 3x3 depthwise: 64 rows instead of 128)."""
     p_img = p // (TILE_H * TILE_W)
     p_y = (p // TILE_W) % TILE_H + PAD
     p_x = p % TILE_W + PAD
     p_in = p < IMGS * TILE_H * TILE_W
     return p_img * (REG_H * REG_W) + p_y * REG_W + p_x, p_img, p_y, p_x, p_in
+
+
+@triton.jit
+def _region_rows(r, H, W, CIN: tl.constexpr, REG_H: tl.constexpr, REG_W: tl.constexpr, TILE_H: tl.constexpr,
+                 TILE_W: tl.constexpr, IMGS: tl.constexpr, KSIZE: tl.constexpr, STAGE_IMAGE: tl.constexpr):
+    """The staged rows r of a tile's input region as (scratch row, image, region row, region
+    column, valid, input offset from the tile's origin): the region's pixels image-major, or with
+    STAGE_IMAGE the images' own pixels (`_image_rows`)."""
+    if STAGE_IMAGE:
+        r, r_img, r_y, r_x, r_in = _image_rows(r, REG_H, REG_W, TILE_H, TILE_W, IMGS, KSIZE // 2)
+    else:
+        r_img = r // (REG_H * REG_W)
+        r_y = (r // REG_W) % REG_H
+        r_x = r % REG_W
+        r_in = r < IMGS * REG_H * REG_W
+    return r, r_img, r_y, r_x, r_in, ((r_img * H + r_y) * W + r_x) * CIN
 
 
 @triton.jit
@@ -653,14 +668,14 @@ def _store_part(acc, x_img, y_img, b_proj_ptr, in_off, out_off, ok, CO0: tl.cons
 def _store_joined(acc, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2: tl.constexpr, GR: tl.constexpr,
                   GH: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr, QW: tl.constexpr, GW: tl.constexpr,
                   IMGS: tl.constexpr, CO0: tl.constexpr, BCO: tl.constexpr, CIN: tl.constexpr, COUT: tl.constexpr,
-                  ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+                  ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, OPAQUE: tl.constexpr):
     """`_store_part` of the joined accumulators (pairs, 2x2, 4x2 or strip groups) as `_join_pairs`
     and `_join_groups` ordered their rows, stored in place: each row's pixel decoded from its
     index, so no split, layout conversion or per-pixel offset is held through the chunk loop.
     Row GR*q + ... of column u and group row v: 8u + 4h + 2g + f (GR = 16, v = 4f + 2g + h),
     4u + 2h + g (GR = 8, v = 2g + h), 2u + v (GR = 4, 2x2 groups), v (GR = 2, pairs); rows past
     GH are padding."""
-    i = tl.arange(0, GR * P2)
+    i = _opaque(tl.arange(0, GR * P2), OPAQUE)
     if GR == 16:
         u = (i >> 3) & 1
         v = (i & 1) * 4 + ((i >> 1) & 1) * 2 + ((i >> 2) & 1)
@@ -752,8 +767,8 @@ def _inverted_residual_kernel(
     # (at small batches a few tiles would leave most SMs idle)
     PACKED_DW: tl.constexpr = True,  # fp16: the depthwise's bias and clamp on packed pairs (`_dw_epilogue`; off: in
     # fp32, which a few register-capped configs need)
-    RECOMPUTE_SETS: tl.constexpr = False,  # the fused project's epilogue of unjoined pairs recomputes their positions
-    # instead of holding them through the chunk loop (frees registers there; `_store_joined` needs none held)
+    RECOMPUTE_SETS: tl.constexpr = False,  # positions recomputed where used, not held through the loops: the staged
+    # rows' per tile, the fused project epilogue's after the chunk loop (compiled: through `_opaque`, so not hoisted)
     TALL: tl.constexpr = False,  # 4x2 pixel groups (two 2x2 groups stacked) share the windows of 3 + 3*STRIDE rows
     # (`_depthwise_groups`); needs QUADS
     STRIP: tl.constexpr = 0,  # > 0: STRIP x 2 pixel groups (3..8 rows; 7 divides MobileNet's maps) likewise; needs
@@ -794,17 +809,10 @@ def _inverted_residual_kernel(
     q_img, q_y, q_x, q_in, q_x_rel, q_y_rel = _pixel_sets(q, H, W, HO, WO, TILE_H, QW, GW, IMGS, CIN, COUT, GH)
     hh0 = tl.arange(0, BLOCK_HID)
     if KSIZE > 0:
-        if STAGE_IMAGE:
-            r, r_img, r_y, r_x, r_in = _image_rows(REG_H, REG_W, TILE_H, TILE_W, IMGS, P_STAGE, KSIZE // 2)
-        else:
-            r = tl.arange(0, P_IN)  # staged rows: region pixels, image-major
-            r_img = r // (REG_H * REG_W)
-            r_y = (r // REG_W) % REG_H
-            r_x = r % REG_W
-            r_in = r < IMGS * REG_H * REG_W
-        r_rel = ((r_img * H + r_y) * W + r_x) * CIN
+        if not RECOMPUTE_SETS:
+            r, r_img, r_y, r_x, r_in, r_rel = _region_rows(tl.arange(0, P_STAGE if STAGE_IMAGE else P_IN), H, W, CIN,
+                                                           REG_H, REG_W, TILE_H, TILE_W, IMGS, KSIZE, STAGE_IMAGE)
         scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * BLOCK_HID)
-        stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
         # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
         # padding pairs (q_in false) read the last pair's windows: theirs would lie past the staged
         # region, in another program's scratch or past its end.
@@ -862,6 +870,11 @@ def _inverted_residual_kernel(
                 acc_tb = acc_ta
                 acc_bb = acc_ba
         if KSIZE > 0:
+            if RECOMPUTE_SETS:  # per tile, not held from the prologue through the tile loop
+                r, r_img, r_y, r_x, r_in, r_rel = _region_rows(
+                    _opaque(tl.arange(0, P_STAGE if STAGE_IMAGE else P_IN), INLINE_PTX), H, W, CIN, REG_H, REG_W,
+                    TILE_H, TILE_W, IMGS, KSIZE, STAGE_IMAGE)
+            stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
             ih0 = t_h * (TILE_H * STRIDE) - pad_t
             iw0 = t_w * (TILE_W * STRIDE) - pad_l
             rh = ih0 + r_y
@@ -1005,10 +1018,11 @@ def _inverted_residual_kernel(
                                                                 COUT, DOT_PRECISION)
         if PROJECT and JOIN_PAIRS:  # pairs, 2x2, 4x2 or strip groups, joined: stored in place
             _store_joined(acc_a, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2, GR, GH, TILE_H, TILE_W, QW,
-                          GW, IMGS, 0, CO_A, CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
+                          GW, IMGS, 0, CO_A, CIN, COUT, ACT_PROJ, HAS_RESIDUAL, INLINE_PTX and RECOMPUTE_SETS)
             if CO_B > 0:
                 _store_joined(acc_b, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, P2, GR, GH, TILE_H, TILE_W,
-                              QW, GW, IMGS, CO_A, CO_B, CIN, COUT, ACT_PROJ, HAS_RESIDUAL)
+                              QW, GW, IMGS, CO_A, CO_B, CIN, COUT, ACT_PROJ, HAS_RESIDUAL,
+                              INLINE_PTX and RECOMPUTE_SETS)
         elif PROJECT:  # pairs, each pixel its own product
             in_top = q_x_rel + (t_h * TILE_H * W + t_w * TILE_W) * CIN
             out_top = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT

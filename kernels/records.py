@@ -227,8 +227,8 @@ class BlockConfig(LaunchConfig):
     project_apart: bool = False  # the kernel writes the hidden tensor, a GEMM projects it (small maps: see block.py)
     hidden_split: int = 1  # with project_apart: a tile's hidden chunks split over this many work items (small batches)
     packed_dw: bool = True  # fp16: the depthwise's bias and clamp on packed pairs (False: in fp32, as bf16 and fp32)
-    recompute_sets: bool = False  # fused project of unjoined pairs: their positions recomputed after the chunk loop
-    # (registers; joined pairs and groups decode theirs in the epilogue, so for them this changes nothing)
+    recompute_sets: bool = False  # positions recomputed where used instead of held from the program's start: the
+    # staged rows' per tile, the fused project epilogue's after the chunk loop (registers: 16 warps fit 128)
     tall: bool = False  # 4x2 pixel groups (two 2x2 stacked) share windows of 3 + 3*stride rows (quads, tile_h % 4 == 0)
     strip: int = 0  # > 0: strip x 2 groups (3..8 rows) likewise (quads, tile_h % strip == 0)
     acc16: bool = False  # fp16: the staged expand accumulates in fp16 (other dtypes: in fp32 whatever this says)

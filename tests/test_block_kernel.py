@@ -197,6 +197,10 @@ STAGE_IMAGE_CASES = [
     # block 17's kind of config: two images per tile, the project apart
     (24, 6, 40, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
                                              project_apart=True)),
+    # blocks 11-13's: 7 x 2 strips with the staged rows' and pixels' positions recomputed per
+    # tile (two images a tile, the second short of the batch; several tiles per program)
+    (40, 3, 48, 3, 7, 7, torch.float16, dict(tile_h=7, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
+                                             strip=7, recompute_sets=True)),
 ]
 
 
@@ -475,8 +479,8 @@ def test_every_access_is_in_bounds_and_the_scratch_in_barrier_order(cin, t, cout
 # sanitizer reached none of these: bench/NOTES.md), each at its own shape: 16 warps with the
 # vector stores and two 16-byte stores per row (block 14), stage_image with two images a tile
 # (15), the project apart and its GEMM (17), the head at 10 images a program, the stem fused with
-# block 1 (a 224 x 224 NCHW image); and every shipped config with recompute_sets set (blocks 5-6 at
-# batch >= 17, where their joined epilogue makes it a no-op).
+# block 1 (a 224 x 224 NCHW image); and every shipped config with recompute_sets set (blocks 11-13
+# at batch >= 17: 16 warps, positions recomputed per tile).
 UNRUN_ON_GPU = ["w1.0 block 14 float16", "w1.0 block 15 float16", "w1.0 block 17 float16",
                 "w1.0 head, batch 256 float16", "w1.0 stem + block 1 float16"]
 

@@ -52,8 +52,8 @@ def candidates(shape, itemsize: int, batch: int):
     28-32 pixel pairs (half a wgmma tile), the same with join_pairs; for even tile widths, 2x2
     pixel groups (quads); for 16-bit expands, each with and without stage_vectors; for maps
     under 10 pixels wide or batches up to 8, each also with project_apart, and at batches up
-    to 16 with one hidden chunk per work item (hidden_split); unjoined pairs at 16 warps under
-    a register cap also with recompute_sets; 2x2 groups in tiles of 4-row bands also as 4x2 groups (tall), in
+    to 16 with one hidden chunk per work item (hidden_split); 16 warps also with recompute_sets;
+    2x2 groups in tiles of 4-row bands also as 4x2 groups (tall), in
     tiles of 7- or 8-row bands also as 7x2 or 8x2 groups (strip)."""
     from ..kernels.choice import default_config
 
@@ -85,11 +85,9 @@ def candidates(shape, itemsize: int, batch: int):
         else []
     if batch <= 16:
         apart += [replace(cfg, hidden_split=-(-shape.hidden // cfg.block_hid)) for cfg in apart]
-    # 16 capped warps, unjoined pairs: also with their positions recomputed after the chunk loop
-    # (joined pairs and groups decode theirs in the epilogue, where the switch changes nothing).
-    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16 and cfg.maxnreg
-             and not cfg.join_pairs] \
-        if shape.staged else []
+    # 16 warps (128 registers at most): also with positions recomputed where used, not held (blocks
+    # 11-13 fit so without spilling).
+    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16] if shape.staged else []
     # 2x2 groups in tiles of whole 4-row bands: also as 4x2 groups (tall).
     tall = [replace(cfg, tall=True) for cfg in out[1:] + apart + remat if cfg.quads and cfg.tile_h % 4 == 0]
     # ... and in tiles of 7-row bands (MobileNet's maps are multiples of 7) or 8-row ones as
@@ -100,9 +98,10 @@ def candidates(shape, itemsize: int, batch: int):
 
 
 # (hidden chunk, warps, register cap): 8 warps uncapped (up to 255 registers, one program
-# per SM) wins where wide chunks need the registers; chunks of 64 only where they can fit.
+# per SM) wins where wide chunks need the registers; chunks of 64 only where they can fit, at 16
+# warps also uncapped (128 registers all the same, allocated otherwise).
 _LAUNCHES = tuple((h, w, r) for h in (16, 32) for w, r in ((4, None), (8, None), (8, 128), (8, 168), (16, 128))) + (
-    (64, 8, None), (64, 16, 128))
+    (64, 8, None), (64, 16, 128), (64, 16, None))
 
 
 def batch_ranges(batches: list[int]) -> list[tuple[int, int, int]]:
