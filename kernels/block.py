@@ -724,8 +724,12 @@ def _inverted_residual_kernel(
     b_proj_ptr,  # project bias [COUT]
     y_ptr,  # output, contiguous NHWC [N, HO, WO, COUT] (without PROJECT: the hidden tensor, COUT = HIDDEN)
     scratch_ptr,  # per program: two [P_IN, BLOCK_HID] buffers of one staged hidden chunk, x's dtype
-    N, H, W, HO, WO,  # batch, input and output sizes
+    N,  # batch
     start_rows,  # START_K at run time: the start depthwise's row loop bound (see _start_depthwise)
+    H: tl.constexpr,  # input rows ...
+    W: tl.constexpr,  # ... and columns (with STEM_C: the stem's output)
+    HO: tl.constexpr,  # output rows ...
+    WO: tl.constexpr,  # ... and columns
     CIN: tl.constexpr,  # input channels
     HIDDEN: tl.constexpr,  # expanded channels (= CIN without HAS_EXPAND)
     COUT: tl.constexpr,  # output channels
@@ -1060,6 +1064,10 @@ def kernel_args(shape: BlockShape, cfg: BlockConfig, dtype: torch.dtype, allow_t
     # The kernel's constexprs by name, one per line: a list of the block's fields, not repeated logic.
     return launch_args(
         cfg, dtype, allow_tf32,
+        H=shape.h,
+        W=shape.w,
+        HO=shape.ho,
+        WO=shape.wo,
         CIN=shape.expand_k,
         HIDDEN=shape.hidden,
         COUT=cout,
@@ -1264,7 +1272,7 @@ def _run(x, shape: BlockShape, weights: tuple, config: BlockConfig | None, allow
         b_proj,
         y,
         scratch if shape.staged else dummy,
-        n, shape.h, shape.w, shape.ho, shape.wo, shape.start_k,
+        n, shape.start_k,
         **kernel_args(shape, cfg, x.dtype, tf32(allow_tf32), x_strides),
     )
     if cfg.project_apart:

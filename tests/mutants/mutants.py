@@ -181,6 +181,10 @@ MUTANTS = [
            "_pixel_sets(_opaque(tl.arange(0, P2), INLINE_PTX), H, W, H,\n"
            "                                                                      W,",
            ("tests/test_block_kernel.py::test_block_tilings",)),
+    Mutant("recomputed-rows-sizes-crossed", "the staged rows' positions recomputed per tile take the input's rows for "
+                                            "its columns and its columns for its rows",
+           BLOCK, "INLINE_PTX), H, W, CIN, REG_H, REG_W,", "INLINE_PTX), W, H, CIN, REG_H, REG_W,",
+           ("tests/test_block_kernel.py::test_block_tilings",)),
     Mutant("groups-fourth-row-taps-shifted", "4x2 and strip groups: pixel row 3 takes the kernel rows of the row above",
            BLOCK, "HIDDEN, j, 3, m, STRIDE, KSIZE, GH)", "HIDDEN, j - STRIDE, 3, m, STRIDE, KSIZE, GH)",
            ("tests/test_block_kernel.py::test_block_tilings",)),
