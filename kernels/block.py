@@ -274,14 +274,14 @@ def _pairs(t):
 
 @triton.jit
 def _store_staged(base, rows, row_ok, e, P: tl.constexpr, BLOCK_HID: tl.constexpr, ASM: tl.constexpr,
-                  MASKED: tl.constexpr):
+                  MASKED: tl.constexpr, ROW: tl.constexpr):
     """Store e [P, BLOCK_HID] (16-bit, columns in `_stage_order`) in channel order at rows [P] of
     the buffer at base (those where row_ok, when MASKED), each row's 2J channels of one
     accumulator thread as one vector."""
     J: tl.constexpr = BLOCK_HID // 8
     t = tl.permute(tl.reshape(e.to(tl.int16, bitcast=True), (P, J, 4, 2)), (0, 2, 1, 3))  # [row, c, j, b]
     lo, hi = tl.split(t)  # [row, c, j]
-    offs = rows[:, None] * BLOCK_HID + (tl.arange(0, 4) * (2 * J))[None, :]
+    offs = rows[:, None] * ROW + (tl.arange(0, 4) * (2 * J))[None, :]
     ok = tl.broadcast_to(row_ok.to(tl.int32)[:, None], (P, 4))
     if J == 2:
         l0, l1 = _pairs(lo)
@@ -327,7 +327,7 @@ def _expand_part(x, e, w_exp_ptr, hh, h_ok, K0: tl.constexpr, BK: tl.constexpr, 
 @triton.jit
 def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
                STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr, P2: tl.constexpr,
-               GW: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr):
+               GW: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr, ROW: tl.constexpr):
     """act(depthwise KSIZE x KSIZE + bias) of one staged chunk for groups of output pixels:
     vertical pairs (GW = 1), or 2x2 groups (GW = 2, quads: two pairs side by side).
 
@@ -337,7 +337,7 @@ def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, RE
     windows serves both columns (3x3 at stride 1: 16 window loads per 4 pixels instead of 24)
     and each weight vector four pixels.  A row's taps are summed in the activation dtype, the
     rows in fp32.  Returns (top-left, top-right, bottom-left, bottom-right); the right ones
-    are the left ones when GW = 1."""
+    are the left ones when GW = 1.  Staged rows are ROW elements apart (the staged width)."""
     acc_tl = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
     acc_bl = tl.zeros([P2, BLOCK_HID], dtype=tl.float32)
     acc_tr = acc_tl
@@ -352,7 +352,7 @@ def _depthwise(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, RE
         t2 = t1
         b2 = t1
         for m in tl.static_range(KSIZE + (STRIDE if GW == 2 else 0)):
-            r = tl.load(pair_ptrs + (j * REG_W + m) * BLOCK_HID)
+            r = tl.load(pair_ptrs + (j * REG_W + m) * ROW)
             if m < KSIZE:  # the left pixels' tap m
                 t = tl.load(w_dw_ptr + (kt * KSIZE + m) * HIDDEN + hh, mask=h_ok, other=0.0)
                 b = tl.load(w_dw_ptr + (kb * KSIZE + m) * HIDDEN + hh, mask=h_ok, other=0.0)
@@ -439,7 +439,7 @@ def _group_out(a, bias, h_ok, ACT: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_HID
 @triton.jit
 def _depthwise_groups(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.constexpr, REG_W: tl.constexpr,
                       STRIDE: tl.constexpr, KSIZE: tl.constexpr, ACT: tl.constexpr, BLOCK_HID: tl.constexpr,
-                      P2: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr, GH: tl.constexpr):
+                      P2: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr, GH: tl.constexpr, ROW: tl.constexpr):
     """`_depthwise` for GH x 2 groups (3 <= GH <= 8; TALL: GH = 4, STRIP: GH rows): pixel row v's
     taps start v*STRIDE staged rows below row 0's, so the KSIZE + (GH-1)*STRIDE rows of windows
     serve all GH rows (3x3 at stride 1: (GH+2)*4 window loads per 2*GH pixels: 3 per pixel at
@@ -482,7 +482,7 @@ def _depthwise_groups(pair_ptrs, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN: tl.conste
         s7l = z
         s7r = z
         for m in tl.static_range(KSIZE + STRIDE):
-            r = tl.load(pair_ptrs + (j * REG_W + m) * BLOCK_HID)
+            r = tl.load(pair_ptrs + (j * REG_W + m) * ROW)
             s0l, s0r = _group_taps(s0l, s0r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 0, m, STRIDE, KSIZE, GH)
             s1l, s1r = _group_taps(s1l, s1r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 1, m, STRIDE, KSIZE, GH)
             s2l, s2r = _group_taps(s2l, s2r, r, w_dw_ptr, hh, h_ok, HIDDEN, j, 2, m, STRIDE, KSIZE, GH)
@@ -777,6 +777,8 @@ def _inverted_residual_kernel(
     # (`_depthwise_groups`); needs QUADS
     STRIP: tl.constexpr = 0,  # > 0: STRIP x 2 pixel groups (3..8 rows; 7 divides MobileNet's maps) likewise; needs
     # QUADS
+    STAGE_HID: tl.constexpr = 0,  # > BLOCK_HID: the expand computes and stages this many hidden channels at once (one
+    # product reads the input region once for all), the depthwise and project take BLOCK_HID of them at a time
     ACC16: tl.constexpr = False,  # fp16: the staged expand accumulates in fp16 (wgmma's f16 accumulator: half the
     # registers, no conversion before the epilogue; one rounding per 16 input channels, where fp32 rounds once)
     STEM_C: tl.constexpr = 0,  # > 0: the expand is the network's stem, a 3x3 stride-2 conv (padding 1) of an image of
@@ -797,10 +799,13 @@ def _inverted_residual_kernel(
     tl.static_assert(STRIP == 0 or (QUADS and not TALL and STRIP >= 3 and STRIP <= 8))
     # A work item's hidden channels: whole chunks, the last part possibly shorter.
     SPLIT_HID: tl.constexpr = (HIDDEN + BLOCK_HID * HIDDEN_SPLIT - 1) // (BLOCK_HID * HIDDEN_SPLIT) * BLOCK_HID
+    SH: tl.constexpr = STAGE_HID if STAGE_HID > 0 else BLOCK_HID  # the staged chunk's width
+    tl.static_assert(SH % BLOCK_HID == 0 and (SH == BLOCK_HID or HIDDEN_SPLIT == 1))
+    TAIL: tl.constexpr = HIDDEN % SH if SH > BLOCK_HID else 0  # a multiple of BLOCK_HID (BlockConfig.validate)
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     VECTORS: tl.constexpr = (STAGE_VECTORS and HAS_EXPAND and y_ptr.dtype.element_ty.primitive_bitwidth == 16
-                             and BLOCK_HID >= 16 and BLOCK_HID <= 64)
+                             and SH >= 16 and SH <= 64)
     tiles_w = tl.cdiv(WO, TILE_W)
     tiles_hw = tl.cdiv(HO, TILE_H) * tiles_w
     n_tiles = tl.cdiv(N, IMGS) * tiles_hw
@@ -816,16 +821,16 @@ def _inverted_residual_kernel(
         if not RECOMPUTE_SETS:
             r, r_img, r_y, r_x, r_in, r_rel = _region_rows(tl.arange(0, P_STAGE if STAGE_IMAGE else P_IN), H, W, CIN,
                                                            REG_H, REG_W, TILE_H, TILE_W, IMGS, KSIZE, STAGE_IMAGE)
-        scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * BLOCK_HID)
+        scratch = scratch_ptr + pid.to(tl.int64) * (2 * P_IN * SH)
         # The top pixel's tap (0, 0) window; tap (kh, kw) is kh*REG_W + kw staged rows further.  The
         # padding pairs (q_in false) read the last pair's windows: theirs would lie past the staged
         # region, in another program's scratch or past its end.
         q_last = tl.minimum(q, IMGS * (TILE_H // GH) * QW - 1)
         q_win = (q_last // (TILE_H // GH * QW) * (REG_H * REG_W) + (q_last // QW) % (TILE_H // GH) * GH
                  * (STRIDE * REG_W) + q_last % QW * GW * STRIDE)
-        pair_ptrs = scratch + q_win[:, None] * BLOCK_HID + hh0[None, :]
+        pair_ptrs = scratch + q_win[:, None] * SH + hh0[None, :]
         if STAGE_IMAGE:
-            _zero_scratch(scratch, P_IN, BLOCK_HID)
+            _zero_scratch(scratch, P_IN, SH)
         if TF_SAME:  # TensorFlow's "same": the total padding split with the odd pixel at the bottom/right
             pad_t = _tf_same_pad(HO, STRIDE, KSIZE, H)
             pad_l = _tf_same_pad(WO, STRIDE, KSIZE, W)
@@ -878,7 +883,7 @@ def _inverted_residual_kernel(
                 r, r_img, r_y, r_x, r_in, r_rel = _region_rows(
                     _opaque(tl.arange(0, P_STAGE if STAGE_IMAGE else P_IN), INLINE_PTX), H, W, CIN, REG_H, REG_W,
                     TILE_H, TILE_W, IMGS, KSIZE, STAGE_IMAGE)
-            stage_ptrs = scratch + r[:, None] * BLOCK_HID + hh0[None, :]
+            stage_rows = scratch + r[:, None] * SH
             ih0 = t_h * (TILE_H * STRIDE) - pad_t
             iw0 = t_w * (TILE_W * STRIDE) - pad_l
             rh = ih0 + r_y
@@ -903,85 +908,97 @@ def _inverted_residual_kernel(
             if not PROJECT:
                 oh, ow, ok_top, ok_bot = _pair_masks(q_in, q_img, q_y, q_x, n0, t_h, t_w, N, HO, WO, TILE_H, TILE_W)
                 out_hid = q_y_rel + (t_h * TILE_H * WO + t_w * TILE_W) * COUT
-            for h0 in range(h_lo, h_hi, BLOCK_HID):
-                hh = h0 + hh0
-                h_ok = hh < HIDDEN
-                # 1. Stage this chunk of the depthwise input over the region.
-                if HAS_EXPAND:
-                    if not X_RESIDENT:
-                        x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
-                        if K_B > 0:
-                            x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
-                    if ACC16 and dtype == tl.float16:
-                        e = tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float16)
-                    else:
-                        e = tl.zeros([P_STAGE, BLOCK_HID], dtype=tl.float32)
-                    e = _expand_part(x_a, e, w_exp_ptr, hh, h_ok, 0, K_A, CIN, HIDDEN, DOT_PRECISION, VECTORS)
-                    if K_B > 0:
-                        e = _expand_part(x_b, e, w_exp_ptr, hh, h_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION,
-                                         VECTORS)
-                    b = tl.load(b_exp_ptr + hh, mask=h_ok, other=0.0)[None, :]
-                    if VECTORS:
-                        b = _stage_order(b, BLOCK_HID)
-                    e = _expand_epilogue(e, b, r_hi[:, None], ACT_EXP, dtype, INLINE_PTX)
-                else:
-                    e = tl.load(x_img + r_off[:, None] + hh[None, :], mask=r_ok[:, None] & h_ok[None, :], other=0.0)
-                # Double buffer: a warp overwrites a buffer only after the next chunk's barrier,
-                # which every warp reaches after reading it, so one barrier per chunk suffices.
-                buf = (step % 2) * (P_IN * BLOCK_HID)
-                step += 1
-                if VECTORS:
-                    _store_staged(scratch + buf, r, r_in, e.to(dtype), P_STAGE, BLOCK_HID, INLINE_PTX,
-                                  STAGE_IMAGE)
-                elif STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
-                    tl.store(stage_ptrs + buf, e.to(dtype), mask=r_in[:, None])
-                else:
-                    tl.store(stage_ptrs + buf, e.to(dtype))
-                tl.debug_barrier()
-                # 2. Depthwise for the tile's pixel pairs (or 2x2 groups: then d_top and d_bot hold
-                # both columns, rows 2q + u for the left (u = 0) and the right pixel; or GH x 2 groups).
-                if GH > 2:
-                    o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l, o7r = _depthwise_groups(
-                        pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID,
-                        P2, dtype if PACKED_DW else tl.float32, INLINE_PTX, GH)
-                    if not PROJECT:  # 3. Store the hidden chunk, two rows at a time ...
-                        _store_hidden(y_img, out_hid, ow, ok_top, ok_top & (oh + 1 < HO), o0l, o0r, o1l, o1r, hh,
-                                      h_ok, WO, HIDDEN, GW)
-                        _store_hidden(y_img, out_hid + 2 * WO * HIDDEN, ow, ok_top & (oh + 2 < HO) & (2 < GH),
-                                      ok_top & (oh + 3 < HO) & (3 < GH), o2l, o2r, o3l, o3r, hh, h_ok, WO, HIDDEN, GW)
-                        if GH > 4:
-                            _store_hidden(y_img, out_hid + 4 * WO * HIDDEN, ow, ok_top & (oh + 4 < HO),
-                                          ok_top & (oh + 5 < HO) & (5 < GH), o4l, o4r, o5l, o5r, hh, h_ok, WO, HIDDEN,
-                                          GW)
-                            _store_hidden(y_img, out_hid + 6 * WO * HIDDEN, ow, ok_top & (oh + 6 < HO) & (6 < GH),
-                                          ok_top & (oh + 7 < HO) & (7 < GH), o6l, o6r, o7l, o7r, hh, h_ok, WO, HIDDEN,
-                                          GW)
-                    else:  # ... or project it into the accumulators.
-                        d = _join_groups(o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l,
-                                         o7r, P2, BLOCK_HID, GH, dtype)
-                        acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                        if CO_B > 0:
-                            acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
-                else:
-                    d_top, d_tr, d_bot, d_br = _depthwise(pair_ptrs + buf, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN,
-                                                          REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW,
-                                                          dtype if PACKED_DW else tl.float32, INLINE_PTX)
-                    if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it ...
-                        _store_hidden(y_img, out_hid, ow, ok_top, ok_bot, d_top, d_tr, d_bot, d_br, hh, h_ok, WO,
-                                      HIDDEN, GW)
-                    else:  # ... or project it into the accumulators.
-                        if QUADS:
-                            d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
-                            d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
-                        if JOIN_PAIRS:
-                            d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
-                            acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
-                            if CO_B > 0:
-                                acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+            # Chunks of SH channels, then (a hidden size no multiple of SH) one of the TAIL left: WIDTH is
+            # SH, then TAIL when there is one (a constexpr per pass, so each pass has its own shapes).
+            for WIDTH in tl.static_range(SH, TAIL - 1 if TAIL > 0 else SH - 1, TAIL - SH if TAIL > 0 else -1):
+                for h0 in range(h_lo if WIDTH == SH else h_hi - TAIL, h_hi - TAIL if WIDTH == SH else h_hi, WIDTH):
+                    hs0 = tl.arange(0, WIDTH)
+                    hs = h0 + hs0
+                    hs_ok = hs < HIDDEN
+                    # 1. Stage this chunk of the depthwise input over the region.
+                    if HAS_EXPAND:
+                        if not X_RESIDENT:
+                            x_a = _load_region(x_img, r_off, r_ok, 0, K_A, CIN)
+                            if K_B > 0:
+                                x_b = _load_region(x_img, r_off, r_ok, K_A, K_B, CIN)
+                        if ACC16 and dtype == tl.float16:
+                            e = tl.zeros([P_STAGE, WIDTH], dtype=tl.float16)
                         else:
-                            acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype), acc_ta,
-                                                                            acc_ba, acc_tb, acc_bb, w_proj_ptr, hh,
-                                                                            h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                            e = tl.zeros([P_STAGE, WIDTH], dtype=tl.float32)
+                        e = _expand_part(x_a, e, w_exp_ptr, hs, hs_ok, 0, K_A, CIN, HIDDEN, DOT_PRECISION, VECTORS)
+                        if K_B > 0:
+                            e = _expand_part(x_b, e, w_exp_ptr, hs, hs_ok, K_A, K_B, CIN, HIDDEN, DOT_PRECISION,
+                                             VECTORS)
+                        b = tl.load(b_exp_ptr + hs, mask=hs_ok, other=0.0)[None, :]
+                        if VECTORS:
+                            b = _stage_order(b, WIDTH)
+                        e = _expand_epilogue(e, b, r_hi[:, None], ACT_EXP, dtype, INLINE_PTX)
+                    else:
+                        e = tl.load(x_img + r_off[:, None] + hs[None, :], mask=r_ok[:, None] & hs_ok[None, :], other=0.0)
+                    # Double buffer: a warp overwrites a buffer only after the next chunk's barrier,
+                    # which every warp reaches after reading it, so one barrier per chunk suffices.
+                    buf = (step % 2) * (P_IN * SH)
+                    step += 1
+                    if VECTORS:
+                        _store_staged(scratch + buf, r, r_in, e.to(dtype), P_STAGE, WIDTH, INLINE_PTX,
+                                      STAGE_IMAGE, SH)
+                    elif STAGE_IMAGE:  # the padding rows of the pixel enumeration are stored nowhere
+                        tl.store(stage_rows + buf + hs0[None, :], e.to(dtype), mask=r_in[:, None])
+                    else:
+                        tl.store(stage_rows + buf + hs0[None, :], e.to(dtype))
+                    tl.debug_barrier()
+                    for part in tl.static_range(WIDTH // BLOCK_HID):  # the staged chunk's parts of BLOCK_HID channels
+                        hh = h0 + part * BLOCK_HID + hh0
+                        h_ok = hh < HIDDEN
+                        windows = pair_ptrs + buf + part * BLOCK_HID
+                        # 2. Depthwise for the tile's pixel pairs (or 2x2 groups: then d_top and d_bot hold
+                        # both columns, rows 2q + u for the left (u = 0) and the right pixel; or GH x 2 groups).
+                        if GH > 2:
+                            (o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l,
+                             o7r) = _depthwise_groups(windows, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE, KSIZE,
+                                                      ACT_DW, BLOCK_HID, P2, dtype if PACKED_DW else tl.float32,
+                                                      INLINE_PTX, GH, SH)
+                            if not PROJECT:  # 3. Store the hidden chunk, two rows at a time ...
+                                _store_hidden(y_img, out_hid, ow, ok_top, ok_top & (oh + 1 < HO), o0l, o0r, o1l, o1r, hh,
+                                              h_ok, WO, HIDDEN, GW)
+                                _store_hidden(y_img, out_hid + 2 * WO * HIDDEN, ow, ok_top & (oh + 2 < HO) & (2 < GH),
+                                              ok_top & (oh + 3 < HO) & (3 < GH), o2l, o2r, o3l, o3r, hh, h_ok, WO, HIDDEN,
+                                              GW)
+                                if GH > 4:
+                                    _store_hidden(y_img, out_hid + 4 * WO * HIDDEN, ow, ok_top & (oh + 4 < HO),
+                                                  ok_top & (oh + 5 < HO) & (5 < GH), o4l, o4r, o5l, o5r, hh, h_ok, WO,
+                                                  HIDDEN, GW)
+                                    _store_hidden(y_img, out_hid + 6 * WO * HIDDEN, ow,
+                                                  ok_top & (oh + 6 < HO) & (6 < GH), ok_top & (oh + 7 < HO) & (7 < GH),
+                                                  o6l, o6r, o7l, o7r, hh, h_ok, WO, HIDDEN, GW)
+                            else:  # ... or project it into the accumulators.
+                                d = _join_groups(o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l,
+                                                 o7r, P2, BLOCK_HID, GH, dtype)
+                                acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                                if CO_B > 0:
+                                    acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                        else:
+                            d_top, d_tr, d_bot, d_br = _depthwise(windows, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN,
+                                                                  REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW,
+                                                                  dtype if PACKED_DW else tl.float32, INLINE_PTX, SH)
+                            if not PROJECT:  # 3. Store the hidden chunk for the GEMM that projects it ...
+                                _store_hidden(y_img, out_hid, ow, ok_top, ok_bot, d_top, d_tr, d_bot, d_br, hh, h_ok, WO,
+                                              HIDDEN, GW)
+                            else:  # ... or project it into the accumulators.
+                                if QUADS:
+                                    d_top = _join_pairs(d_top, d_tr, P2, BLOCK_HID)
+                                    d_bot = _join_pairs(d_bot, d_br, P2, BLOCK_HID)
+                                if JOIN_PAIRS:
+                                    d = _join_pairs(d_top.to(dtype), d_bot.to(dtype), GW * P2, BLOCK_HID)
+                                    acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
+                                    if CO_B > 0:
+                                        acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT,
+                                                              DOT_PRECISION)
+                                else:
+                                    acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype),
+                                                                                    acc_ta, acc_ba, acc_tb, acc_bb,
+                                                                                    w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT,
+                                                                                    DOT_PRECISION)
             if PROJECT and not JOIN_PAIRS and RECOMPUTE_SETS:
                 # The pixel sets' positions again, after the chunk loop: held through it, they
                 # take registers the loop needs.
@@ -1107,9 +1124,9 @@ def _staged_rows(shape: BlockShape, cfg: BlockConfig) -> int:
 
 
 def scratch_elements(shape: BlockShape, cfg: BlockConfig, programs: int) -> int:
-    """Scratch of one launch: per program, two staged chunks of [P_IN, BLOCK_HID] (none
-    without a middle depthwise: nothing is staged)."""
-    return programs * 2 * _staged_rows(shape, cfg) * cfg.block_hid if shape.staged else 0
+    """Scratch of one launch: per program, two staged chunks of [P_IN, stage_hid or block_hid]
+    (none without a middle depthwise: nothing is staged)."""
+    return programs * 2 * _staged_rows(shape, cfg) * (cfg.stage_hid or cfg.block_hid) if shape.staged else 0
 
 
 @functools.lru_cache(maxsize=None)

@@ -232,6 +232,8 @@ class BlockConfig(LaunchConfig):
     tall: bool = False  # 4x2 pixel groups (two 2x2 stacked) share windows of 3 + 3*stride rows (quads, tile_h % 4 == 0)
     strip: int = 0  # > 0: strip x 2 groups (3..8 rows) likewise (quads, tile_h % strip == 0)
     acc16: bool = False  # fp16: the staged expand accumulates in fp16 (other dtypes: in fp32 whatever this says)
+    stage_hid: int = 0  # > block_hid: the expand and the staging take this many hidden channels at once (the input
+    # region read once per product for all), the depthwise and project block_hid of them at a time
 
     @property
     def group_rows(self) -> int:
@@ -274,6 +276,13 @@ class BlockConfig(LaunchConfig):
         if self.recompute_sets and (self.project_apart or not shape.staged):
             raise ValueError("config recompute_sets recomputes the fused project's epilogue positions: it needs a "
                              "middle depthwise and the project in the kernel (not project_apart)")
+        tail = shape.hidden % self.stage_hid if self.stage_hid > self.block_hid else 0
+        if self.stage_hid and (self.stage_hid % self.block_hid or self.stage_hid > 64 or self.hidden_split > 1
+                               or self.stage_hid & (self.stage_hid - 1) or not shape.staged
+                               or tail % self.block_hid or tail & (tail - 1)):
+            raise ValueError(f"config stage_hid={self.stage_hid} must be a power-of-two multiple of block_hid="
+                             f"{self.block_hid}, at most 64, leave a last chunk of hidden={shape.hidden} that is one "
+                             "too (or none), on the staged path and without hidden_split")
         if shape.stem and not self.x_resident:
             raise ValueError("config x_resident=False: with the stem as the expand, the region's im2col rows are "
                              "loaded once per tile, so they must stay resident")

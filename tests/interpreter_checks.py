@@ -180,5 +180,5 @@ SCRATCH_ARG = 9
 
 
 def block_scratch(kwargs) -> int:
-    """The block kernel's scratch per program: two staged chunks of [P_IN, BLOCK_HID]."""
-    return 2 * kwargs["P_IN"] * kwargs["BLOCK_HID"]
+    """The block kernel's scratch per program: two staged chunks of [P_IN, STAGE_HID or BLOCK_HID]."""
+    return 2 * kwargs["P_IN"] * (kwargs.get("STAGE_HID") or kwargs["BLOCK_HID"])

@@ -236,6 +236,49 @@ def test_block_stage_image_keeps_nan_and_inf_inside_the_image():
     assert_close(torch.where(finite, y, 0), torch.where(finite, ref, 0), torch.float32, "finite part")
 
 
+# stage_hid: the expand and the staging take several depthwise parts' channels at once.  Hidden 144
+# = 4 chunks of 32 + a last one of 16 (blocks 3-4 ship so), 96 = one of 64 + one of 32, 144 in
+# chunks of 64 + 16; fp16 (vector stores from the accumulators) and fp32 (tl.store); strips, 2x2 and
+# 4x2 groups, pairs, the project apart, the input reloaded per chunk, whole images, and no expand
+# (t = 1: all 32 channels staged at once).
+STAGE_HID_CASES = [
+    # (cin, t, cout, stride, n, h, w, config)
+    (24, 6, 24, 1, 2, 9, 7, dict(tile_h=7, tile_w=4, imgs=1, block_hid=16, stage_hid=32, join_pairs=True, quads=True,
+                                 strip=7)),
+    (24, 6, 32, 2, 2, 9, 7, dict(tile_h=4, tile_w=4, imgs=2, block_hid=16, stage_hid=32, join_pairs=True,
+                                 quads=True, recompute_sets=True)),
+    (16, 6, 24, 2, 2, 9, 7, dict(tile_h=4, tile_w=4, imgs=1, block_hid=32, stage_hid=64, join_pairs=True, quads=True,
+                                 tall=True)),
+    (24, 6, 24, 1, 3, 9, 7, dict(tile_h=4, tile_w=3, imgs=2, block_hid=16, stage_hid=64)),
+    (24, 6, 40, 1, 2, 7, 7, dict(tile_h=4, tile_w=6, imgs=1, block_hid=16, stage_hid=32, join_pairs=True, quads=True,
+                                 project_apart=True)),
+    (16, 6, 24, 1, 2, 9, 7, dict(tile_h=4, tile_w=4, imgs=1, block_hid=16, stage_hid=32, x_resident=False)),
+    (24, 6, 24, 1, 3, 7, 7, dict(tile_h=7, tile_w=8, imgs=2, block_hid=16, stage_hid=32, join_pairs=True, quads=True,
+                                 strip=7, stage_image=True)),
+    (32, 1, 16, 1, 2, 9, 7, dict(tile_h=8, tile_w=4, imgs=1, block_hid=16, stage_hid=32, join_pairs=True, quads=True,
+                                 strip=8)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("cin,t,cout,stride,n,h,w,tiling", STAGE_HID_CASES,
+                         ids=lambda v: "-".join(f"{k}{x}" for k, x in v.items()) if isinstance(v, dict) else None)
+def test_block_stage_hid(cin, t, cout, stride, n, h, w, tiling, dtype):
+    block = make_block(cin, cout, stride, t)
+    fused = fuse_block(block, backend="triton").to(DEVICE, dtype)
+    x = nhwc(torch.randn(n, cin, h, w)).to(DEVICE, dtype)
+    y = _run(fused, x, BlockConfig(**tiling))
+    assert_close(y, reference64(block, x), dtype, str(tiling))
+
+
+def test_stage_hid_needs_whole_parts():
+    a = _args(hidden=72)
+    for cfg in (dict(block_hid=16, stage_hid=24), dict(block_hid=16, stage_hid=128), dict(block_hid=16, stage_hid=64),
+                dict(block_hid=32, stage_hid=64, project_apart=True, hidden_split=2)):
+        with pytest.raises(ValueError, match="stage_hid=.* must be a power-of-two multiple of block_hid"):
+            inverted_residual(_x(), **a, stride=1, residual=False, config=BlockConfig(tile_h=2, tile_w=2, **cfg))
+
+
 def test_quads_need_joined_products_and_an_even_tile_width():
     a = _args()
     for tile in (dict(tile_h=4, tile_w=4, quads=True), dict(tile_h=4, tile_w=3, join_pairs=True, quads=True)):
@@ -454,6 +497,9 @@ ACCESS_CASES = [
     (16, 3, 16, 1, 2, 5, 7, BlockConfig(tile_h=4, tile_w=3, block_hid=32, project_apart=True)),
     (16, 3, 16, 1, 2, 5, 7, BlockConfig(tile_h=4, tile_w=6, block_hid=16, join_pairs=True, quads=True,
                                         project_apart=True, hidden_split=2)),
+    # stage_hid: chunks staged 32 wide (the scratch is sized for them), then the last 16 (hidden 48).
+    (16, 3, 24, 2, 3, 6, 7, BlockConfig(tile_h=2, tile_w=4, imgs=2, block_hid=16, stage_hid=32, join_pairs=True,
+                                        quads=True)),
 ]
 
 

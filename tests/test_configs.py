@@ -92,7 +92,8 @@ def test_config_fields_are_the_kernels_constexprs():
     assert HeadConfig(block_p=32).constexprs() == {"IMGS": 1, "BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_N": 128}
     assert set(LARGE.constexprs()) == {"TILE_H", "TILE_W", "IMGS", "BLOCK_HID", "X_RESIDENT", "JOIN_PAIRS",
                                        "STAGE_IMAGE", "STAGE_VECTORS", "QUADS", "PROJECT_APART",
-                                       "HIDDEN_SPLIT", "PACKED_DW", "RECOMPUTE_SETS", "TALL", "STRIP", "ACC16"}
+                                       "HIDDEN_SPLIT", "PACKED_DW", "RECOMPUTE_SETS", "TALL", "STRIP", "ACC16",
+                                       "STAGE_HID"}
     assert LARGE.options() == {"num_warps": 8, "num_stages": 1, "maxnreg": 128}
     assert "maxnreg" not in SMALL.options()  # the compiler's own choice
 
@@ -183,6 +184,12 @@ def test_tune_candidates_try_the_project_apart_on_small_maps_and_batches():
     assert any((c.tile_h, c.tile_w) == (16, 16) for c in tall)
     assert all(c.quads and c.tile_h % 4 == 0 for c in tall)
     assert any(c.tall and c.project_apart for c in at_256)
+    # Chunks of 16-32 channels also staged two at a time where hidden splits so (block 3 ships so:
+    # 144 = 4 x 32 + 16).
+    wide = [c for c in candidates(specs[2], 2, 256) if c.stage_hid]
+    assert any(c.block_hid == 16 and c.stage_hid == 32 and c.strip == 7 for c in wide)
+    for c in wide:
+        c.validate(specs[2])
     # ... and in 7- or 8-row bands as strips (7x2 groups fill a 28 x 14 tile's 32 group slots).
     strip = [c for c in candidates(specs[2], 2, 256) if c.strip]
     assert any((c.tile_h, c.tile_w, c.strip) == (28, 14, 7) for c in strip)

@@ -122,6 +122,15 @@ def test_never_taken_branch_and_cold_code_after_exit_are_no_loops():
     assert c.warp_instructions == 4 and c.cold_instructions == 3
 
 
+def test_a_loop_rotated_to_leave_by_its_exit_is_a_loop():
+    """ptxas may close a loop after the kernel's EXIT (`@P0 EXIT; ...; BRA top`): that branch
+    is the loop's, not cold code; a branch into cold code after it still is not."""
+    fn = fn_of((0x00, "FFMA R2, R2, R3, R4"), (0x10, "@P0 EXIT"), (0x20, "UMOV UR4, UR5"), (0x30, "BRA 0x0"),
+               (0x40, "BRA 0x40"))
+    assert [(lp.start, lp.end) for lp in S.find_loops(fn)] == [(0x00, 0x30)]
+    assert S.count(fn, [10], num_warps=1).warp_instructions == 40
+
+
 # ---------------------------------------------------------------- wavefronts and MMA
 
 

@@ -760,16 +760,20 @@ def launch_geometry(launch, batch: int, gpu: str | GpuSpec = "h200") -> dict:
         imbalance = _cdiv(tiles, programs) / per_program  # the last programs walk one tile fewer
         # Chunks per work item (hidden_split: a share of a tile's; the last share, if shorter, is
         # charged as a full one).
-        chunks = _cdiv(_cdiv(s.hidden, cfg.block_hid), cfg.hidden_split)
+        # stage_hid: chunks are staged at that width and depthwise-projected in parts of block_hid;
+        # a hidden size no multiple of it ends with one chunk of the rest (the tail), unrolled.
+        width = cfg.stage_hid or cfg.block_hid
+        tail = s.hidden % width if width > cfg.block_hid else 0
+        chunks = _cdiv(_cdiv(s.hidden - tail, width), cfg.hidden_split)
         # The expand runs over the staged rows (P_STAGE: the region, or with stage_image the
         # images' own pixels), or (no middle depthwise) on the top and bottom pixels.
         rows = args["P_STAGE"] if s.staged else 2 * args["P2"]
-        expand = rows * (args["K_A"] + args["K_B"]) * cfg.block_hid if s.has_expand else 0
+        expand = rows * (args["K_A"] + args["K_B"]) if s.has_expand else 0
         # Pixels per pair or group, as joined for the project (a power of two: 7-row strips pad to 8).
         group = 2 * (1 << (cfg.group_rows - 1).bit_length()) if cfg.quads else 2
         # project_apart: the project is the GEMM launched after it (`inventory.project_launch`).
-        project = 0 if cfg.project_apart else group * args["P2"] * cfg.block_hid * (args["CO_A"] + args["CO_B"])
-        macs = per_program * chunks * (expand + project)
+        project = 0 if cfg.project_apart else group * args["P2"] * (args["CO_A"] + args["CO_B"])
+        macs = per_program * (chunks * width + tail) * (expand + project)
         # wgmma works on 64-row tiles: the project's rows (2 x P2 joined, else P2 per product) and
         # the expand's (P_STAGE) pad up to them.
         project_rows = group * args["P2"] if cfg.join_pairs and not cfg.project_apart else args["P2"]

@@ -91,11 +91,20 @@ class Function:
 
     @property
     def main_end(self) -> int:
-        """Index one past the last EXIT: what follows is cold code and padding."""
-        for i in range(len(self.instructions) - 1, -1, -1):
-            if self.instructions[i].opcode == "EXIT":
+        """Index one past the last EXIT: what follows is cold code and padding.  Unless the
+        code right after it ends in an unconditional branch back before it: a loop the compiler
+        rotated to leave by that EXIT closes there, and that code is the loop's."""
+        ins = self.instructions
+        for i in range(len(ins) - 1, -1, -1):
+            if ins[i].opcode == "EXIT":
+                for k in range(i + 1, len(ins)):
+                    if ins[k].opcode in ("EXIT", "RET", "CALL") or (ins[k].opcode == "BRA" and ins[k].predicate):
+                        break
+                    if ins[k].opcode == "BRA":
+                        target = ins[k].branch_target
+                        return k + 1 if target is not None and target < ins[i].address else i + 1
                 return i + 1
-        return len(self.instructions)
+        return len(ins)
 
     @property
     def main(self) -> list[Instruction]:

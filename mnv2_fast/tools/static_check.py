@@ -26,7 +26,8 @@ def describe(cfg) -> str:
                 f"{'' if d.get('stage_vectors', True) else ' tlstore'}{' apart' if d.get('project_apart') else ''}"
                 f"{' split' + str(d['hidden_split']) if d.get('hidden_split', 1) > 1 else ''}"
                 f"{'' if d.get('packed_dw', True) else ' dw32'}{' remat' if d.get('recompute_sets') else ''} "
-                f"h{d['block_hid']}{'' if d['x_resident'] else ' reload'} "
+                f"h{d['block_hid']}{'/' + str(d['stage_hid']) if d.get('stage_hid') else ''}"
+                f"{'' if d['x_resident'] else ' reload'} "
                 f"{warps}{reg} p{d['programs_per_sm']}")
     return " ".join(f"{k.lower()}={v}" for k, v in cfg.constexprs().items()) + f" {warps}"
 

@@ -53,8 +53,9 @@ def candidates(shape, itemsize: int, batch: int):
     pixel groups (quads); for 16-bit expands, each with and without stage_vectors; for maps
     under 10 pixels wide or batches up to 8, each also with project_apart, and at batches up
     to 16 with one hidden chunk per work item (hidden_split); 16 warps also with recompute_sets;
-    2x2 groups in tiles of 4-row bands also as 4x2 groups (tall), in
-    tiles of 7- or 8-row bands also as 7x2 or 8x2 groups (strip)."""
+    2x2 groups in tiles of 4-row bands also as 4x2 groups (tall), in tiles of 7- or 8-row bands
+    also as 7x2 or 8x2 groups (strip); chunks of 16-32 channels also staged two at a time
+    (stage_hid)."""
     from ..kernels.choice import default_config
 
     out = [default_config(shape, itemsize, batch)]
@@ -94,7 +95,17 @@ def candidates(shape, itemsize: int, batch: int):
     # strips: 7x2 groups fill the power-of-two group count that 4x2 groups pad by a quarter.
     strip = [replace(cfg, strip=rows) for cfg in out[1:] + apart + remat for rows in (7, 8)
              if cfg.quads and cfg.tile_h % rows == 0]
-    return list(dict.fromkeys(out + apart + remat + tall + strip))
+    # Chunks of 16-32 channels: also staged two at a time (stage_hid; the expand reads its input
+    # once for both), where the hidden size splits so.
+    wide = []
+    for cfg in out[1:] + remat + tall + strip:
+        if cfg.block_hid <= 32 and shape.staged:
+            try:
+                replace(cfg, stage_hid=2 * cfg.block_hid).validate(shape)
+            except ValueError:
+                continue
+            wide.append(replace(cfg, stage_hid=2 * cfg.block_hid))
+    return list(dict.fromkeys(out + apart + remat + tall + strip + wide))
 
 
 # (hidden chunk, warps, register cap): 8 warps uncapped (up to 255 registers, one program
