@@ -674,7 +674,8 @@ def _store_joined(acc, x_img, y_img, b_proj_ptr, t_h, t_w, n0, N, H, W, HO, WO, 
     index, so no split, layout conversion or per-pixel offset is held through the chunk loop.
     Row GR*q + ... of column u and group row v: 8u + 4h + 2g + f (GR = 16, v = 4f + 2g + h),
     4u + 2h + g (GR = 8, v = 2g + h), 2u + v (GR = 4, 2x2 groups), v (GR = 2, pairs); rows past
-    GH are padding."""
+    GH are padding.  OPAQUE: the index through `_opaque`, so its decoding is redone here instead of
+    hoisted before the tile loop and held (RECOMPUTE_SETS)."""
     i = _opaque(tl.arange(0, GR * P2), OPAQUE)
     if GR == 16:
         u = (i >> 3) & 1
@@ -801,7 +802,8 @@ def _inverted_residual_kernel(
     SPLIT_HID: tl.constexpr = (HIDDEN + BLOCK_HID * HIDDEN_SPLIT - 1) // (BLOCK_HID * HIDDEN_SPLIT) * BLOCK_HID
     SH: tl.constexpr = STAGE_HID if STAGE_HID > 0 else BLOCK_HID  # the staged chunk's width
     tl.static_assert(SH % BLOCK_HID == 0 and (SH == BLOCK_HID or HIDDEN_SPLIT == 1))
-    TAIL: tl.constexpr = HIDDEN % SH if SH > BLOCK_HID else 0  # a multiple of BLOCK_HID (BlockConfig.validate)
+    TAIL: tl.constexpr = HIDDEN % SH if SH > BLOCK_HID else 0  # the last chunk's width, or 0
+    tl.static_assert(TAIL % BLOCK_HID == 0)  # whole parts (BlockConfig.validate says so first)
     pid = tl.program_id(0)
     dtype = y_ptr.dtype.element_ty
     VECTORS: tl.constexpr = (STAGE_VECTORS and HAS_EXPAND and y_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -955,15 +957,15 @@ def _inverted_residual_kernel(
                         # both columns, rows 2q + u for the left (u = 0) and the right pixel; or GH x 2 groups).
                         if GH > 2:
                             (o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l,
-                             o7r) = _depthwise_groups(windows, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE, KSIZE,
-                                                      ACT_DW, BLOCK_HID, P2, dtype if PACKED_DW else tl.float32,
-                                                      INLINE_PTX, GH, SH)
+                             o7r) = _depthwise_groups(windows, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN, REG_W, STRIDE,
+                                                      KSIZE, ACT_DW, BLOCK_HID, P2,
+                                                      dtype if PACKED_DW else tl.float32, INLINE_PTX, GH, SH)
                             if not PROJECT:  # 3. Store the hidden chunk, two rows at a time ...
                                 _store_hidden(y_img, out_hid, ow, ok_top, ok_top & (oh + 1 < HO), o0l, o0r, o1l, o1r, hh,
                                               h_ok, WO, HIDDEN, GW)
                                 _store_hidden(y_img, out_hid + 2 * WO * HIDDEN, ow, ok_top & (oh + 2 < HO) & (2 < GH),
-                                              ok_top & (oh + 3 < HO) & (3 < GH), o2l, o2r, o3l, o3r, hh, h_ok, WO, HIDDEN,
-                                              GW)
+                                              ok_top & (oh + 3 < HO) & (3 < GH), o2l, o2r, o3l, o3r, hh, h_ok, WO,
+                                              HIDDEN, GW)
                                 if GH > 4:
                                     _store_hidden(y_img, out_hid + 4 * WO * HIDDEN, ow, ok_top & (oh + 4 < HO),
                                                   ok_top & (oh + 5 < HO) & (5 < GH), o4l, o4r, o5l, o5r, hh, h_ok, WO,
@@ -972,11 +974,12 @@ def _inverted_residual_kernel(
                                                   ok_top & (oh + 6 < HO) & (6 < GH), ok_top & (oh + 7 < HO) & (7 < GH),
                                                   o6l, o6r, o7l, o7r, hh, h_ok, WO, HIDDEN, GW)
                             else:  # ... or project it into the accumulators.
-                                d = _join_groups(o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l, o6r, o7l,
-                                                 o7r, P2, BLOCK_HID, GH, dtype)
+                                d = _join_groups(o0l, o0r, o1l, o1r, o2l, o2r, o3l, o3r, o4l, o4r, o5l, o5r, o6l,
+                                                 o6r, o7l, o7r, P2, BLOCK_HID, GH, dtype)
                                 acc_a = _project_part(d, acc_a, w_proj_ptr, hh, h_ok, 0, CO_A, COUT, DOT_PRECISION)
                                 if CO_B > 0:
-                                    acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
+                                    acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT,
+                                                          DOT_PRECISION)
                         else:
                             d_top, d_tr, d_bot, d_br = _depthwise(windows, w_dw_ptr, b_dw_ptr, hh, h_ok, HIDDEN,
                                                                   REG_W, STRIDE, KSIZE, ACT_DW, BLOCK_HID, P2, GW,
@@ -995,10 +998,9 @@ def _inverted_residual_kernel(
                                         acc_b = _project_part(d, acc_b, w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT,
                                                               DOT_PRECISION)
                                 else:
-                                    acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(d_top.to(dtype), d_bot.to(dtype),
-                                                                                    acc_ta, acc_ba, acc_tb, acc_bb,
-                                                                                    w_proj_ptr, hh, h_ok, CO_A, CO_B, COUT,
-                                                                                    DOT_PRECISION)
+                                    acc_ta, acc_ba, acc_tb, acc_bb = _project_pairs(
+                                        d_top.to(dtype), d_bot.to(dtype), acc_ta, acc_ba, acc_tb, acc_bb, w_proj_ptr, hh,
+                                        h_ok, CO_A, CO_B, COUT, DOT_PRECISION)
             if PROJECT and not JOIN_PAIRS and RECOMPUTE_SETS:
                 # The pixel sets' positions again, after the chunk loop: held through it, they
                 # take registers the loop needs.
