@@ -276,8 +276,8 @@ def _pairs(t):
 def _store_staged(base, rows, row_ok, e, P: tl.constexpr, BLOCK_HID: tl.constexpr, ASM: tl.constexpr,
                   MASKED: tl.constexpr, ROW: tl.constexpr):
     """Store e [P, BLOCK_HID] (16-bit, columns in `_stage_order`) in channel order at rows [P] of
-    the buffer at base (those where row_ok, when MASKED), each row's 2J channels of one
-    accumulator thread as one vector."""
+    the buffer at base, ROW elements apart (those where row_ok, when MASKED), each row's 2J
+    channels of one accumulator thread as one vector."""
     J: tl.constexpr = BLOCK_HID // 8
     t = tl.permute(tl.reshape(e.to(tl.int16, bitcast=True), (P, J, 4, 2)), (0, 2, 1, 3))  # [row, c, j, b]
     lo, hi = tl.split(t)  # [row, c, j]
@@ -724,7 +724,7 @@ def _inverted_residual_kernel(
     w_proj_ptr,  # project weight [HIDDEN, COUT], x's dtype
     b_proj_ptr,  # project bias [COUT]
     y_ptr,  # output, contiguous NHWC [N, HO, WO, COUT] (without PROJECT: the hidden tensor, COUT = HIDDEN)
-    scratch_ptr,  # per program: two [P_IN, BLOCK_HID] buffers of one staged hidden chunk, x's dtype
+    scratch_ptr,  # per program: two [P_IN, STAGE_HID or BLOCK_HID] buffers of one staged hidden chunk, x's dtype
     N,  # batch
     start_rows,  # START_K at run time: the start depthwise's row loop bound (see _start_depthwise)
     H: tl.constexpr,  # input rows ...

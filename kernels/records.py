@@ -273,9 +273,9 @@ class BlockConfig(LaunchConfig):
         if self.hidden_split < 1 or (self.hidden_split > 1 and not self.project_apart):
             raise ValueError(f"config hidden_split={self.hidden_split} must be >= 1, and above 1 only with "
                              "project_apart (the parts write disjoint hidden channels; fused, they would need a sum)")
-        if self.recompute_sets and (self.project_apart or not shape.staged):
-            raise ValueError("config recompute_sets recomputes the fused project's epilogue positions: it needs a "
-                             "middle depthwise and the project in the kernel (not project_apart)")
+        if self.recompute_sets and not shape.staged:
+            raise ValueError("config recompute_sets recomputes the staged rows' and the epilogue's positions: it "
+                             "needs a middle depthwise (the staged path)")
         tail = shape.hidden % self.stage_hid if self.stage_hid > self.block_hid else 0
         if self.stage_hid and (self.stage_hid % self.block_hid or self.stage_hid > 64 or self.hidden_split > 1
                                or self.stage_hid & (self.stage_hid - 1) or not shape.staged

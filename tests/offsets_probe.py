@@ -188,7 +188,7 @@ def probe_stem_block() -> str:
                torch.randn(hidden, cout, generator=g) / hidden ** 0.5, torch.randn(cout, generator=g)]
     weights = [t.to(FP16) for t in weights]
     cfg = BlockConfig(tile_h=8, tile_w=8, block_hid=16, join_pairs=True, quads=True)
-    shape = block.BlockShape(cin, hidden, cout, 1, ho, ho, True, False, stem_h=h, stem_w=w)
+    shape = block.BlockShape(hidden, hidden, cout, 1, 0, 0, False, False).with_stem(cin, "relu6", h, w)
     tiles_hw = shape.tiles(cfg, 1)
     window_tiles = range(first * tiles_hw, n * tiles_hw)
     real_programs_for = block.programs_for

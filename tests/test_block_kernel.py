@@ -134,6 +134,9 @@ TILINGS = [
     # loop: 2x2 groups over two images (the second short of the batch), and pairs.
     dict(tile_h=4, tile_w=6, imgs=2, block_hid=16, join_pairs=True, quads=True, recompute_sets=True),
     dict(tile_h=4, tile_w=3, imgs=2, block_hid=32, recompute_sets=True),
+    # ... and the staged rows' positions per tile with the project apart (the hidden tensor stored)
+    dict(tile_h=4, tile_w=6, imgs=2, block_hid=16, join_pairs=True, quads=True, project_apart=True,
+         recompute_sets=True),
     # 4x2 groups (two 2x2 stacked): the 9 rows overhang by 3 (tile_h 4) and by 1 (tile_h 8, with
     # a partial last group row), the right column past the 7th; two images, the second short.
     dict(tile_h=4, tile_w=4, imgs=2, block_hid=32, join_pairs=True, quads=True, tall=True),
@@ -307,10 +310,7 @@ def test_hidden_split_needs_the_project_apart():
                                                                                         hidden_split=2))
 
 
-def test_recompute_sets_needs_the_fused_project():
-    apart = BlockConfig(tile_h=2, tile_w=2, recompute_sets=True, project_apart=True)
-    with pytest.raises(ValueError, match="recompute_sets .* needs a middle depthwise and the project in the kernel"):
-        inverted_residual(_x(), **_args(), stride=1, residual=False, config=apart)
+def test_recompute_sets_needs_a_middle_depthwise():
     with pytest.raises(ValueError, match="recompute_sets .* needs a middle depthwise"):
         inverted_residual(_x(), **dict(_args(), w_dw=None, b_dw=None), stride=1, residual=False,
                           config=BlockConfig(tile_h=2, tile_w=2, recompute_sets=True))

@@ -88,7 +88,8 @@ def candidates(shape, itemsize: int, batch: int):
         apart += [replace(cfg, hidden_split=-(-shape.hidden // cfg.block_hid)) for cfg in apart]
     # 16 warps (128 registers at most): also with positions recomputed where used, not held (blocks
     # 11-13 fit so without spilling).
-    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] if cfg.num_warps == 16] if shape.staged else []
+    remat = [replace(cfg, recompute_sets=True) for cfg in out[1:] + apart if cfg.num_warps == 16] if shape.staged \
+        else []
     # 2x2 groups in tiles of whole 4-row bands: also as 4x2 groups (tall).
     tall = [replace(cfg, tall=True) for cfg in out[1:] + apart + remat if cfg.quads and cfg.tile_h % 4 == 0]
     # ... and in tiles of 7-row bands (MobileNet's maps are multiples of 7) or 8-row ones as
@@ -98,13 +99,12 @@ def candidates(shape, itemsize: int, batch: int):
     # Chunks of 16-32 channels: also staged two at a time (stage_hid; the expand reads its input
     # once for both), where the hidden size splits so.
     wide = []
-    for cfg in out[1:] + remat + tall + strip:
-        if cfg.block_hid <= 32 and shape.staged:
-            try:
-                replace(cfg, stage_hid=2 * cfg.block_hid).validate(shape)
-            except ValueError:
-                continue
-            wide.append(replace(cfg, stage_hid=2 * cfg.block_hid))
+    for cfg in (replace(c, stage_hid=2 * c.block_hid) for c in out[1:] + remat + tall + strip if c.block_hid <= 32):
+        try:
+            cfg.validate(shape)
+        except ValueError:  # the hidden size does not split so, or not on the staged path
+            continue
+        wide.append(cfg)
     return list(dict.fromkeys(out + apart + remat + tall + strip + wide))
 
 
