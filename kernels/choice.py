@@ -181,15 +181,16 @@ def choose_head_config(cin: int, cout: int, hw: int, batch: int, device: torch.d
 
 def choose_project_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:
     """A block's project where it runs apart (`BlockConfig.project_apart`), a GEMM of all the
-    batch's pixels: 128 x 64 tiles in K steps of 32, 8 warps, 3 stages; where those leave
-    most of the GPU idle (small batches), 128 x 16 tiles in K steps of 128 (64 for fp32),
-    8 warps, 4 stages.  The performance model's picks for block 17 at batch 256 (M = 12544,
-    K = 960, N = 320) and at batch 1 (M = 49): bench/NOTES.md."""
+    batch's pixels: 128 x 64 tiles in K steps of 64, 8 warps, 2 stages, or 128 x 32 where 64
+    does not divide N (160: five tiles, not three with half the last one empty); where those
+    leave most of the GPU idle (small batches), 128 x 16 tiles in K steps of 128 (64 for
+    fp32), 8 warps, 4 stages.  The performance model's picks for blocks 14-17 at batch 256
+    (M = 12544, K = 576 and 960, N = 160 and 320) and at batch 1 (M = 49): bench/NOTES.md."""
     if interpreting(device):
         return choose_linear_config(m, k, nout, device, itemsize)
     if -(-m // 128) * -(-nout // 64) < WAVE:
         return LinearConfig(block_m=128, block_n=16, block_k=64 if itemsize > 2 else 128, num_warps=8, num_stages=4)
-    return LinearConfig(block_m=128, block_n=64, block_k=32, num_warps=8, num_stages=3)
+    return LinearConfig(block_m=128, block_n=64 if nout % 64 == 0 else 32, block_k=64, num_warps=8, num_stages=2)
 
 
 def choose_linear_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:

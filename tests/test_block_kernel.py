@@ -200,6 +200,13 @@ STAGE_IMAGE_CASES = [
     # block 17's kind of config: two images per tile, the project apart
     (24, 6, 40, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
                                              project_apart=True)),
+    # blocks 15-17's at large batches: 4x2 groups over two images, the project apart, each
+    # tile's hidden chunks split over 2 work items (144 = 3 + 1.5 chunks of 32: the second
+    # share ends with a partial chunk); the GEMM adds the residual (Cin = Cout) or not.
+    (24, 6, 24, 3, 7, 7, torch.float16, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
+                                             tall=True, project_apart=True, hidden_split=2)),
+    (24, 6, 40, 5, 7, 7, torch.float32, dict(tile_h=8, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,
+                                             tall=True, project_apart=True, hidden_split=2)),
     # blocks 11-13's: 7 x 2 strips with the staged rows' and pixels' positions recomputed per
     # tile (two images a tile, the second short of the batch; several tiles per program)
     (40, 3, 48, 3, 7, 7, torch.float16, dict(tile_h=7, tile_w=8, imgs=2, block_hid=32, join_pairs=True, quads=True,

@@ -156,6 +156,22 @@ def test_head_config_follows_the_batch():
     assert choose_head_config(320, 1280, 49, 256, gpu, itemsize=4).block_k == 32
 
 
+def test_project_config_tiles_the_outputs_without_an_empty_half():
+    from mnv2_fast.kernels.choice import choose_project_config
+
+    gpu = torch.device("cuda")  # the GPU heuristic; nothing runs
+    # Batch 256's 7x7 blocks (M = 12544): 64-wide tiles where 64 divides N (block 17's 320),
+    # 32-wide where it does not (blocks 14-16's 160: a third 64-wide tile would be half empty).
+    for nout, block_n in ((320, 64), (160, 32)):
+        cfg = choose_project_config(12544, 960, nout, gpu)
+        assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages) == (128, block_n, 64, 8, 2)
+        assert nout % cfg.block_n == 0
+    # Batch 1 (M = 49): narrow tiles in long K steps, so more than one SM works.
+    one = choose_project_config(49, 960, 320, gpu)
+    assert (one.block_n, one.block_k) == (16, 128)
+    assert choose_project_config(49, 960, 320, gpu, itemsize=4).block_k == 64
+
+
 def test_head_config_limits():
     with pytest.raises(ValueError, match="imgs=17"):
         HeadConfig(imgs=17)
