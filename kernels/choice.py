@@ -181,16 +181,18 @@ def choose_head_config(cin: int, cout: int, hw: int, batch: int, device: torch.d
 
 def choose_project_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:
     """A block's project where it runs apart (`BlockConfig.project_apart`), a GEMM of all the
-    batch's pixels: 128 x 64 tiles in K steps of 64, 8 warps, 2 stages, or 128 x 32 where 64
-    does not divide N (160: five tiles, not three with half the last one empty); where those
-    leave most of the GPU idle (small batches), 128 x 16 tiles in K steps of 128 (64 for
-    fp32), 8 warps, 4 stages.  The performance model's picks for blocks 14-17 at batch 256
-    (M = 12544, K = 576 and 960, N = 160 and 320) and at batch 1 (M = 49): bench/NOTES.md."""
+    batch's pixels, in K steps of 64, 2 stages.  The widest tile whose count comes to 3/8 of
+    a wave: 128 x 64 (where 64 divides N), 128 x 32 (N = 160: five tiles, not three with
+    half the last one empty), 64 x 32 at 4 warps; below that (small batches) 64 x 16, so that
+    more SMs work.  The performance model's picks over M = 49-12544, K = 384-960, N = 64-320
+    on H200 and H100 (bench/NOTES.md, attempt 10)."""
     if interpreting(device):
         return choose_linear_config(m, k, nout, device, itemsize)
-    if -(-m // 128) * -(-nout // 64) < WAVE:
-        return LinearConfig(block_m=128, block_n=16, block_k=64 if itemsize > 2 else 128, num_warps=8, num_stages=4)
-    return LinearConfig(block_m=128, block_n=64 if nout % 64 == 0 else 32, block_k=64, num_warps=8, num_stages=2)
+    fill = WAVE * 3 // 8
+    for block_m, block_n, num_warps in ((128, 64, 8), (128, 32, 8), (64, 32, 4)):
+        if (block_n < 64 or nout % 64 == 0) and -(-m // block_m) * -(-nout // block_n) >= fill:
+            return LinearConfig(block_m=block_m, block_n=block_n, block_k=64, num_warps=num_warps, num_stages=2)
+    return LinearConfig(block_m=64, block_n=16, block_k=64, num_warps=4, num_stages=2)
 
 
 def choose_linear_config(m: int, k: int, nout: int, device: torch.device, itemsize: int = 2) -> LinearConfig:

@@ -160,16 +160,21 @@ def test_project_config_tiles_the_outputs_without_an_empty_half():
     from mnv2_fast.kernels.choice import choose_project_config
 
     gpu = torch.device("cuda")  # the GPU heuristic; nothing runs
+
+    def tile(m, nout):
+        cfg = choose_project_config(m, 960, nout, gpu)
+        assert (cfg.block_k, cfg.num_stages) == (64, 2)
+        return cfg.block_m, cfg.block_n, cfg.num_warps
+
     # Batch 256's 7x7 blocks (M = 12544): 64-wide tiles where 64 divides N (block 17's 320),
     # 32-wide where it does not (blocks 14-16's 160: a third 64-wide tile would be half empty).
-    for nout, block_n in ((320, 64), (160, 32)):
-        cfg = choose_project_config(12544, 960, nout, gpu)
-        assert (cfg.block_m, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages) == (128, block_n, 64, 8, 2)
-        assert nout % cfg.block_n == 0
-    # Batch 1 (M = 49): narrow tiles in long K steps, so more than one SM works.
-    one = choose_project_config(49, 960, 320, gpu)
-    assert (one.block_n, one.block_k) == (16, 128)
-    assert choose_project_config(49, 960, 320, gpu, itemsize=4).block_k == 64
+    assert tile(12544, 320) == (128, 64, 8) and tile(12544, 160) == (128, 32, 8)
+    # Batch 64 (M = 3136): 125 tiles of 128 x 64 or 128 x 32 are enough to fill the SMs.
+    assert tile(3136, 320) == (128, 64, 8) and tile(3136, 160) == (128, 32, 8)
+    # Batch 32 (M = 1568): 128 x 32 for 320 outputs (130 tiles); 65 for 160 are too few.
+    assert tile(1568, 320) == (128, 32, 8) and tile(1568, 160) == (64, 32, 4)
+    # Batch 16 (M = 784) and 1 (M = 49): 64 x 16 tiles at 4 warps, so that more SMs work.
+    assert tile(784, 160) == (64, 16, 4) and tile(49, 320) == (64, 16, 4)
 
 
 def test_head_config_limits():
