@@ -285,6 +285,30 @@ def test_fit_recovers_known_parameters():
     assert json.loads(json.dumps(fitted.summary(), allow_nan=False))["p"] == "inf"  # strict JSON
 
 
+def test_fit_sums_the_launches_timed_together():
+    """Samples measured as two launches in a row (a block and its project GEMM) are predicted as
+    the sum of both: the fit recovers the constants from them as from single launches, and
+    each sample's prediction is k times the sum, not of either launch alone."""
+    truth = pm.Params(k=0.9, c=1.4, p=4.0)
+
+    def features(i, warps=4):
+        return pm.Features(programs=400 + 150 * i, num_warps=warps, registers=64 + 24 * (i % 6), shared_bytes=2048 * i,
+                           warp_instructions_per_program=2e4 * (1 + i % 4), l1_wavefronts_per_program=4e3 * (1 + i % 5),
+                           mma_macs_per_program=2e6 * (1 + i % 3), hbm_bytes=2e7 * (1 + i % 2))
+
+    samples = []
+    for i in range(8):
+        if i % 2:
+            pair = (features(i), features(i + 10, warps=8))
+            samples.append((pair, sum(pm.predict(f, "h200", truth).ms for f in pair)))
+        else:
+            samples.append((features(i), pm.predict(features(i), "h200", truth).ms))
+    fitted = pm.fit(samples, "h200", (4.0,))
+    assert fitted.params.k == pytest.approx(0.9, rel=1e-4) and fitted.params.c == pytest.approx(1.4, abs=1e-3)
+    assert fitted.rms_log_error < 1e-6
+    assert fitted.predicted_ms == pytest.approx([ms for _, ms in samples], rel=1e-5)
+
+
 def test_block_hbm_bytes():
     # MobileNetV2 block 2 at batch 256: 112x112x16 in, 56x56x24 out, fp16.
     act = (256 * 112 * 112 * 16 + 256 * 56 * 56 * 24) * 2
@@ -513,8 +537,8 @@ def _record(i: int, **extra) -> dict:
 def test_recalibration_on_measured_blocks_recovers_a_uniform_miss():
     """A GPU run in which every fused block took 1.25x its prediction: the refit multiplies k
     by 1.25, keeps c and p, and predicts each measured time; a block whose project runs apart
-    (two launches, one measured time) is shown beside them but not fitted; other providers
-    and untimed cases are left out."""
+    (two launches, one measured time) is fitted as their sum; other providers and untimed
+    cases are left out."""
     specs = block_specs(1.0, resolution=224)
     records = {b: _record(b) for b in range(1, 7)}
     records[17] = _record(17, project=_record(30))
@@ -538,14 +562,14 @@ def test_recalibration_on_measured_blocks_recovers_a_uniform_miss():
     assert [r["block"] for r in rows] == [1, 2, 3, 4, 5, 6, 17]
     assert seen[0] == ("w1.0 block 1", 112, 2, 256, "h100")
     fitted, table = pm.recalibrate(rows, "h100")
-    assert fitted.n == 6 and fitted.rms_log_error < 1e-3
+    assert fitted.n == 7 and fitted.rms_log_error < 1e-3
     assert fitted.params.k == pytest.approx(1.25 * pm.CALIBRATED.k, rel=1e-3)
     assert fitted.params.c == pytest.approx(pm.CALIBRATED.c, abs=1e-2) and fitted.params.p == pm.CALIBRATED.p
-    assert [r["fitted"] for r in table] == [True] * 6 + [False]
+    assert [r["launches"] for r in table] == [1] * 6 + [2]
     for r in table:
         assert r["refit_ms"] == pytest.approx(r["measured_ms"], rel=1e-3)
         assert r["predicted_ms"] == pytest.approx(r["measured_ms"] / 1.25)
-    assert "project apart: not fitted" in pm.recalibration_table(fitted, table)
+    assert "kernel + project GEMM" in pm.recalibration_table(fitted, table)
     summary["blocks"][0]["cin"] = 99  # another network's block under the same index
     with pytest.raises(ValueError, match="not MobileNetV2 1.0's"):
         pm.measured_blocks(summary, "h100", analyse=analyse)
@@ -553,7 +577,7 @@ def test_recalibration_on_measured_blocks_recovers_a_uniform_miss():
 
 def test_recalibrate_command_refuses_what_it_cannot_fit(tmp_path, capsys):
     """`mnv2-fast perf-model --recalibrate`: a --gpu other than the run's, or a run without
-    three timed single-launch fused blocks, is an error (exit 2), not a fit of nothing."""
+    three timed fused blocks, is an error (exit 2), not a fit of nothing."""
     import argparse
 
     ap = argparse.ArgumentParser()

@@ -290,11 +290,13 @@ P_CHOICES = (2.0, 3.0, 4.0, 6.0, 8.0, math.inf)
 _C_MAX = 8.0
 
 
-def _fit_kc(base: list[float], inv_w: list[float], logm: list[float], rows: list[int]) -> tuple[float, float, float]:
-    """(mean squared log error, log k, c) minimising over c in [0, _C_MAX], log k in closed form."""
+def _fit_kc(base: list[tuple[float, ...]], inv_w: list[tuple[float, ...]], logm: list[float],
+            rows: list[int]) -> tuple[float, float, float]:
+    """(mean squared log error, log k, c) minimising over c in [0, _C_MAX], log k in closed form.
+    A sample's time is the sum over its launches (base[i][j], inv_w[i][j])."""
 
     def err(c: float) -> tuple[float, float]:
-        res = [logm[i] - math.log(base[i] * (1 + c * inv_w[i])) for i in rows]
+        res = [logm[i] - math.log(_unscaled(base[i], inv_w[i], c)) for i in rows]
         lk = sum(res) / len(res)
         return sum((r - lk) ** 2 for r in res) / len(res), lk
 
@@ -320,16 +322,24 @@ def _fit_kc(base: list[float], inv_w: list[float], logm: list[float], rows: list
     return e, lk, c
 
 
-def fit(samples: list[tuple[Features, float]], gpu: str | GpuSpec = "h200",
+def _unscaled(base: tuple[float, ...], inv_w: tuple[float, ...], c: float) -> float:
+    """A sample's prediction over k: the sum of its launches' (predict() without k)."""
+    return sum(b * (1 + c * w) for b, w in zip(base, inv_w))
+
+
+def fit(samples: list[tuple[Features | tuple[Features, ...], float]], gpu: str | GpuSpec = "h200",
         p_choices: tuple[float, ...] = P_CHOICES) -> Fit:
     """Fit k, c (and p among p_choices) to (features, measured ms) pairs by least squares on
-    log(predicted / measured); leave-one-out refits all of them without each sample."""
+    log(predicted / measured); leave-one-out refits all of them without each sample.  A
+    sample timed as several launches in a row (a block with its project apart: the kernel and
+    the GEMM) gives a tuple of features, predicted as the sum of theirs."""
     if len(samples) < 3:
         raise ValueError("fitting needs at least 3 measured kernels")
-    terms = [_terms(f, gpu) for f, _ in samples]
+    launches = [f if isinstance(f, tuple) else (f,) for f, _ in samples]
+    terms = [[_terms(f, gpu) for f in fs] for fs in launches]
     logm = [math.log(ms) for _, ms in samples]
-    inv_w = [1 / occ.warps_per_scheduler for _, occ, _, _ in terms]
-    bases = {p: [combine(fl, p) * tail for fl, _, _, tail in terms] for p in p_choices}
+    inv_w = [tuple(1 / occ.warps_per_scheduler for _, occ, _, _ in ts) for ts in terms]
+    bases = {p: [tuple(combine(fl, p) * tail for fl, _, _, tail in ts) for ts in terms] for p in p_choices}
 
     def best_over_p(rows: list[int]) -> tuple[float, float, float, float]:
         return min((_fit_kc(bases[p], inv_w, logm, rows) + (p,) for p in p_choices), key=lambda t: t[0])
@@ -337,12 +347,12 @@ def fit(samples: list[tuple[Features, float]], gpu: str | GpuSpec = "h200",
     everything = list(range(len(samples)))
     _, lk, c, p = best_over_p(everything)
     params = Params(math.exp(lk), c, p)
-    pred = [params.k * bases[p][i] * (1 + c * inv_w[i]) for i in everything]
+    pred = [params.k * _unscaled(bases[p][i], inv_w[i], c) for i in everything]
     errs = [math.log(pred[i]) - logm[i] for i in everything]
     loo = []
     for i in everything:
         _, lk_i, c_i, p_i = best_over_p([j for j in everything if j != i])
-        loo.append(lk_i + math.log(bases[p_i][i] * (1 + c_i * inv_w[i])) - logm[i])
+        loo.append(lk_i + math.log(_unscaled(bases[p_i][i], inv_w[i], c_i)) - logm[i])
     measured = [ms for _, ms in samples]
     return Fit(params=params,
                rms_log_error=math.sqrt(sum(e * e for e in errs) / len(errs)),
@@ -975,16 +985,18 @@ def measured_blocks(summary: dict, gpu: str, analyse=None) -> list[dict]:
 def recalibrate(rows: list[dict], gpu: str, p_choices: tuple[float, ...] = P_CHOICES) -> tuple[Fit, list[dict]]:
     """Fit k, c and p to measured blocks (`measured_blocks`), and each block's time under the
     shipped constants and under the refit, beside its measurement.  A block whose project
-    runs apart is two launches with one measured time: shown, not fitted."""
-    single = [r for r in rows if "project" not in r["record"]]
-    fitted = fit([(features_of(r["record"]), r["measured_ms"]) for r in single], gpu, p_choices)
+    runs apart is two launches with one measured time: fitted as the sum of the two."""
+
+    def launches(r: dict) -> tuple[dict, ...]:
+        return (r["record"],) + ((r["record"]["project"],) if "project" in r["record"] else ())
+
+    fitted = fit([(tuple(features_of(x) for x in launches(r)), r["measured_ms"]) for r in rows], gpu, p_choices)
     out = []
     for r in rows:
-        launches = [r["record"]] + ([r["record"]["project"]] if "project" in r["record"] else [])
         out.append({"block": r["block"], "dtype": r["dtype"], "batch": r["batch"], "config": r["record"]["config"],
                     "predicted_ms": r["record"]["predicted_ms"],
-                    "refit_ms": sum(predict(features_of(x), gpu, fitted.params).ms for x in launches),
-                    "measured_ms": r["measured_ms"], "fitted": len(launches) == 1})
+                    "refit_ms": sum(predict(features_of(x), gpu, fitted.params).ms for x in launches(r)),
+                    "measured_ms": r["measured_ms"], "launches": len(launches(r))})
     return fitted, out
 
 
@@ -995,8 +1007,8 @@ def recalibration_table(fitted: Fit, rows: list[dict]) -> str:
         m = r["measured_ms"]
         lines.append(f"{r['block']:>5} {r['dtype']:<8} {r['batch']:>5} {r['config'][:40]:<40} {r['predicted_ms']:>8.4f} "
                      f"{m:>8.4f} {r['predicted_ms'] / m - 1:>+6.0%} {r['refit_ms']:>8.4f} {r['refit_ms'] / m - 1:>+6.0%}"
-                     + ("" if r["fitted"] else "  (project apart: not fitted)"))
-    lines.append(f"shipped constants: {CALIBRATED.as_dict()}; refit on the {fitted.n} single-launch blocks: "
+                     + ("  (kernel + project GEMM)" if r["launches"] > 1 else ""))
+    lines.append(f"shipped constants: {CALIBRATED.as_dict()}; refit on the {fitted.n} measured blocks: "
                  f"{fitted.summary()}")
     return "\n".join(lines)
 
@@ -1121,9 +1133,9 @@ def run(args) -> int:
             return 2
         gpu = args.gpu or (ran_on if ran_on in GPUS else "h200")
         rows = measured_blocks(summary, gpu)
-        if sum("project" not in r["record"] for r in rows) < 3:
+        if len(rows) < 3:
             print(f"{args.recalibrate}: {len(rows)} fused block(s) with a time and a config_json; the fit needs "
-                  "at least 3 that run as one launch", file=sys.stderr)
+                  "at least 3", file=sys.stderr)
             return 2
         fitted, table = recalibrate(rows, gpu)
         print(recalibration_table(fitted, table))
