@@ -125,6 +125,18 @@ TILINGS = {
     "reload": dict(tile_h=4, tile_w=2, imgs=1, block_hid=32, x_resident=False),
     "3imgs": dict(tile_h=6, tile_w=5, imgs=3, block_hid=64),
     "quads": dict(tile_h=2, tile_w=4, imgs=2, block_hid=32, join_pairs=True, quads=True),
+    # The 5x5 blocks' configs the tables ship (attempt 10): 4x2 and 7x2 groups, the positions
+    # recomputed, the project apart (its tiles' chunks split), chunks staged 32 wide.
+    "tall": dict(tile_h=4, tile_w=4, imgs=2, block_hid=32, join_pairs=True, quads=True, tall=True,
+                 recompute_sets=True),
+    "strip": dict(tile_h=7, tile_w=4, imgs=2, block_hid=16, join_pairs=True, quads=True, strip=7,
+                  recompute_sets=True),
+    "pairs-apart": dict(tile_h=4, tile_w=3, imgs=2, block_hid=16, join_pairs=True, project_apart=True,
+                        recompute_sets=True),
+    "tall-apart-split": dict(tile_h=4, tile_w=6, imgs=2, block_hid=16, join_pairs=True, quads=True, tall=True,
+                             project_apart=True, hidden_split=3),
+    "stage-hid": dict(tile_h=2, tile_w=4, imgs=2, block_hid=16, stage_hid=32, join_pairs=True, quads=True,
+                      recompute_sets=True),
 }
 TILED = {
     "ir-k5-s2-tf-same": lambda: _ir(40, 48, 5, 2, 2.5, same=True),  # hidden 100: chunks of 16/32/64 end partial
@@ -132,11 +144,14 @@ TILED = {
     "uib-extradw-s2": lambda: _uib(40, 48, 5, 3, 2, 2.5),
     "uib-convnext-s2": lambda: _uib(40, 48, 3, 0, 2, 2.5),
     "ds-k5-pwact-res": lambda: _ds(40, 40, 5, pw_act=True),
+    "ir-k5-s1-t6-res": lambda: _ir(40, 40, 5, 1, 6),  # hidden 240: seven chunks of 32, then 16
 }
 TILED_CASES = [("ir-k5-s2-tf-same", "small-2imgs"), ("ir-k5-s1-relu-res", "reload"), ("ir-k5-s1-relu-res", "3imgs"),
                ("uib-extradw-s2", "small-2imgs"), ("uib-extradw-s2", "3imgs"), ("uib-convnext-s2", "small-2imgs"),
                ("uib-convnext-s2", "reload"), ("ds-k5-pwact-res", "small-2imgs"), ("ir-k5-s2-tf-same", "quads"),
-               ("ir-k5-s1-relu-res", "quads"), ("uib-extradw-s2", "quads"), ("ds-k5-pwact-res", "quads")]
+               ("ir-k5-s1-relu-res", "quads"), ("uib-extradw-s2", "quads"), ("ds-k5-pwact-res", "quads"),
+               ("ir-k5-s2-tf-same", "tall"), ("ir-k5-s1-relu-res", "strip"), ("ir-k5-s2-tf-same", "pairs-apart"),
+               ("ir-k5-s1-relu-res", "tall-apart-split"), ("ir-k5-s1-t6-res", "stage-hid")]
 
 
 def _launch_guarded(fused, x, cfg):
