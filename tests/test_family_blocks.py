@@ -137,6 +137,9 @@ TILINGS = {
                              project_apart=True, hidden_split=3),
     "stage-hid": dict(tile_h=2, tile_w=4, imgs=2, block_hid=16, stage_hid=32, join_pairs=True, quads=True,
                       recompute_sets=True),
+    # small batches': the whole image staged, a work item per hidden chunk (120 = 7 x 16 + 8)
+    "image-apart-split": dict(tile_h=8, tile_w=6, imgs=1, block_hid=16, join_pairs=True, quads=True, stage_image=True,
+                              project_apart=True, hidden_split=8),
 }
 TILED = {
     "ir-k5-s2-tf-same": lambda: _ir(40, 48, 5, 2, 2.5, same=True),  # hidden 100: chunks of 16/32/64 end partial
@@ -151,7 +154,8 @@ TILED_CASES = [("ir-k5-s2-tf-same", "small-2imgs"), ("ir-k5-s1-relu-res", "reloa
                ("uib-convnext-s2", "reload"), ("ds-k5-pwact-res", "small-2imgs"), ("ir-k5-s2-tf-same", "quads"),
                ("ir-k5-s1-relu-res", "quads"), ("uib-extradw-s2", "quads"), ("ds-k5-pwact-res", "quads"),
                ("ir-k5-s2-tf-same", "tall"), ("ir-k5-s1-relu-res", "strip"), ("ir-k5-s2-tf-same", "pairs-apart"),
-               ("ir-k5-s1-relu-res", "tall-apart-split"), ("ir-k5-s1-t6-res", "stage-hid")]
+               ("ir-k5-s1-relu-res", "tall-apart-split"), ("ir-k5-s1-t6-res", "stage-hid"),
+               ("ir-k5-s1-relu-res", "image-apart-split")]
 
 
 def _launch_guarded(fused, x, cfg):
