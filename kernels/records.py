@@ -277,11 +277,13 @@ class BlockConfig(LaunchConfig):
             raise ValueError("config recompute_sets recomputes the staged rows' and the epilogue's positions: it "
                              "needs a middle depthwise (the staged path)")
         tail = shape.hidden % self.stage_hid if self.stage_hid > self.block_hid else 0
-        if self.stage_hid and (self.stage_hid % self.block_hid or self.stage_hid > 64 or self.hidden_split > 1
+        if self.stage_hid and (self.stage_hid <= self.block_hid or self.stage_hid % self.block_hid
+                               or self.stage_hid > 64 or self.hidden_split > 1
                                or self.stage_hid & (self.stage_hid - 1) or not shape.staged
                                or tail % self.block_hid or tail & (tail - 1)):
             raise ValueError(f"config stage_hid={self.stage_hid} must be a power-of-two multiple of block_hid="
-                             f"{self.block_hid}, at most 64, leave a last chunk of hidden={shape.hidden} that is one "
+                             f"{self.block_hid} above it (0: none), at most 64, leave a last chunk of "
+                             f"hidden={shape.hidden} that is one "
                              "too (or none), on the staged path and without hidden_split")
         if shape.stem and not self.x_resident:
             raise ValueError("config x_resident=False: with the stem as the expand, the region's im2col rows are "

@@ -283,8 +283,9 @@ def test_block_stage_hid(cin, t, cout, stride, n, h, w, tiling, dtype):
 
 def test_stage_hid_needs_whole_parts():
     a = _args(hidden=72)
+    # stage_hid = block_hid would be a second spelling of 0 (none): another compiled variant of the same code
     for cfg in (dict(block_hid=16, stage_hid=24), dict(block_hid=16, stage_hid=128), dict(block_hid=16, stage_hid=64),
-                dict(block_hid=32, stage_hid=64, project_apart=True, hidden_split=2)):
+                dict(block_hid=32, stage_hid=64, project_apart=True, hidden_split=2), dict(block_hid=16, stage_hid=16)):
         with pytest.raises(ValueError, match="stage_hid=.* must be a power-of-two multiple of block_hid"):
             inverted_residual(_x(), **a, stride=1, residual=False, config=BlockConfig(tile_h=2, tile_w=2, **cfg))
 
